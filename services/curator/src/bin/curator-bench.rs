@@ -1,0 +1,163 @@
+//! Curate throughput and RenderContext latency at several playbook sizes.
+//!
+//! `cargo run --release -p agent-learning-curator --bin curator-bench -- [SIZES] [--real]`
+//!
+//! Without the embedder, vectors come from a deterministic hash of the text (the cost of
+//! curation itself: index search, decision, one transaction per batch). With `--real`, the
+//! MiniLM embedder is also measured on the same workload at the smallest size.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use agent_learning_curator::{Curator, CuratorOptions, ThresholdJudge};
+use agent_learning_domain::{Insight, PromotionGates, Stage};
+use agent_learning_embed::{EmbedError, Embedder, MINILM, MiniLm};
+use agent_learning_store::Store;
+use agent_learning_vector::EdgeIndex;
+use async_trait::async_trait;
+
+const DIM: usize = 384;
+
+/// Deterministic pseudo-random unit vectors keyed by text: the same text, the same vector.
+struct HashEmbedder;
+
+#[async_trait]
+impl Embedder for HashEmbedder {
+    fn dim(&self) -> usize {
+        DIM
+    }
+    fn model_id(&self) -> &str {
+        "bench-hash"
+    }
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(texts.iter().map(|t| hash_vector(t)).collect())
+    }
+}
+
+fn hash_vector(text: &str) -> Vec<f32> {
+    let mut state: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        state = (state ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut v: Vec<f32> = (0..DIM)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        })
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
+    let sections = ["strategy", "mistakes", "facts"];
+    (from..from + n)
+        .map(|i| Insight {
+            id: format!("{prefix}-{i}"),
+            section: sections[i % 3].into(),
+            content: format!(
+                "Observation {i}: in situation {} the action {} worked better than {} because of {}.",
+                i % 97,
+                i % 13,
+                (i + 5) % 13,
+                i * 7919 % 10007
+            ),
+            source: "bench".into(),
+        })
+        .collect()
+}
+
+async fn curator(dir: &std::path::Path, embedder: Arc<dyn Embedder>) -> Arc<Curator> {
+    let store = Store::open_sqlite(&dir.join("db.sqlite"), 4).await.unwrap();
+    let index = Arc::new(EdgeIndex::open(&dir.join("vectors")).unwrap());
+    let opts = CuratorOptions {
+        merge_threshold: 0.8,
+        sections: vec!["strategy".into(), "mistakes".into(), "facts".into()],
+        max_content_bytes: 4096,
+        max_insights_per_request: 1000,
+        gates: PromotionGates::default(),
+        collection: "bench".into(),
+    };
+    let judge = Arc::new(ThresholdJudge { threshold: 0.8 });
+    let c = Arc::new(Curator::new(store, index, embedder, judge, opts));
+    c.start().await.unwrap();
+    c
+}
+
+async fn measure(c: &Curator, ns: &str, size: usize, label: &str) {
+    // Fresh insights, with one in five restating an existing bullet (a MERGE).
+    let mut work = insights("measure", size, 400);
+    let existing = insights("seed", 0, 100);
+    for (i, ins) in work.iter_mut().enumerate().filter(|(i, _)| i % 5 == 0) {
+        ins.content = existing[i % existing.len()].content.clone();
+        ins.section = existing[i % existing.len()].section.clone();
+    }
+    let started = Instant::now();
+    for batch in work.chunks(50) {
+        c.curate(ns, batch).await.unwrap();
+    }
+    let rate = work.len() as f64 / started.elapsed().as_secs_f64();
+    let mut lat = Vec::new();
+    for i in 0..50 {
+        let t = Instant::now();
+        c.render_context(ns, &format!("situation {i} with traffic ahead"), 300, Stage::Shadow)
+            .await
+            .unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{label:<12} playbook {size:>7}: curate {rate:>8.0} insights/s ({:.3} ms/insight); render_context p50 {:.2} ms p95 {:.2} ms",
+        1000.0 / rate,
+        lat[lat.len() / 2],
+        lat[lat.len() * 95 / 100]
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let real = args.iter().any(|a| a == "--real");
+    let sizes: Vec<usize> = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(|s| s.split(',').map(|n| n.parse().expect("sizes: 1000,10000")).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let c = curator(dir.path(), Arc::new(HashEmbedder)).await;
+    let ns = "bench";
+    let mut loaded = 0;
+    for &size in &sizes {
+        let t = Instant::now();
+        while loaded < size {
+            let n = (size - loaded).min(1000);
+            c.curate(ns, &insights("seed", loaded, n)).await.unwrap();
+            loaded += n;
+        }
+        let load_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        c.optimize_index().await.unwrap();
+        println!(
+            "loaded to {size} bullets in {load_s:.1} s, index optimized in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        measure(&c, ns, size, "no-embedder").await;
+    }
+    if real {
+        let models = agent_learning_config::default_models_dir();
+        let embedder = Arc::new(MiniLm::load(&MINILM.path(&models), 32).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let c = curator(dir.path(), embedder).await;
+        let size = sizes[0];
+        let mut loaded = 0;
+        while loaded < size {
+            let n = (size - loaded).min(500);
+            c.curate(ns, &insights("seed", loaded, n)).await.unwrap();
+            loaded += n;
+        }
+        measure(&c, ns, size, "minilm").await;
+    }
+}

@@ -1,0 +1,773 @@
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use agent_learning_domain::{
+    Bullet, BulletEvent, DeltaKind, DeltaOp, Insight, InvalidInput, PromotionGates, Stage,
+    validate_namespace,
+};
+use agent_learning_embed::{EmbedError, Embedder, cosine};
+use agent_learning_store::{
+    BulletPage, CurationChange, IndexedBullet, ListFilter, NewBullet, Store, StoreError,
+};
+use agent_learning_vector::{Filter, Point, VectorError, VectorIndex};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::judge::{Judgement, MergeJudge, Nearest};
+use crate::render;
+
+/// Namespace for deterministic bullet ids: the same insight always creates the same bullet.
+const BULLET_ID_NS: Uuid = Uuid::from_u128(0x8f0c_5a4e_2b1d_4c7a_9e3f_6d2b_1a0c_7e55);
+/// Candidates fetched from the index before ranking for RenderContext.
+const RENDER_CANDIDATES: usize = 64;
+const MAX_ID_BYTES: usize = 128;
+const MAX_SOURCE_BYTES: usize = 512;
+const MAX_QUERY_BYTES: usize = 16 * 1024;
+const MAX_FEEDBACK_ITEMS: usize = 1000;
+const MAX_VOTES_PER_ITEM: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CuratorError {
+    #[error("invalid argument: {0}")]
+    Invalid(#[from] InvalidInput),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Vector(#[from] VectorError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+}
+
+impl From<StoreError> for CuratorError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what, id } => CuratorError::NotFound(format!("{what} {id} not found")),
+            StoreError::Rejected(msg) => CuratorError::Rejected(msg),
+            other => CuratorError::Store(other),
+        }
+    }
+}
+
+type Result<T, E = CuratorError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct CuratorOptions {
+    pub merge_threshold: f32,
+    pub sections: Vec<String>,
+    pub max_content_bytes: usize,
+    pub max_insights_per_request: usize,
+    pub gates: PromotionGates,
+    /// The vector collection holding bullet embeddings.
+    pub collection: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PlaybookQuery {
+    pub stage: Option<Stage>,
+    pub section: Option<String>,
+    pub page_size: u32,
+    pub page_token: String,
+    pub include_deleted: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlaybookPage {
+    pub bullets: Vec<Bullet>,
+    pub next_page_token: String,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct FeedbackItem {
+    pub bullet_id: String,
+    pub helpful: u32,
+    pub harmful: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub total: u64,
+    pub shadow: u64,
+    pub staging: u64,
+    pub production: u64,
+    pub quarantined: u64,
+    pub deleted: u64,
+    pub sections: Vec<(String, u64)>,
+    pub insights_applied: u64,
+    pub merges: u64,
+    pub merge_rate: f64,
+    pub added_last_24h: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReconcileReport {
+    pub upserted: usize,
+    pub deleted: usize,
+    pub checked: usize,
+}
+
+/// Curation logic over the record (source of truth), the vector index and the embedder.
+pub struct Curator {
+    store: Store,
+    index: Arc<dyn VectorIndex>,
+    embedder: Arc<dyn Embedder>,
+    judge: Arc<dyn MergeJudge>,
+    opts: CuratorOptions,
+    // Curation of one namespace is serialised: two concurrent batches must not both ADD the
+    // same knowledge.
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn point(b: &IndexedBullet) -> Point {
+    Point {
+        id: b.id,
+        vector: b.embedding.clone(),
+        payload: BTreeMap::from([
+            ("namespace".to_owned(), b.namespace.clone()),
+            ("section".to_owned(), b.section.clone()),
+            ("stage".to_owned(), b.stage.as_str().to_owned()),
+        ]),
+    }
+}
+
+fn parse_bullet_id(field: &str, s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|_| {
+        InvalidInput::new(field, format!("{s:?} is not a bullet id (a UUID)")).into()
+    })
+}
+
+impl Curator {
+    pub const KEYWORD_FIELDS: [&'static str; 3] = ["namespace", "section", "stage"];
+
+    pub fn new(
+        store: Store,
+        index: Arc<dyn VectorIndex>,
+        embedder: Arc<dyn Embedder>,
+        judge: Arc<dyn MergeJudge>,
+        opts: CuratorOptions,
+    ) -> Self {
+        Self {
+            store,
+            index,
+            embedder,
+            judge,
+            opts,
+            locks: Default::default(),
+        }
+    }
+
+    pub fn options(&self) -> &CuratorOptions {
+        &self.opts
+    }
+
+    /// Creates the collection and heals any divergence between the record and the index (a
+    /// process killed between the two writes). Call once at start, before serving.
+    pub async fn start(&self) -> Result<ReconcileReport> {
+        self.index
+            .ensure_collection(
+                &self.opts.collection,
+                self.embedder.dim(),
+                &Self::KEYWORD_FIELDS,
+            )
+            .await?;
+        let report = self.reconcile().await?;
+        info!(
+            checked = report.checked,
+            upserted = report.upserted,
+            deleted = report.deleted,
+            "vector index reconciled with the record"
+        );
+        Ok(report)
+    }
+
+    /// Checks that every dependency answers.
+    pub async fn ready(&self) -> Result<()> {
+        self.store.ping().await?;
+        self.index.count(&self.opts.collection).await?;
+        self.embedder.embed(vec!["ready".into()]).await?;
+        Ok(())
+    }
+
+    async fn ns_lock(&self, ns: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(ns.to_owned()).or_default().clone()
+    }
+
+    fn validate_section(&self, field: &str, section: &str) -> Result<()> {
+        if self.opts.sections.iter().any(|s| s == section) {
+            Ok(())
+        } else {
+            Err(InvalidInput::new(
+                field,
+                format!(
+                    "unknown section {section:?}; configured sections: {}",
+                    self.opts.sections.join(", ")
+                ),
+            )
+            .into())
+        }
+    }
+
+    fn validate_content(&self, field: &str, content: &str) -> Result<()> {
+        if content.trim().is_empty() {
+            return Err(InvalidInput::new(field, "must not be empty").into());
+        }
+        if content.len() > self.opts.max_content_bytes {
+            return Err(InvalidInput::new(
+                field,
+                format!(
+                    "is {} bytes, over the limit of {} (curator.max_content_bytes)",
+                    content.len(),
+                    self.opts.max_content_bytes
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    fn validate_insights(&self, insights: &[Insight]) -> Result<()> {
+        if insights.is_empty() {
+            return Err(InvalidInput::new("insights", "must not be empty").into());
+        }
+        if insights.len() > self.opts.max_insights_per_request {
+            return Err(InvalidInput::new(
+                "insights",
+                format!(
+                    "{} insights, over the limit of {} per request",
+                    insights.len(),
+                    self.opts.max_insights_per_request
+                ),
+            )
+            .into());
+        }
+        for (i, insight) in insights.iter().enumerate() {
+            let f = |name: &str| format!("insights[{i}].{name}");
+            if insight.id.trim().is_empty() || insight.id.len() > MAX_ID_BYTES {
+                return Err(InvalidInput::new(
+                    f("id"),
+                    format!("must be 1-{MAX_ID_BYTES} bytes and not blank"),
+                )
+                .into());
+            }
+            self.validate_section(&f("section"), &insight.section)?;
+            self.validate_content(&f("content"), &insight.content)?;
+            if insight.source.len() > MAX_SOURCE_BYTES {
+                return Err(InvalidInput::new(
+                    f("source"),
+                    format!("must be at most {MAX_SOURCE_BYTES} bytes"),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies insights as delta operations: MERGE into the nearest bullet of the same
+    /// namespace and section when the judge says so, else ADD a SHADOW bullet. All-or-nothing
+    /// per request; an insight id applied before is reported as `replayed` and changes nothing.
+    pub async fn curate(&self, ns: &str, insights: &[Insight]) -> Result<Vec<DeltaOp>> {
+        validate_namespace("namespace", ns)?;
+        self.validate_insights(insights)?;
+        let lock = self.ns_lock(ns).await;
+        let _guard = lock.lock().await;
+
+        let ids: Vec<String> = insights.iter().map(|i| i.id.clone()).collect();
+        let applied = self.store.applied_insights(ns, &ids).await?;
+
+        // First occurrence of each id not applied before is new work.
+        let mut seen = HashSet::new();
+        let fresh: Vec<&Insight> = insights
+            .iter()
+            .filter(|i| !applied.contains_key(&i.id) && seen.insert(i.id.clone()))
+            .collect();
+        let vectors = self
+            .embedder
+            .embed(fresh.iter().map(|i| i.content.clone()).collect())
+            .await?;
+
+        let mut decided: HashMap<String, DeltaOp> = HashMap::new();
+        let mut changes = Vec::with_capacity(fresh.len());
+        let mut added: Vec<IndexedBullet> = Vec::new();
+        for (insight, vector) in fresh.into_iter().zip(vectors) {
+            let filter = Filter::default()
+                .eq("namespace", ns)
+                .eq("section", insight.section.clone());
+            let from_index = self
+                .index
+                .search(&self.opts.collection, vector.clone(), 1, filter)
+                .await?
+                .into_iter()
+                .next()
+                .map(|h| Nearest {
+                    bullet_id: h.id,
+                    similarity: h.score,
+                });
+            // Bullets added earlier in this batch are not in the index yet.
+            let from_batch = added
+                .iter()
+                .filter(|b| b.section == insight.section)
+                .map(|b| Nearest {
+                    bullet_id: b.id,
+                    similarity: cosine(&b.embedding, &vector),
+                })
+                .max_by(|a, b| a.similarity.total_cmp(&b.similarity));
+            let nearest = match (from_index, from_batch) {
+                (Some(a), Some(b)) => Some(if b.similarity > a.similarity { b } else { a }),
+                (a, b) => a.or(b),
+            };
+            let similarity = nearest.map_or(0.0, |n| n.similarity);
+            let op = match self.judge.judge(insight, nearest) {
+                Judgement::Merge(bullet_id) => {
+                    changes.push(CurationChange::Merge {
+                        insight_id: insight.id.clone(),
+                        bullet_id,
+                        source: insight.source.clone(),
+                        similarity,
+                    });
+                    DeltaOp {
+                        kind: DeltaKind::Merge,
+                        bullet_id,
+                        insight_id: insight.id.clone(),
+                        similarity,
+                        replayed: false,
+                        merged_bullet_id: None,
+                    }
+                }
+                Judgement::Add => {
+                    let id = Uuid::new_v5(
+                        &BULLET_ID_NS,
+                        format!("{ns}\u{0}{}", insight.id).as_bytes(),
+                    );
+                    changes.push(CurationChange::Add {
+                        insight_id: insight.id.clone(),
+                        bullet: NewBullet {
+                            id,
+                            section: insight.section.clone(),
+                            content: insight.content.trim().to_owned(),
+                            source: insight.source.clone(),
+                            embedding: vector.clone(),
+                        },
+                        similarity,
+                    });
+                    added.push(IndexedBullet {
+                        id,
+                        namespace: ns.to_owned(),
+                        section: insight.section.clone(),
+                        stage: Stage::Shadow,
+                        embedding: vector,
+                    });
+                    DeltaOp {
+                        kind: DeltaKind::Add,
+                        bullet_id: id,
+                        insight_id: insight.id.clone(),
+                        similarity,
+                        replayed: false,
+                        merged_bullet_id: None,
+                    }
+                }
+            };
+            decided.insert(insight.id.clone(), op);
+        }
+
+        if !changes.is_empty() {
+            self.store.apply_curation(ns, &changes).await?;
+            // The record is committed; if the index write fails the next start reconciles it.
+            let points: Vec<Point> = added.iter().map(point).collect();
+            if let Err(e) = self.index.upsert(&self.opts.collection, points).await {
+                warn!(error = %e, namespace = ns, "index write failed after commit; reconcile will heal it");
+            }
+        }
+
+        let mut reported = HashSet::new();
+        Ok(insights
+            .iter()
+            .map(|i| {
+                if let Some(a) = applied.get(&i.id) {
+                    return DeltaOp {
+                        kind: a.kind,
+                        bullet_id: a.bullet_id,
+                        insight_id: i.id.clone(),
+                        similarity: a.similarity,
+                        replayed: true,
+                        merged_bullet_id: None,
+                    };
+                }
+                let mut op = decided[&i.id].clone();
+                op.replayed = !reported.insert(i.id.clone());
+                op
+            })
+            .collect())
+    }
+
+    pub async fn get_playbook(&self, ns: &str, q: &PlaybookQuery) -> Result<PlaybookPage> {
+        validate_namespace("namespace", ns)?;
+        if let Some(section) = &q.section {
+            self.validate_section("section", section)?;
+        }
+        let page_size = match q.page_size {
+            0 => 100,
+            n if n > 1000 => {
+                return Err(InvalidInput::new("page_size", "must be at most 1000").into());
+            }
+            n => n,
+        };
+        let offset = if q.page_token.is_empty() {
+            0
+        } else {
+            q.page_token
+                .parse::<u64>()
+                .map_err(|_| InvalidInput::new("page_token", "is not a token this server issued"))?
+        };
+        let filter = ListFilter {
+            stage: q.stage,
+            section: q.section.clone(),
+            include_deleted: q.include_deleted,
+        };
+        let BulletPage {
+            bullets,
+            total,
+            next_offset,
+        } = self
+            .store
+            .list_bullets(ns, &filter, offset, u64::from(page_size))
+            .await?;
+        Ok(PlaybookPage {
+            bullets,
+            total,
+            next_page_token: next_offset.map(|o| o.to_string()).unwrap_or_default(),
+        })
+    }
+
+    async fn nearest_bullets(
+        &self,
+        ns: &str,
+        text: &str,
+        k: usize,
+        min_stage: Stage,
+        section: Option<&str>,
+    ) -> Result<Vec<(Bullet, f32)>> {
+        let vector = self
+            .embedder
+            .embed(vec![text.to_owned()])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        let stages = Stage::at_or_above(min_stage)
+            .into_iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        let mut filter = Filter::default().eq("namespace", ns).any("stage", stages);
+        if let Some(section) = section {
+            filter = filter.eq("section", section);
+        }
+        let hits = self
+            .index
+            .search(&self.opts.collection, vector, k, filter)
+            .await?;
+        let ids: Vec<Uuid> = hits.iter().map(|h| h.id).collect();
+        let mut by_id: HashMap<Uuid, Bullet> = self
+            .store
+            .bullets_by_ids(ns, &ids)
+            .await?
+            .into_iter()
+            .map(|b| (b.id, b))
+            .collect();
+        // The record decides: a hit whose bullet was deleted or demoted meanwhile is dropped.
+        Ok(hits
+            .into_iter()
+            .filter_map(|h| by_id.remove(&h.id).map(|b| (b, h.score)))
+            .filter(|(b, _)| !b.deleted && b.stage.satisfies(min_stage))
+            .collect())
+    }
+
+    fn validate_text(field: &str, text: &str) -> Result<()> {
+        if text.trim().is_empty() {
+            return Err(InvalidInput::new(field, "must not be empty").into());
+        }
+        if text.len() > MAX_QUERY_BYTES {
+            return Err(InvalidInput::new(
+                field,
+                format!("is {} bytes, over the limit of {MAX_QUERY_BYTES}", text.len()),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    pub async fn search(
+        &self,
+        ns: &str,
+        query: &str,
+        k: u32,
+        min_stage: Stage,
+        section: Option<&str>,
+    ) -> Result<Vec<(Bullet, f32)>> {
+        validate_namespace("namespace", ns)?;
+        Self::validate_text("query", query)?;
+        if let Some(section) = section {
+            self.validate_section("section", section)?;
+        }
+        let k = match k {
+            0 => 10,
+            n if n > 100 => return Err(InvalidInput::new("k", "must be at most 100").into()),
+            n => n as usize,
+        };
+        if min_stage == Stage::Quarantined {
+            return Err(InvalidInput::new("min_stage", "quarantined bullets are never served").into());
+        }
+        self.nearest_bullets(ns, query, k, min_stage, section).await
+    }
+
+    /// The most relevant, best-scored bullets for `state`, rendered as a playbook section whose
+    /// estimated token count never exceeds `budget`.
+    pub async fn render_context(
+        &self,
+        ns: &str,
+        state: &str,
+        budget: u32,
+        min_stage: Stage,
+    ) -> Result<(String, Vec<Uuid>, u32)> {
+        validate_namespace("namespace", ns)?;
+        Self::validate_text("state", state)?;
+        if budget == 0 {
+            return Err(InvalidInput::new("token_budget", "must be at least 1").into());
+        }
+        if min_stage == Stage::Quarantined {
+            return Err(InvalidInput::new("min_stage", "quarantined bullets are never served").into());
+        }
+        let mut ranked = self
+            .nearest_bullets(ns, state, RENDER_CANDIDATES, min_stage, None)
+            .await?;
+        ranked.sort_by(|(a, sa), (b, sb)| {
+            render::score(*sb, b).total_cmp(&render::score(*sa, a))
+        });
+        let ranked: Vec<Bullet> = ranked.into_iter().map(|(b, _)| b).collect();
+        let (text, chosen, tokens) = render::fit(&self.opts.sections, &ranked, budget);
+        Ok((text, chosen.iter().map(|b| b.id).collect(), tokens))
+    }
+
+    /// Re-writes the index entries of these bullets from the record (stage, content, deletion).
+    async fn sync_index(&self, ids: &[Uuid]) -> Result<()> {
+        let live = self.store.indexed_bullets(ids).await?;
+        let (present, gone): (Vec<Uuid>, Vec<Uuid>) =
+            ids.iter().partition(|id| live.contains_key(id));
+        let points: Vec<Point> = present.iter().map(|id| point(&live[id])).collect();
+        let result = async {
+            self.index.upsert(&self.opts.collection, points).await?;
+            self.index.delete(&self.opts.collection, gone).await
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(error = %e, "index write failed after commit; reconcile will heal it");
+        }
+        Ok(())
+    }
+
+    pub async fn record_feedback(
+        &self,
+        ns: &str,
+        feedback_id: &str,
+        items: &[FeedbackItem],
+    ) -> Result<(Vec<Bullet>, bool)> {
+        validate_namespace("namespace", ns)?;
+        if items.is_empty() {
+            return Err(InvalidInput::new("feedback", "must not be empty").into());
+        }
+        if items.len() > MAX_FEEDBACK_ITEMS {
+            return Err(InvalidInput::new(
+                "feedback",
+                format!("at most {MAX_FEEDBACK_ITEMS} items per request"),
+            )
+            .into());
+        }
+        if feedback_id.len() > MAX_ID_BYTES {
+            return Err(InvalidInput::new("feedback_id", format!("at most {MAX_ID_BYTES} bytes")).into());
+        }
+        let mut parsed = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let id = parse_bullet_id(&format!("feedback[{i}].bullet_id"), &item.bullet_id)?;
+            if item.helpful == 0 && item.harmful == 0 {
+                return Err(InvalidInput::new(
+                    format!("feedback[{i}]"),
+                    "helpful and harmful are both 0",
+                )
+                .into());
+            }
+            if item.helpful > MAX_VOTES_PER_ITEM || item.harmful > MAX_VOTES_PER_ITEM {
+                return Err(InvalidInput::new(
+                    format!("feedback[{i}]"),
+                    format!("at most {MAX_VOTES_PER_ITEM} votes per item"),
+                )
+                .into());
+            }
+            parsed.push((id, item.helpful, item.harmful));
+        }
+        let fid = (!feedback_id.is_empty()).then_some(feedback_id);
+        let (bullets, replayed) = self
+            .store
+            .record_feedback(ns, fid, &parsed, &self.opts.gates)
+            .await?;
+        if !replayed {
+            let ids: Vec<Uuid> = bullets.iter().map(|b| b.id).collect();
+            self.sync_index(&ids).await?;
+        }
+        Ok((bullets, replayed))
+    }
+
+    pub async fn health(&self, ns: &str) -> Result<Health> {
+        validate_namespace("namespace", ns)?;
+        let h = self.store.health(ns).await?;
+        let stage = |s| h.by_stage.get(&s).copied().unwrap_or(0);
+        Ok(Health {
+            total: h.total,
+            shadow: stage(Stage::Shadow),
+            staging: stage(Stage::Staging),
+            production: stage(Stage::Production),
+            quarantined: stage(Stage::Quarantined),
+            deleted: h.deleted,
+            sections: h.by_section.clone(),
+            insights_applied: h.insights_applied,
+            merges: h.merges,
+            merge_rate: if h.insights_applied == 0 {
+                0.0
+            } else {
+                h.merges as f64 / h.insights_applied as f64
+            },
+            added_last_24h: h.added_last_24h,
+        })
+    }
+
+    pub async fn history(&self, ns: &str, bullet_id: &str) -> Result<Vec<BulletEvent>> {
+        validate_namespace("namespace", ns)?;
+        let id = parse_bullet_id("bullet_id", bullet_id)?;
+        if self.store.get_bullet(ns, id).await?.is_none() {
+            return Err(CuratorError::NotFound(format!("bullet {id} not found")));
+        }
+        Ok(self.store.history(ns, id).await?)
+    }
+
+    pub async fn update_bullet(&self, ns: &str, bullet_id: &str, content: &str) -> Result<DeltaOp> {
+        validate_namespace("namespace", ns)?;
+        let id = parse_bullet_id("bullet_id", bullet_id)?;
+        self.validate_content("content", content)?;
+        let lock = self.ns_lock(ns).await;
+        let _guard = lock.lock().await;
+        let vector = self
+            .embedder
+            .embed(vec![content.trim().to_owned()])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        self.store.update_bullet(ns, id, content.trim(), &vector).await?;
+        self.sync_index(&[id]).await?;
+        Ok(DeltaOp {
+            kind: DeltaKind::Update,
+            bullet_id: id,
+            insight_id: String::new(),
+            similarity: 0.0,
+            replayed: false,
+            merged_bullet_id: None,
+        })
+    }
+
+    pub async fn delete_bullet(&self, ns: &str, bullet_id: &str, reason: &str) -> Result<DeltaOp> {
+        validate_namespace("namespace", ns)?;
+        let id = parse_bullet_id("bullet_id", bullet_id)?;
+        let lock = self.ns_lock(ns).await;
+        let _guard = lock.lock().await;
+        self.store.delete_bullet(ns, id, reason).await?;
+        self.sync_index(&[id]).await?;
+        Ok(DeltaOp {
+            kind: DeltaKind::Delete,
+            bullet_id: id,
+            insight_id: String::new(),
+            similarity: 0.0,
+            replayed: false,
+            merged_bullet_id: None,
+        })
+    }
+
+    pub async fn merge_bullets(&self, ns: &str, into: &str, from: &str) -> Result<DeltaOp> {
+        validate_namespace("namespace", ns)?;
+        let into = parse_bullet_id("into_bullet_id", into)?;
+        let from = parse_bullet_id("from_bullet_id", from)?;
+        if into == from {
+            return Err(InvalidInput::new("from_bullet_id", "equals into_bullet_id").into());
+        }
+        let lock = self.ns_lock(ns).await;
+        let _guard = lock.lock().await;
+        self.store.merge_bullets(ns, into, from, &self.opts.gates).await?;
+        self.sync_index(&[into, from]).await?;
+        Ok(DeltaOp {
+            kind: DeltaKind::Merge,
+            bullet_id: into,
+            insight_id: String::new(),
+            similarity: 0.0,
+            replayed: false,
+            merged_bullet_id: Some(from),
+        })
+    }
+
+    pub async fn set_stage(
+        &self,
+        ns: &str,
+        bullet_id: &str,
+        stage: Option<Stage>,
+        reason: &str,
+    ) -> Result<Bullet> {
+        validate_namespace("namespace", ns)?;
+        let id = parse_bullet_id("bullet_id", bullet_id)?;
+        let stage = stage.ok_or_else(|| InvalidInput::new("stage", "must be set"))?;
+        let bullet = self
+            .store
+            .set_stage(ns, id, stage, reason, &self.opts.gates)
+            .await?;
+        self.sync_index(&[id]).await?;
+        Ok(bullet)
+    }
+
+    /// Makes the index hold exactly the record's live bullets, with current payloads.
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let collection = &self.opts.collection;
+        let mut indexed: HashMap<Uuid, BTreeMap<String, String>> = HashMap::new();
+        let mut after = None;
+        loop {
+            let page = self.index.scroll(collection, after, 1000).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
+            indexed.extend(page);
+        }
+        let mut report = ReconcileReport::default();
+        let mut after = None;
+        loop {
+            let page = self.store.live_bullets_page(after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            report.checked += page.len();
+            let stale: Vec<Point> = page
+                .iter()
+                .filter(|b| {
+                    let want = point(b).payload;
+                    indexed.remove(&b.id).is_none_or(|have| have != want)
+                })
+                .map(point)
+                .collect();
+            report.upserted += stale.len();
+            self.index.upsert(collection, stale).await?;
+        }
+        let orphans: Vec<Uuid> = indexed.into_keys().collect();
+        report.deleted = orphans.len();
+        self.index.delete(collection, orphans).await?;
+        Ok(report)
+    }
+
+    /// Builds the index's search structures; run it after bulk loads.
+    pub async fn optimize_index(&self) -> Result<()> {
+        Ok(self.index.optimize(&self.opts.collection).await?)
+    }
+}

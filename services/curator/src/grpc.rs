@@ -1,0 +1,314 @@
+//! The gRPC adapter of the Curator: protobuf in, [`Curator`] calls, protobuf out.
+
+use std::sync::Arc;
+
+use agent_learning_domain::{Bullet, BulletEvent, DeltaKind, DeltaOp, Insight, Stage};
+use agent_learning_proto::v1 as pb;
+use pb::curator_server::{Curator as CuratorRpc, CuratorServer};
+use tonic::{Request, Response, Status};
+
+use crate::curator::{Curator, CuratorError, FeedbackItem, PlaybookQuery};
+
+impl From<CuratorError> for Status {
+    fn from(e: CuratorError) -> Self {
+        match e {
+            CuratorError::Invalid(i) => Status::invalid_argument(i.to_string()),
+            CuratorError::NotFound(m) => Status::not_found(m),
+            CuratorError::Rejected(m) => Status::failed_precondition(m),
+            CuratorError::Embed(e) => Status::unavailable(e.to_string()),
+            CuratorError::Vector(e) => Status::unavailable(e.to_string()),
+            CuratorError::Store(e) => {
+                tracing::error!(error = %e, "store failure");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+pub fn stage_to_pb(s: Stage) -> pb::Stage {
+    match s {
+        Stage::Shadow => pb::Stage::Shadow,
+        Stage::Staging => pb::Stage::Staging,
+        Stage::Production => pb::Stage::Production,
+        Stage::Quarantined => pb::Stage::Quarantined,
+    }
+}
+
+/// `None` for STAGE_UNSPECIFIED; an error naming `field` for a number outside the enum.
+pub fn stage_from_pb(field: &str, v: i32) -> Result<Option<Stage>, Status> {
+    match pb::Stage::try_from(v) {
+        Ok(pb::Stage::Unspecified) => Ok(None),
+        Ok(pb::Stage::Shadow) => Ok(Some(Stage::Shadow)),
+        Ok(pb::Stage::Staging) => Ok(Some(Stage::Staging)),
+        Ok(pb::Stage::Production) => Ok(Some(Stage::Production)),
+        Ok(pb::Stage::Quarantined) => Ok(Some(Stage::Quarantined)),
+        Err(_) => Err(Status::invalid_argument(format!("{field}: unknown stage {v}"))),
+    }
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn bullet_to_pb(b: Bullet) -> pb::Bullet {
+    pb::Bullet {
+        id: b.id.to_string(),
+        section: b.section,
+        content: b.content,
+        helpful: b.helpful,
+        harmful: b.harmful,
+        evidence: b.evidence,
+        stage: stage_to_pb(b.stage) as i32,
+        namespace: b.namespace,
+        sources: b.sources,
+        created_at: Some(timestamp(b.created_at)),
+        updated_at: Some(timestamp(b.updated_at)),
+        deleted: b.deleted,
+    }
+}
+
+fn op_to_pb(op: DeltaOp) -> pb::DeltaOp {
+    let kind = match op.kind {
+        DeltaKind::Add => pb::DeltaKind::Add,
+        DeltaKind::Merge => pb::DeltaKind::Merge,
+        DeltaKind::Update => pb::DeltaKind::Update,
+        DeltaKind::Delete => pb::DeltaKind::Delete,
+    };
+    pb::DeltaOp {
+        kind: kind as i32,
+        bullet_id: op.bullet_id.to_string(),
+        insight_id: op.insight_id,
+        similarity: op.similarity,
+        replayed: op.replayed,
+        merged_bullet_id: op.merged_bullet_id.map(|u| u.to_string()).unwrap_or_default(),
+    }
+}
+
+fn event_to_pb(e: BulletEvent) -> pb::BulletEvent {
+    let stage = |s: Option<Stage>| s.map_or(pb::Stage::Unspecified, stage_to_pb) as i32;
+    pb::BulletEvent {
+        seq: e.seq,
+        bullet_id: e.bullet_id.to_string(),
+        kind: e.kind,
+        insight_id: e.insight_id.unwrap_or_default(),
+        from_stage: stage(e.from_stage),
+        to_stage: stage(e.to_stage),
+        detail: e.detail.to_string(),
+        at: Some(timestamp(e.at)),
+    }
+}
+
+/// Serves a [`Curator`] as `agent_learning.v1.Curator`.
+#[derive(Clone)]
+pub struct CuratorService {
+    curator: Arc<Curator>,
+}
+
+impl CuratorService {
+    pub fn new(curator: Arc<Curator>) -> Self {
+        Self { curator }
+    }
+
+    /// The tonic server with explicit message-size limits.
+    pub fn into_server(self, max_message_bytes: usize) -> CuratorServer<Self> {
+        CuratorServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+}
+
+#[tonic::async_trait]
+impl CuratorRpc for CuratorService {
+    async fn curate(
+        &self,
+        request: Request<pb::CurateRequest>,
+    ) -> Result<Response<pb::CurateResponse>, Status> {
+        let r = request.into_inner();
+        let insights: Vec<Insight> = r
+            .insights
+            .into_iter()
+            .map(|i| Insight {
+                id: i.id,
+                section: i.section,
+                content: i.content,
+                source: i.source,
+            })
+            .collect();
+        let ops = self.curator.curate(&r.namespace, &insights).await?;
+        Ok(Response::new(pb::CurateResponse {
+            ops: ops.into_iter().map(op_to_pb).collect(),
+        }))
+    }
+
+    async fn get_playbook(
+        &self,
+        request: Request<pb::GetPlaybookRequest>,
+    ) -> Result<Response<pb::GetPlaybookResponse>, Status> {
+        let r = request.into_inner();
+        let q = PlaybookQuery {
+            stage: stage_from_pb("stage", r.stage)?,
+            section: (!r.section.is_empty()).then_some(r.section),
+            page_size: r.page_size,
+            page_token: r.page_token,
+            include_deleted: r.include_deleted,
+        };
+        let page = self.curator.get_playbook(&r.namespace, &q).await?;
+        Ok(Response::new(pb::GetPlaybookResponse {
+            bullets: page.bullets.into_iter().map(bullet_to_pb).collect(),
+            next_page_token: page.next_page_token,
+            total: page.total,
+        }))
+    }
+
+    async fn search_playbook(
+        &self,
+        request: Request<pb::SearchPlaybookRequest>,
+    ) -> Result<Response<pb::SearchPlaybookResponse>, Status> {
+        let r = request.into_inner();
+        let min_stage = stage_from_pb("min_stage", r.min_stage)?.unwrap_or(Stage::Shadow);
+        let section = (!r.section.is_empty()).then_some(r.section.as_str());
+        let found = self
+            .curator
+            .search(&r.namespace, &r.query, r.k, min_stage, section)
+            .await?;
+        Ok(Response::new(pb::SearchPlaybookResponse {
+            results: found
+                .into_iter()
+                .map(|(b, score)| pb::ScoredBullet {
+                    bullet: Some(bullet_to_pb(b)),
+                    score,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn render_context(
+        &self,
+        request: Request<pb::RenderContextRequest>,
+    ) -> Result<Response<pb::RenderContextResponse>, Status> {
+        let r = request.into_inner();
+        let min_stage = stage_from_pb("min_stage", r.min_stage)?.unwrap_or(Stage::Shadow);
+        let (text, ids, tokens) = self
+            .curator
+            .render_context(&r.namespace, &r.state, r.token_budget, min_stage)
+            .await?;
+        Ok(Response::new(pb::RenderContextResponse {
+            text,
+            bullet_ids: ids.into_iter().map(|u| u.to_string()).collect(),
+            tokens,
+        }))
+    }
+
+    async fn record_feedback(
+        &self,
+        request: Request<pb::RecordFeedbackRequest>,
+    ) -> Result<Response<pb::RecordFeedbackResponse>, Status> {
+        let r = request.into_inner();
+        let items: Vec<FeedbackItem> = r
+            .feedback
+            .into_iter()
+            .map(|f| FeedbackItem {
+                bullet_id: f.bullet_id,
+                helpful: f.helpful,
+                harmful: f.harmful,
+            })
+            .collect();
+        let (bullets, replayed) = self
+            .curator
+            .record_feedback(&r.namespace, &r.feedback_id, &items)
+            .await?;
+        Ok(Response::new(pb::RecordFeedbackResponse {
+            bullets: bullets.into_iter().map(bullet_to_pb).collect(),
+            replayed,
+        }))
+    }
+
+    async fn get_playbook_health(
+        &self,
+        request: Request<pb::GetPlaybookHealthRequest>,
+    ) -> Result<Response<pb::PlaybookHealth>, Status> {
+        let r = request.into_inner();
+        let h = self.curator.health(&r.namespace).await?;
+        Ok(Response::new(pb::PlaybookHealth {
+            namespace: r.namespace,
+            total: h.total,
+            shadow: h.shadow,
+            staging: h.staging,
+            production: h.production,
+            quarantined: h.quarantined,
+            deleted: h.deleted,
+            sections: h
+                .sections
+                .into_iter()
+                .map(|(section, count)| pb::SectionCount { section, count })
+                .collect(),
+            insights_applied: h.insights_applied,
+            merges: h.merges,
+            merge_rate: h.merge_rate,
+            added_last_24h: h.added_last_24h,
+        }))
+    }
+
+    async fn get_bullet_history(
+        &self,
+        request: Request<pb::GetBulletHistoryRequest>,
+    ) -> Result<Response<pb::GetBulletHistoryResponse>, Status> {
+        let r = request.into_inner();
+        let events = self.curator.history(&r.namespace, &r.bullet_id).await?;
+        Ok(Response::new(pb::GetBulletHistoryResponse {
+            events: events.into_iter().map(event_to_pb).collect(),
+        }))
+    }
+
+    async fn update_bullet(
+        &self,
+        request: Request<pb::UpdateBulletRequest>,
+    ) -> Result<Response<pb::DeltaOp>, Status> {
+        let r = request.into_inner();
+        let op = self
+            .curator
+            .update_bullet(&r.namespace, &r.bullet_id, &r.content)
+            .await?;
+        Ok(Response::new(op_to_pb(op)))
+    }
+
+    async fn delete_bullet(
+        &self,
+        request: Request<pb::DeleteBulletRequest>,
+    ) -> Result<Response<pb::DeltaOp>, Status> {
+        let r = request.into_inner();
+        let op = self
+            .curator
+            .delete_bullet(&r.namespace, &r.bullet_id, &r.reason)
+            .await?;
+        Ok(Response::new(op_to_pb(op)))
+    }
+
+    async fn merge_bullets(
+        &self,
+        request: Request<pb::MergeBulletsRequest>,
+    ) -> Result<Response<pb::DeltaOp>, Status> {
+        let r = request.into_inner();
+        let op = self
+            .curator
+            .merge_bullets(&r.namespace, &r.into_bullet_id, &r.from_bullet_id)
+            .await?;
+        Ok(Response::new(op_to_pb(op)))
+    }
+
+    async fn set_bullet_stage(
+        &self,
+        request: Request<pb::SetBulletStageRequest>,
+    ) -> Result<Response<pb::Bullet>, Status> {
+        let r = request.into_inner();
+        let stage = stage_from_pb("stage", r.stage)?;
+        let b = self
+            .curator
+            .set_stage(&r.namespace, &r.bullet_id, stage, &r.reason)
+            .await?;
+        Ok(Response::new(bullet_to_pb(b)))
+    }
+}

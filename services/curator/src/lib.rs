@@ -1,0 +1,16 @@
+//! The Curator service: ACE curation of insights into a staged, de-duplicated playbook.
+//! [`Curator`] holds the logic with no transport types; [`grpc`] adapts it to the
+//! `agent_learning.v1.Curator` contract.
+
+mod curator;
+pub mod grpc;
+mod judge;
+mod render;
+mod wiring;
+
+pub use curator::{
+    Curator, CuratorError, CuratorOptions, FeedbackItem, Health, PlaybookPage, PlaybookQuery,
+    ReconcileReport,
+};
+pub use judge::{Judgement, MergeJudge, Nearest, ThresholdJudge};
+pub use wiring::{Backends, curator_options, limits, open_backends, serve_curator};

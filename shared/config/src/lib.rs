@@ -1,0 +1,377 @@
+//! Layered configuration for every agent-learning process: built-in defaults < TOML file <
+//! `AGENT_LEARNING__SECTION__KEY` environment variables, parsed into typed structs and validated
+//! at start-up with errors that name the offending key.
+
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Environment prefix; nested keys are separated by a double underscore.
+pub const ENV_PREFIX: &str = "AGENT_LEARNING";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where the embedded backends keep their files (SQLite, vector index).
+    pub data_dir: PathBuf,
+    /// Where downloaded models are cached; shared by every data dir.
+    pub models_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub vector: VectorSettings,
+    pub embedding: EmbeddingSettings,
+    pub curator: CuratorSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub addr: String,
+    /// Largest encoded or decoded gRPC message, in bytes.
+    pub max_message_bytes: usize,
+    pub concurrency_limit_per_connection: usize,
+    pub request_timeout_secs: u64,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://...` or `sqlite://...`; empty means SQLite at `<data_dir>/agent-learning.db`.
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorSettings {
+    /// A Qdrant server (`http://host:6334`); empty means the in-process engine under the data dir.
+    pub qdrant_url: Option<String>,
+    pub qdrant_api_key: Option<SecretString>,
+    /// Prefix of every collection name, so several deployments can share one server.
+    pub collection_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingSettings {
+    /// Sentences per forward pass.
+    pub batch_size: usize,
+    /// Compute threads for the embedding model; 0 picks from the machine's cores.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CuratorSettings {
+    /// Cosine similarity at or above which an insight merges into its nearest bullet.
+    pub merge_threshold: f64,
+    pub sections: Vec<String>,
+    pub max_content_bytes: usize,
+    pub max_insights_per_request: usize,
+    pub promotion: PromotionSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionSettings {
+    pub staging_min_helpful: u32,
+    pub staging_min_ratio: f64,
+    pub production_min_helpful: u32,
+    pub production_min_ratio: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `json` (the default) or `pretty`.
+    pub log_format: String,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub log_filter: String,
+    /// OTLP/gRPC collector; `OTEL_EXPORTER_OTLP_ENDPOINT` also sets it.
+    pub otlp_endpoint: Option<String>,
+}
+
+const DEFAULTS: &str = r#"
+data_dir = "data"
+models_dir = ""
+
+[server]
+addr = "127.0.0.1:50051"
+max_message_bytes = 4194304
+concurrency_limit_per_connection = 256
+request_timeout_secs = 60
+shutdown_grace_secs = 10
+
+[database]
+max_connections = 8
+
+[vector]
+collection_prefix = "agent_learning"
+
+[embedding]
+batch_size = 32
+threads = 0
+
+[curator]
+merge_threshold = 0.80
+sections = ["strategy", "mistakes", "facts"]
+max_content_bytes = 4096
+max_insights_per_request = 1000
+
+[curator.promotion]
+staging_min_helpful = 3
+staging_min_ratio = 3.0
+production_min_helpful = 5
+production_min_ratio = 5.0
+
+[telemetry]
+log_format = "json"
+log_filter = "info"
+"#;
+
+/// Where configuration comes from, besides the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// A TOML file; `AGENT_LEARNING_CONFIG` names one when this is empty.
+    pub file: Option<PathBuf>,
+    /// Highest-precedence overrides from the command line, as `("server.addr", "...")`.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// Loads and validates the settings from defaults, the file, the environment and overrides.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS,
+            config::FileFormat::Toml,
+        ));
+        let file = sources
+            .file
+            .clone()
+            .or_else(|| std::env::var_os("AGENT_LEARNING_CONFIG").map(PathBuf::from));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("curator.sections")
+                .try_parsing(true),
+        );
+        // Conventional variables of the ecosystem, below our own prefix in precedence.
+        if let Ok(url) = std::env::var("QDRANT_URL")
+            && std::env::var("AGENT_LEARNING__VECTOR__QDRANT_URL").is_err()
+        {
+            builder = builder.set_override("vector.qdrant_url", url)?;
+        }
+        if let Ok(ep) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            && std::env::var("AGENT_LEARNING__TELEMETRY__OTLP_ENDPOINT").is_err()
+        {
+            builder = builder.set_override("telemetry.otlp_endpoint", ep)?;
+        }
+        for (key, value) in &sources.overrides {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
+        }
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.normalize();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn normalize(&mut self) {
+        if self.models_dir.as_os_str().is_empty() {
+            self.models_dir = default_models_dir();
+        }
+        let empty = |v: &Option<String>| v.as_deref().is_some_and(|s| s.trim().is_empty());
+        if empty(&self.vector.qdrant_url) {
+            self.vector.qdrant_url = None;
+        }
+        if empty(&self.telemetry.otlp_endpoint) {
+            self.telemetry.otlp_endpoint = None;
+        }
+    }
+
+    /// Checks every value that parsing alone cannot, naming the key that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.addr",
+                format!("{:?} is not a socket address such as 127.0.0.1:50051", self.server.addr),
+            ));
+        }
+        if self.server.max_message_bytes < 1024 || self.server.max_message_bytes > 256 << 20 {
+            return Err(invalid("server.max_message_bytes", "must be in 1 KiB ..= 256 MiB"));
+        }
+        if self.server.concurrency_limit_per_connection == 0 {
+            return Err(invalid("server.concurrency_limit_per_connection", "must be at least 1"));
+        }
+        if self.server.request_timeout_secs == 0 {
+            return Err(invalid("server.request_timeout_secs", "must be at least 1"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.embedding.batch_size == 0 || self.embedding.batch_size > 1024 {
+            return Err(invalid("embedding.batch_size", "must be in 1..=1024"));
+        }
+        let t = self.curator.merge_threshold;
+        if !t.is_finite() || !(-1.0..=1.0).contains(&t) {
+            return Err(invalid(
+                "curator.merge_threshold",
+                format!("must be a finite cosine similarity in [-1, 1], got {t}"),
+            ));
+        }
+        if self.curator.sections.is_empty() {
+            return Err(invalid("curator.sections", "must name at least one section"));
+        }
+        for (i, s) in self.curator.sections.iter().enumerate() {
+            let ok = !s.is_empty()
+                && s.len() <= 32
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(invalid(
+                    "curator.sections",
+                    format!("section {s:?} must be 1-32 characters of a-z, 0-9, '_'"),
+                ));
+            }
+            if self.curator.sections[..i].contains(s) {
+                return Err(invalid("curator.sections", format!("section {s:?} is listed twice")));
+            }
+        }
+        if self.curator.max_content_bytes == 0 || self.curator.max_content_bytes > 1 << 20 {
+            return Err(invalid("curator.max_content_bytes", "must be in 1 ..= 1 MiB"));
+        }
+        if self.curator.max_insights_per_request == 0 {
+            return Err(invalid("curator.max_insights_per_request", "must be at least 1"));
+        }
+        let p = &self.curator.promotion;
+        for (key, ratio) in [
+            ("curator.promotion.staging_min_ratio", p.staging_min_ratio),
+            ("curator.promotion.production_min_ratio", p.production_min_ratio),
+        ] {
+            if !ratio.is_finite() || ratio < 1.0 {
+                return Err(invalid(key, format!("must be a finite ratio >= 1, got {ratio}")));
+            }
+        }
+        if p.production_min_helpful < p.staging_min_helpful {
+            return Err(invalid(
+                "curator.promotion.production_min_helpful",
+                "must be at least curator.promotion.staging_min_helpful",
+            ));
+        }
+        match self.telemetry.log_format.as_str() {
+            "json" | "pretty" => {}
+            other => {
+                return Err(invalid(
+                    "telemetry.log_format",
+                    format!("{other:?} is neither \"json\" nor \"pretty\""),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The SQLite file used when no database URL is configured.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("agent-learning.db")
+    }
+
+    /// The directory of the in-process vector engine.
+    pub fn vector_dir(&self) -> PathBuf {
+        self.data_dir.join("vectors")
+    }
+}
+
+/// `$XDG_CACHE_HOME/agent-learning/models`, else `$HOME/.cache/agent-learning/models`.
+pub fn default_models_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("agent-learning").join("models")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(overrides: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load(&Sources {
+            file: None,
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = load_with(&[]).unwrap();
+        assert_eq!(s.curator.merge_threshold, 0.80);
+        assert_eq!(s.curator.sections, ["strategy", "mistakes", "facts"]);
+        assert_eq!(s.curator.max_content_bytes, 4096);
+    }
+
+    #[test]
+    fn non_finite_threshold_names_the_key() {
+        for bad in ["NaN", "inf", "1.5"] {
+            let err = load_with(&[("curator.merge_threshold", bad)]).unwrap_err();
+            assert!(
+                err.to_string().contains("curator.merge_threshold"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_layer_applies_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[curator]\nmerge_threshold = 0.9\n").unwrap();
+        let s = Settings::load(&Sources {
+            file: Some(file.clone()),
+            overrides: vec![],
+        })
+        .unwrap();
+        assert_eq!(s.curator.merge_threshold, 0.9);
+
+        std::fs::write(&file, "[curator]\nmerge_treshold = 0.9\n").unwrap();
+        let err = Settings::load(&Sources {
+            file: Some(file),
+            overrides: vec![],
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("merge_treshold"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_and_log_format_are_named() {
+        let err = load_with(&[("server.addr", "nowhere")]).unwrap_err();
+        assert!(err.to_string().contains("server.addr"), "{err}");
+        let err = load_with(&[("telemetry.log_format", "xml")]).unwrap_err();
+        assert!(err.to_string().contains("telemetry.log_format"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! Domain types shared by every agent-learning service: playbook bullets, insights, stages,
+//! delta operations, and the rules that validate them. No transport types live here.
+
+mod playbook;
+mod tokens;
+mod validate;
+
+pub use playbook::{
+    Bullet, BulletEvent, DeltaKind, DeltaOp, EventKind, Insight, PromotionGates, Stage,
+};
+pub use tokens::estimate_tokens;
+pub use validate::{InvalidInput, validate_namespace};

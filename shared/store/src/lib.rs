@@ -1,0 +1,138 @@
+//! The relational record of agent-learning, through sea-orm: SQLite (WAL) embedded by default,
+//! PostgreSQL in production. The database is the source of truth; the vector index is derived
+//! from it and rebuilt from it.
+
+pub mod entity;
+mod migration;
+mod playbook;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm_migration::MigratorTrait;
+
+pub use playbook::{
+    AppliedInsight, BulletPage, CurationChange, HealthCounts, IndexedBullet, ListFilter,
+    NewBullet, decode_embedding, encode_embedding,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Rejected(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database url: {0}")]
+    Url(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The relational store. Cheap to clone: a pool handle.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://...` or `postgres://...`) and applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let backend = if url.starts_with("sqlite:") {
+            DbBackend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            DbBackend::Postgres
+        } else {
+            return Err(StoreError::Url(format!(
+                "expected a sqlite:// or postgres:// URL, got {:?}",
+                url.split(':').next().unwrap_or_default()
+            )));
+        };
+        let mut opts = ConnectOptions::new(url.to_owned());
+        opts.max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        if backend == DbBackend::Sqlite {
+            opts.map_sqlx_sqlite_opts(|o| {
+                // WAL: readers do not block the writer. NORMAL sync is durable across a process
+                // kill (the WAL is in the OS cache); only a power loss may drop the last commits.
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .create_if_missing(true)
+                    .foreign_keys(true)
+            });
+        }
+        let db = Database::connect(opts).await?;
+        migration::Migrator::up(&db, None).await?;
+        Ok(Self { db })
+    }
+
+    /// The embedded default: a SQLite file.
+    pub async fn open_sqlite(path: &Path, max_connections: u32) -> Result<Self> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Url(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        Self::connect(&format!("sqlite://{}", path.display()), max_connections).await
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub async fn close(self) -> Result<()> {
+        self.db.close().await?;
+        Ok(())
+    }
+
+    /// Drops every table and re-creates the schema. For tests against a shared server.
+    pub async fn reset_for_tests(&self) -> Result<()> {
+        migration::Migrator::fresh(&self.db).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::ConnectionTrait as _;
+
+    #[tokio::test]
+    async fn rejects_unknown_urls() {
+        let err = Store::connect("mysql://x", 1).await.unwrap_err();
+        assert!(err.to_string().contains("sqlite:// or postgres://"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn sqlite_runs_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("x.db"), 2).await.unwrap();
+        store.connection().execute_unprepared("SELECT 1").await.unwrap();
+        let row = store
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA journal_mode",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let mode: String = row.try_get_by_index(0).unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

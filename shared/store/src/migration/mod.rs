@@ -1,0 +1,14 @@
+//! Schema migrations, applied at start-up.
+
+use sea_orm_migration::prelude::*;
+
+mod m0001_playbook;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_playbook::Migration)]
+    }
+}

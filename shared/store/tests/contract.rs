@@ -1,0 +1,340 @@
+//! One contract suite for every backend of the store: SQLite (embedded) and PostgreSQL.
+//! PostgreSQL runs against `AGENT_LEARNING_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) in a fresh database per run.
+
+use agent_learning_domain::{DeltaKind, PromotionGates, Stage};
+use agent_learning_store::{CurationChange, ListFilter, NewBullet, Store, StoreError};
+use sea_orm::{ConnectionTrait, Database};
+use uuid::Uuid;
+
+fn emb(seed: f32) -> Vec<f32> {
+    (0..8).map(|i| seed + i as f32 * 0.5).collect()
+}
+
+fn add(insight: &str, section: &str, content: &str) -> (Uuid, CurationChange) {
+    let id = Uuid::new_v4();
+    (
+        id,
+        CurationChange::Add {
+            insight_id: insight.into(),
+            bullet: NewBullet {
+                id,
+                section: section.into(),
+                content: content.into(),
+                source: format!("src-{insight}"),
+                embedding: emb(id.as_u128() as u8 as f32),
+            },
+            similarity: 0.1,
+        },
+    )
+}
+
+async fn curation_and_idempotency_records(store: &Store) {
+    let ns = "contract-curate";
+    let (a, add_a) = add("i1", "strategy", "keep distance");
+    let (b, add_b) = add("i2", "facts", "exit is right");
+    store.apply_curation(ns, &[add_a, add_b]).await.unwrap();
+    store
+        .apply_curation(
+            ns,
+            &[CurationChange::Merge {
+                insight_id: "i3".into(),
+                bullet_id: a,
+                source: "src-i3".into(),
+                similarity: 0.91,
+            }],
+        )
+        .await
+        .unwrap();
+
+    let applied = store
+        .applied_insights(ns, &["i1".into(), "i3".into(), "unknown".into()])
+        .await
+        .unwrap();
+    assert_eq!(applied.len(), 2);
+    assert_eq!(applied["i1"].kind, DeltaKind::Add);
+    assert_eq!(applied["i3"].kind, DeltaKind::Merge);
+    assert_eq!(applied["i3"].bullet_id, a);
+    assert!((applied["i3"].similarity - 0.91).abs() < 1e-6);
+
+    let bullet = store.get_bullet(ns, a).await.unwrap().unwrap();
+    assert_eq!(bullet.evidence, 2);
+    assert_eq!(bullet.stage, Stage::Shadow);
+    assert_eq!(bullet.sources, vec!["src-i1", "src-i3"]);
+    assert!(store.get_bullet(ns, b).await.unwrap().is_some());
+    // Another namespace sees none of it.
+    assert!(store.get_bullet("contract-other", a).await.unwrap().is_none());
+    assert!(store
+        .applied_insights("contract-other", &["i1".into()])
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A batch that fails half-way stores nothing: the merge target does not exist.
+    let (c, add_c) = add("i4", "facts", "never stored");
+    let err = store
+        .apply_curation(
+            ns,
+            &[
+                add_c,
+                CurationChange::Merge {
+                    insight_id: "i5".into(),
+                    bullet_id: Uuid::new_v4(),
+                    source: String::new(),
+                    similarity: 0.9,
+                },
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    assert!(store.get_bullet(ns, c).await.unwrap().is_none());
+    assert!(store.applied_insights(ns, &["i4".into()]).await.unwrap().is_empty());
+
+    let history = store.history(ns, a).await.unwrap();
+    let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["added", "merged"]);
+    assert_eq!(history[1].insight_id.as_deref(), Some("i3"));
+}
+
+async fn feedback_promotes_through_every_stage(store: &Store) {
+    let ns = "contract-feedback";
+    let gates = PromotionGates::default();
+    let (a, add_a) = add("f1", "strategy", "brake early");
+    store.apply_curation(ns, &[add_a]).await.unwrap();
+
+    let (bullets, replayed) = store
+        .record_feedback(ns, Some("fb-1"), &[(a, 2, 0)], &gates)
+        .await
+        .unwrap();
+    assert!(!replayed);
+    assert_eq!(bullets[0].stage, Stage::Shadow);
+    // The same feedback id again changes nothing.
+    let (bullets, replayed) = store
+        .record_feedback(ns, Some("fb-1"), &[(a, 2, 0)], &gates)
+        .await
+        .unwrap();
+    assert!(replayed);
+    assert_eq!(bullets[0].helpful, 2);
+
+    let (bullets, _) = store
+        .record_feedback(ns, None, &[(a, 3, 0)], &gates)
+        .await
+        .unwrap();
+    assert_eq!(bullets[0].helpful, 5);
+    assert_eq!(bullets[0].stage, Stage::Production);
+    let stages: Vec<(Option<Stage>, Option<Stage>)> = store
+        .history(ns, a)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "stage_changed")
+        .map(|e| (e.from_stage, e.to_stage))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            (Some(Stage::Shadow), Some(Stage::Staging)),
+            (Some(Stage::Staging), Some(Stage::Production))
+        ],
+        "promotion passes through staging"
+    );
+
+    // Harmful votes catch up: quarantine.
+    let (bullets, _) = store
+        .record_feedback(ns, None, &[(a, 0, 5)], &gates)
+        .await
+        .unwrap();
+    assert_eq!(bullets[0].stage, Stage::Quarantined);
+
+    // Unknown bullet: the whole request fails and the known one is unchanged.
+    let err = store
+        .record_feedback(ns, Some("fb-2"), &[(a, 1, 0), (Uuid::new_v4(), 1, 0)], &gates)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }));
+    assert_eq!(store.get_bullet(ns, a).await.unwrap().unwrap().helpful, 5);
+    // ... and its feedback id was not consumed.
+    let (_, replayed) = store
+        .record_feedback(ns, Some("fb-2"), &[(a, 1, 0)], &gates)
+        .await
+        .unwrap();
+    assert!(!replayed);
+}
+
+async fn manual_stage_changes_respect_the_gates(store: &Store) {
+    let ns = "contract-stage";
+    let gates = PromotionGates::default();
+    let (a, add_a) = add("s1", "strategy", "signal before changing lanes");
+    store.apply_curation(ns, &[add_a]).await.unwrap();
+    let err = store
+        .set_stage(ns, a, Stage::Production, "eager", &gates)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(_)), "{err}");
+    store.record_feedback(ns, None, &[(a, 3, 0)], &gates).await.unwrap();
+    // Earned staging: rollback to shadow is allowed, and promotion back up to what it earned.
+    let b = store.set_stage(ns, a, Stage::Shadow, "rollback", &gates).await.unwrap();
+    assert_eq!(b.stage, Stage::Shadow);
+    let b = store.set_stage(ns, a, Stage::Staging, "restore", &gates).await.unwrap();
+    assert_eq!(b.stage, Stage::Staging);
+    let b = store
+        .set_stage(ns, a, Stage::Quarantined, "incident 42", &gates)
+        .await
+        .unwrap();
+    assert_eq!(b.stage, Stage::Quarantined);
+    let last = store.history(ns, a).await.unwrap().pop().unwrap();
+    assert_eq!(last.detail["reason"], "incident 42");
+}
+
+async fn delete_update_and_merge_keep_history(store: &Store) {
+    let ns = "contract-edit";
+    let gates = PromotionGates::default();
+    let (a, add_a) = add("e1", "facts", "left lane is faster");
+    let (b, add_b) = add("e2", "facts", "the left lane moves quicker");
+    let (c, add_c) = add("e3", "facts", "to be deleted");
+    store.apply_curation(ns, &[add_a, add_b, add_c]).await.unwrap();
+    store.record_feedback(ns, None, &[(a, 2, 0), (b, 1, 0)], &gates).await.unwrap();
+
+    let updated = store.update_bullet(ns, a, "the left lane is faster", &emb(3.0)).await.unwrap();
+    assert_eq!(updated.content, "the left lane is faster");
+
+    let merged = store.merge_bullets(ns, a, b, &gates).await.unwrap();
+    assert_eq!((merged.helpful, merged.evidence), (3, 2));
+    assert_eq!(merged.stage, Stage::Staging, "merged counters earn staging");
+    assert!(store.get_bullet(ns, b).await.unwrap().unwrap().deleted);
+
+    let deleted = store.delete_bullet(ns, c, "obsolete").await.unwrap();
+    assert!(deleted.deleted);
+    let err = store.delete_bullet(ns, c, "again").await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }));
+    let kinds: Vec<String> = store.history(ns, c).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["added", "deleted"]);
+    let kinds: Vec<String> = store.history(ns, a).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["added", "counters_changed", "updated", "merged", "stage_changed"]);
+
+    let live = store.list_bullets(ns, &ListFilter::default(), 0, 10).await.unwrap();
+    assert_eq!(live.total, 1);
+    let all = store
+        .list_bullets(
+            ns,
+            &ListFilter {
+                include_deleted: true,
+                ..Default::default()
+            },
+            0,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.total, 3);
+
+    let h = store.health(ns).await.unwrap();
+    assert_eq!((h.total, h.deleted), (1, 2));
+    assert_eq!(h.by_stage[&Stage::Staging], 1);
+    assert_eq!(h.by_section, vec![("facts".to_string(), 1)]);
+    assert_eq!(h.insights_applied, 3);
+}
+
+async fn pagination_and_index_rebuild_pages(store: &Store) {
+    let ns = "contract-pages";
+    let mut changes = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let (id, c) = add(&format!("p{i}"), if i % 2 == 0 { "strategy" } else { "facts" }, &format!("bullet {i}"));
+        ids.push(id);
+        changes.push(c);
+    }
+    store.apply_curation(ns, &changes).await.unwrap();
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = store.list_bullets(ns, &ListFilter::default(), offset, 10).await.unwrap();
+        assert_eq!(page.total, 25);
+        seen.extend(page.bullets.iter().map(|b| b.id));
+        match page.next_offset {
+            Some(next) => offset = next,
+            None => break,
+        }
+    }
+    seen.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(seen, want);
+    let facts = store
+        .list_bullets(
+            ns,
+            &ListFilter {
+                section: Some("facts".into()),
+                ..Default::default()
+            },
+            0,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(facts.total, 12);
+
+    // Paging the live bullets of every namespace visits each once, embeddings intact.
+    let mut after = None;
+    let mut visited = 0;
+    loop {
+        let page = store.live_bullets_page(after, 7).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for b in &page {
+            if b.namespace == ns {
+                visited += 1;
+                assert_eq!(b.embedding, emb(b.id.as_u128() as u8 as f32));
+            }
+        }
+    }
+    assert_eq!(visited, 25);
+    let indexed = store.indexed_bullets(&ids[..3]).await.unwrap();
+    assert_eq!(indexed.len(), 3);
+}
+
+async fn run_suite(store: Store) {
+    curation_and_idempotency_records(&store).await;
+    feedback_promotes_through_every_stage(&store).await;
+    manual_stage_changes_respect_the_gates(&store).await;
+    delete_update_and_merge_keep_history(&store).await;
+    pagination_and_index_rebuild_pages(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("contract.db");
+    run_suite(Store::open_sqlite(&path, 4).await.unwrap()).await;
+    // Reopening applies no migration twice and keeps everything.
+    let store = Store::open_sqlite(&path, 4).await.unwrap();
+    assert_eq!(store.health("contract-pages").await.unwrap().total, 25);
+}
+
+#[tokio::test]
+async fn postgres_contract() {
+    let admin_url = std::env::var("AGENT_LEARNING_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let admin = Database::connect(admin_url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is required: {e}"));
+    let db = format!("agent_learning_contract_{}", Uuid::new_v4().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+    let url = format!("{base}/{db}");
+    let store = Store::connect(&url, 4).await.unwrap();
+    assert_eq!(store.backend(), sea_orm::DbBackend::Postgres);
+    run_suite(store.clone()).await;
+    store.close().await.unwrap();
+    let again = Store::connect(&url, 2).await.unwrap();
+    assert_eq!(again.health("contract-pages").await.unwrap().total, 25);
+    again.close().await.unwrap();
+    admin
+        .execute_unprepared(&format!("DROP DATABASE {db}"))
+        .await
+        .unwrap();
+}

@@ -1,0 +1,92 @@
+//! One `init` for every agent-learning process: an env filter, JSON (default) or pretty logs on
+//! stderr, and OTLP/gRPC trace export through tracing-opentelemetry when an endpoint is set.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+#[derive(Debug, Clone)]
+pub struct TelemetryOptions {
+    pub service_name: String,
+    /// `json` or `pretty`.
+    pub log_format: String,
+    /// An `EnvFilter` directive used when `RUST_LOG` is unset.
+    pub log_filter: String,
+    pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry.log_filter: {0}")]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    #[error("telemetry.otlp_endpoint: {0}")]
+    Otlp(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("telemetry: a global subscriber is already installed: {0}")]
+    AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Flushes and shuts the trace exporter down when dropped.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("telemetry: trace exporter shutdown failed: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber. Call once, from `main`, inside a Tokio runtime.
+pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive)?,
+        _ => EnvFilter::try_new(&opts.log_filter)?,
+    };
+    let fmt = if opts.log_format == "pretty" {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    let (otel, provider) = match &opts.otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()?;
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(opts.service_name.clone())
+                .build();
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .build();
+            let tracer = provider.tracer("agent-learning");
+            (
+                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+                Some(provider),
+            )
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()?;
+    Ok(TelemetryGuard { provider })
+}

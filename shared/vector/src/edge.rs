@@ -1,0 +1,302 @@
+//! The in-process engine: one qdrant-edge shard per collection, under a root directory. The
+//! engine is synchronous; every call runs on the blocking pool. One process owns a directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use qdrant_edge::{
+    Condition, DEFAULT_VECTOR_NAME, Distance, EdgeConfigBuilder, EdgeShard,
+    EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter as EdgeFilter, Match,
+    NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStructPersisted, QueryEnum, ScrollRequest, SearchRequest,
+    UpdateOperation, VectorStructPersisted, WithPayloadInterface, WithVector,
+};
+use uuid::Uuid;
+
+use crate::{Filter, Hit, Point, Result, VectorError, VectorIndex};
+
+pub struct EdgeIndex {
+    root: PathBuf,
+    shards: Mutex<HashMap<String, (Arc<EdgeShard>, usize)>>,
+}
+
+fn engine(e: impl std::fmt::Display) -> VectorError {
+    VectorError::Engine(e.to_string())
+}
+
+fn uuid_of(id: PointId) -> Result<Uuid> {
+    match id {
+        PointId::Uuid(u) => Ok(u),
+        PointId::NumId(n) => Err(VectorError::Engine(format!("unexpected numeric point id {n}"))),
+    }
+}
+
+fn to_edge_filter(filter: &Filter) -> Result<Option<EdgeFilter>> {
+    if filter.must.is_empty() {
+        return Ok(None);
+    }
+    let mut must = Vec::with_capacity(filter.must.len());
+    for (field, values) in &filter.must {
+        let key = field
+            .as_str()
+            .try_into()
+            .map_err(|_| VectorError::Engine(format!("bad payload field {field:?}")))?;
+        let m: Match = match values.as_slice() {
+            [one] => one.clone().into(),
+            many => many.to_vec().into(),
+        };
+        must.push(Condition::Field(FieldCondition::new_match(key, m)));
+    }
+    Ok(Some(EdgeFilter {
+        should: None,
+        min_should: None,
+        must: Some(must),
+        must_not: None,
+    }))
+}
+
+impl EdgeIndex {
+    /// Opens (or creates) the engine's root directory.
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(engine)?;
+        Ok(Self {
+            root: root.to_owned(),
+            shards: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn shard(&self, collection: &str) -> Result<(Arc<EdgeShard>, usize)> {
+        self.shards
+            .lock()
+            .map_err(engine)?
+            .get(collection)
+            .cloned()
+            .ok_or_else(|| VectorError::NoCollection(collection.to_owned()))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        tokio::task::spawn_blocking(f).await.map_err(engine)?
+    }
+}
+
+#[async_trait]
+impl VectorIndex for EdgeIndex {
+    async fn ensure_collection(
+        &self,
+        collection: &str,
+        dim: usize,
+        keyword_fields: &[&str],
+    ) -> Result<()> {
+        if self.shard(collection).is_ok() {
+            return Ok(());
+        }
+        let path = self.root.join(collection);
+        let fields: Vec<String> = keyword_fields.iter().map(|s| s.to_string()).collect();
+        let shard = Self::blocking(move || {
+            let exists = path.join("edge_config.json").is_file();
+            let shard = if exists {
+                EdgeShard::load(&path, None).map_err(engine)?
+            } else {
+                std::fs::create_dir_all(&path).map_err(engine)?;
+                let config = EdgeConfigBuilder::new()
+                    .vector(
+                        DEFAULT_VECTOR_NAME,
+                        EdgeVectorParamsBuilder::new(dim, Distance::Cosine).build(),
+                    )
+                    .build();
+                EdgeShard::new(&path, config).map_err(engine)?
+            };
+            for field in &fields {
+                let key = field
+                    .as_str()
+                    .try_into()
+                    .map_err(|_| VectorError::Engine(format!("bad payload field {field:?}")))?;
+                shard
+                    .update(UpdateOperation::FieldIndexOperation(
+                        FieldIndexOperations::CreateIndex(qdrant_edge::CreateIndex {
+                            field_name: key,
+                            field_schema: Some(PayloadFieldSchema::FieldType(
+                                PayloadSchemaType::Keyword,
+                            )),
+                        }),
+                    ))
+                    .map_err(engine)?;
+            }
+            Ok(shard)
+        })
+        .await?;
+        self.shards
+            .lock()
+            .map_err(engine)?
+            .entry(collection.to_owned())
+            .or_insert((Arc::new(shard), dim));
+        Ok(())
+    }
+
+    async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<()> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let (shard, dim) = self.shard(collection)?;
+        let mut batch = Vec::with_capacity(points.len());
+        for p in points {
+            if p.vector.len() != dim {
+                return Err(VectorError::Dimension {
+                    id: p.id,
+                    got: p.vector.len(),
+                    want: dim,
+                });
+            }
+            let payload: serde_json::Map<String, serde_json::Value> = p
+                .payload
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            batch.push(PointStructPersisted {
+                id: PointId::Uuid(p.id),
+                vector: VectorStructPersisted::Single(p.vector),
+                payload: Some(qdrant_edge::Payload(payload)),
+            });
+        }
+        Self::blocking(move || {
+            shard
+                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                    PointInsertOperations::PointsList(batch),
+                )))
+                .map_err(engine)
+        })
+        .await
+    }
+
+    async fn delete(&self, collection: &str, ids: Vec<Uuid>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (shard, _) = self.shard(collection)?;
+        Self::blocking(move || {
+            shard
+                .update(UpdateOperation::PointOperation(PointOperations::DeletePoints {
+                    ids: ids.into_iter().map(PointId::Uuid).collect(),
+                }))
+                .map_err(engine)
+        })
+        .await
+    }
+
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        limit: usize,
+        filter: Filter,
+    ) -> Result<Vec<Hit>> {
+        let (shard, _) = self.shard(collection)?;
+        let filter = to_edge_filter(&filter)?;
+        Self::blocking(move || {
+            let found = shard
+                .search(SearchRequest {
+                    query: QueryEnum::Nearest(NamedQuery {
+                        query: vector.into(),
+                        using: None,
+                    }),
+                    filter,
+                    params: None,
+                    limit,
+                    offset: 0,
+                    with_payload: Some(WithPayloadInterface::Bool(false)),
+                    with_vector: Some(WithVector::Bool(false)),
+                    score_threshold: None,
+                })
+                .map_err(engine)?;
+            found
+                .into_iter()
+                .map(|p| {
+                    Ok(Hit {
+                        id: uuid_of(p.id)?,
+                        score: p.score,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn scroll(
+        &self,
+        collection: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, BTreeMap<String, String>)>> {
+        let (shard, _) = self.shard(collection)?;
+        Self::blocking(move || {
+            // The engine's offset is inclusive; ask for one more and drop `after` itself.
+            let (records, _) = shard
+                .scroll(ScrollRequest {
+                    offset: after.map(PointId::Uuid),
+                    limit: Some(limit + 1),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                })
+                .map_err(engine)?;
+            let mut out = Vec::with_capacity(records.len());
+            for r in records {
+                let id = uuid_of(r.id)?;
+                if Some(id) == after {
+                    continue;
+                }
+                let payload = r
+                    .payload
+                    .map(|p| {
+                        p.0.into_iter()
+                            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((id, payload));
+            }
+            out.truncate(limit);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count(&self, collection: &str) -> Result<u64> {
+        let (shard, _) = self.shard(collection)?;
+        Self::blocking(move || {
+            shard
+                .count(qdrant_edge::CountRequest {
+                    filter: None,
+                    exact: true,
+                })
+                .map(|n| n as u64)
+                .map_err(engine)
+        })
+        .await
+    }
+
+    async fn optimize(&self, collection: &str) -> Result<()> {
+        let (shard, _) = self.shard(collection)?;
+        Self::blocking(move || {
+            shard.optimize().map_err(engine)?;
+            shard.flush();
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Drop for EdgeIndex {
+    fn drop(&mut self) {
+        if let Ok(shards) = self.shards.lock() {
+            for (shard, _) in shards.values() {
+                shard.flush();
+            }
+        }
+    }
+}

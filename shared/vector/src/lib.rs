@@ -1,0 +1,94 @@
+//! The vector index behind semantic de-duplication and retrieval: the `VectorIndex` trait, the
+//! in-process Qdrant engine (`qdrant-edge`, persisted under the data dir) and a Qdrant server
+//! through `qdrant-client`. Both honour the same contract (see `tests/contract.rs`).
+
+mod edge;
+mod remote;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub use edge::EdgeIndex;
+pub use remote::RemoteIndex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VectorError {
+    #[error("vector index: collection {0} does not exist")]
+    NoCollection(String),
+    #[error("vector index: {0}")]
+    Engine(String),
+    #[error("vector index: point {id} has {got} dimensions, the collection {want}")]
+    Dimension { id: Uuid, got: usize, want: usize },
+}
+
+pub type Result<T, E = VectorError> = std::result::Result<T, E>;
+
+/// A point: an id, a vector, and keyword payload fields to filter on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub id: Uuid,
+    pub vector: Vec<f32>,
+    pub payload: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub id: Uuid,
+    /// Cosine similarity.
+    pub score: f32,
+}
+
+/// Conjunction of "field is one of these values" conditions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub must: Vec<(String, Vec<String>)>,
+}
+
+impl Filter {
+    pub fn eq(mut self, field: &str, value: impl Into<String>) -> Self {
+        self.must.push((field.to_owned(), vec![value.into()]));
+        self
+    }
+
+    pub fn any(mut self, field: &str, values: Vec<String>) -> Self {
+        self.must.push((field.to_owned(), values));
+        self
+    }
+}
+
+/// Cosine-similarity vector storage, by collection.
+#[async_trait]
+pub trait VectorIndex: Send + Sync {
+    /// Creates the collection (cosine distance, `dim` dimensions, keyword indexes on
+    /// `keyword_fields`) unless it exists.
+    async fn ensure_collection(
+        &self,
+        collection: &str,
+        dim: usize,
+        keyword_fields: &[&str],
+    ) -> Result<()>;
+    /// Inserts or replaces points by id.
+    async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<()>;
+    /// Removes points; unknown ids are ignored.
+    async fn delete(&self, collection: &str, ids: Vec<Uuid>) -> Result<()>;
+    /// The `limit` nearest points passing `filter`, most similar first.
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        limit: usize,
+        filter: Filter,
+    ) -> Result<Vec<Hit>>;
+    /// Points in id order after `after`, with their payloads but not their vectors.
+    async fn scroll(
+        &self,
+        collection: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, BTreeMap<String, String>)>>;
+    async fn count(&self, collection: &str) -> Result<u64>;
+    /// Builds search indexes over what was written; searches stay correct without it.
+    async fn optimize(&self, collection: &str) -> Result<()>;
+}

@@ -1,0 +1,145 @@
+//! One contract suite for every `VectorIndex`: the in-process engine always, a Qdrant server
+//! when `QDRANT_URL` names one.
+
+use std::collections::BTreeMap;
+
+use agent_learning_vector::{EdgeIndex, Filter, Point, RemoteIndex, VectorError, VectorIndex};
+use uuid::Uuid;
+
+const DIM: usize = 4;
+
+fn point(id: Uuid, v: [f32; DIM], ns: &str, section: &str, stage: &str) -> Point {
+    Point {
+        id,
+        vector: v.to_vec(),
+        payload: BTreeMap::from([
+            ("namespace".into(), ns.into()),
+            ("section".into(), section.into()),
+            ("stage".into(), stage.into()),
+        ]),
+    }
+}
+
+async fn contract(index: &dyn VectorIndex, c: &str) {
+    index
+        .ensure_collection(c, DIM, &["namespace", "section", "stage"])
+        .await
+        .unwrap();
+    // Idempotent.
+    index
+        .ensure_collection(c, DIM, &["namespace", "section", "stage"])
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    index
+        .upsert(
+            c,
+            vec![
+                point(ids[0], [1.0, 0.0, 0.0, 0.0], "a", "facts", "shadow"),
+                point(ids[1], [0.9, 0.1, 0.0, 0.0], "a", "facts", "production"),
+                point(ids[2], [1.0, 0.0, 0.0, 0.0], "b", "facts", "shadow"),
+                point(ids[3], [0.0, 1.0, 0.0, 0.0], "a", "strategy", "staging"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(index.count(c).await.unwrap(), 4);
+
+    let q = vec![1.0, 0.0, 0.0, 0.0];
+    let hits = index
+        .search(c, q.clone(), 10, Filter::default().eq("namespace", "a"))
+        .await
+        .unwrap();
+    let got: Vec<Uuid> = hits.iter().map(|h| h.id).collect();
+    assert_eq!(got, vec![ids[0], ids[1], ids[3]], "most similar first, namespace a only");
+    assert!((hits[0].score - 1.0).abs() < 1e-4, "cosine of identical vectors");
+    assert!(hits[2].score.abs() < 1e-4, "cosine of orthogonal vectors");
+
+    let hits = index
+        .search(
+            c,
+            q.clone(),
+            10,
+            Filter::default()
+                .eq("namespace", "a")
+                .any("stage", vec!["staging".into(), "production".into()]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![ids[1], ids[3]]);
+
+    let hits = index
+        .search(c, q.clone(), 1, Filter::default().eq("namespace", "a").eq("section", "facts"))
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].id, ids[0]);
+
+    // Upsert replaces the payload (a stage change) and the vector.
+    index
+        .upsert(c, vec![point(ids[0], [0.0, 0.0, 1.0, 0.0], "a", "facts", "quarantined")])
+        .await
+        .unwrap();
+    let hits = index
+        .search(c, q.clone(), 10, Filter::default().eq("stage", "shadow"))
+        .await
+        .unwrap();
+    assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![ids[2]]);
+
+    index.delete(c, vec![ids[3], Uuid::new_v4()]).await.unwrap();
+    assert_eq!(index.count(c).await.unwrap(), 3);
+
+    // Scroll visits every point once, with payloads.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = index.scroll(c, after, 2).await.unwrap();
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        seen.extend(page);
+    }
+    let mut seen_ids: Vec<Uuid> = seen.iter().map(|(id, _)| *id).collect();
+    seen_ids.sort();
+    let mut want = vec![ids[0], ids[1], ids[2]];
+    want.sort();
+    assert_eq!(seen_ids, want);
+    let p0 = &seen.iter().find(|(id, _)| *id == ids[0]).unwrap().1;
+    assert_eq!(p0["stage"], "quarantined");
+
+    let err = index
+        .upsert(c, vec![Point { id: Uuid::new_v4(), vector: vec![1.0], payload: BTreeMap::new() }])
+        .await;
+    assert!(err.is_err(), "a vector of the wrong length is refused");
+    index.optimize(c).await.unwrap();
+    assert_eq!(index.count(c).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn edge_contract_and_persistence() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let index = EdgeIndex::open(dir.path()).unwrap();
+        contract(&index, "contract").await;
+        let err = index.count("missing").await.unwrap_err();
+        assert!(matches!(err, VectorError::NoCollection(_)));
+    }
+    // Reopened from disk: the same points answer.
+    let index = EdgeIndex::open(dir.path()).unwrap();
+    index.ensure_collection("contract", DIM, &["namespace"]).await.unwrap();
+    assert_eq!(index.count("contract").await.unwrap(), 3);
+    let hits = index
+        .search("contract", vec![1.0, 0.0, 0.0, 0.0], 1, Filter::default().eq("namespace", "b"))
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+}
+
+#[tokio::test]
+async fn remote_contract() {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        eprintln!("remote_contract skipped: QDRANT_URL is unset (no Qdrant server on this machine)");
+        return;
+    };
+    let index = RemoteIndex::connect(&url, std::env::var("QDRANT_API_KEY").ok()).unwrap();
+    contract(&index, &format!("contract_{}", Uuid::new_v4().simple())).await;
+}
