@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agent_learning_server::{GrpcServer, ServerLimits};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 async fn status(client: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
     client
@@ -57,8 +57,14 @@ async fn health_follows_readiness_and_shutdown() {
         .unwrap();
     let mut health = HealthClient::new(channel);
     let curator = "agent_learning.v1.Curator";
-    assert_eq!(status(&mut health, curator).await, ServingStatus::NotServing as i32);
-    assert_eq!(status(&mut health, "").await, ServingStatus::NotServing as i32);
+    assert_eq!(
+        status(&mut health, curator).await,
+        ServingStatus::NotServing as i32
+    );
+    assert_eq!(
+        status(&mut health, "").await,
+        ServingStatus::NotServing as i32
+    );
 
     ready.store(true, Ordering::SeqCst);
     let mut flipped = false;

@@ -16,18 +16,51 @@ const NAMESPACE: &str = "driving-demo";
 /// Insights as reflections on driving demonstrations state them; several restate the same
 /// lesson in other words.
 const INSIGHTS: &[(&str, &str)] = &[
-    ("strategy", "Keep a safe following distance of at least two seconds behind the car ahead."),
-    ("strategy", "Stay at least two seconds behind the vehicle in front of you."),
-    ("strategy", "Move to the right lane well before the exit instead of at the last moment."),
-    ("strategy", "Change into the exit lane early rather than waiting until the exit is close."),
-    ("strategy", "Overtake a slow car only when the gap in the left lane is large."),
-    ("mistakes", "Braking hard on a free road wastes time and surprises the car behind."),
-    ("mistakes", "Changing lanes without checking the gap behind in the target lane causes collisions."),
-    ("mistakes", "Switching lanes without looking at the space behind you in the other lane leads to crashes."),
-    ("mistakes", "Accelerating while the gap ahead is shrinking leads to a rear-end collision."),
+    (
+        "strategy",
+        "Keep a safe following distance of at least two seconds behind the car ahead.",
+    ),
+    (
+        "strategy",
+        "Stay at least two seconds behind the vehicle in front of you.",
+    ),
+    (
+        "strategy",
+        "Move to the right lane well before the exit instead of at the last moment.",
+    ),
+    (
+        "strategy",
+        "Change into the exit lane early rather than waiting until the exit is close.",
+    ),
+    (
+        "strategy",
+        "Overtake a slow car only when the gap in the left lane is large.",
+    ),
+    (
+        "mistakes",
+        "Braking hard on a free road wastes time and surprises the car behind.",
+    ),
+    (
+        "mistakes",
+        "Changing lanes without checking the gap behind in the target lane causes collisions.",
+    ),
+    (
+        "mistakes",
+        "Switching lanes without looking at the space behind you in the other lane leads to crashes.",
+    ),
+    (
+        "mistakes",
+        "Accelerating while the gap ahead is shrinking leads to a rear-end collision.",
+    ),
     ("facts", "The exit is on the right side of the highway."),
-    ("facts", "Traffic in the left lane is usually faster than in the right lane."),
-    ("facts", "The highway exit is located on the right-hand side."),
+    (
+        "facts",
+        "Traffic in the left lane is usually faster than in the right lane.",
+    ),
+    (
+        "facts",
+        "The highway exit is located on the right-hand side.",
+    ),
 ];
 
 const STATE: &str = "ego lane 0 of 3, speed 28 m/s; car ahead in lane 0 at 18 m doing 22 m/s; \
@@ -46,7 +79,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         .await
     });
     let url = format!("http://{addr}");
-    println!("serving the embedded services on {addr} (data dir {})", settings.data_dir.display());
+    println!(
+        "serving the embedded services on {addr} (data dir {})",
+        settings.data_dir.display()
+    );
     wait_serving(&url).await?;
     let mut curator = crate::playbook::connect(&url).await?;
 
@@ -71,7 +107,11 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         .ops;
     for (op, insight) in ops.iter().zip(&insights) {
         let kind = pb::DeltaKind::try_from(op.kind).map_or("?", |k| k.as_str_name());
-        let replay = if op.replayed { " (already applied)" } else { "" };
+        let replay = if op.replayed {
+            " (already applied)"
+        } else {
+            ""
+        };
         println!(
             "   {:<16} sim {:.2}  {}{}",
             kind.trim_start_matches("DELTA_KIND_"),
@@ -81,7 +121,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         );
     }
 
-    println!("\n2. feedback: the first strategy bullet helped 5 times, a mistake bullet misled twice");
+    println!(
+        "\n2. feedback: the first strategy bullet helped 5 times, a mistake bullet misled twice"
+    );
     let bullets = crate::playbook::all_bullets(&mut curator, NAMESPACE, None, None).await?;
     let helpful = bullets.iter().find(|b| b.section == "strategy");
     let harmful = bullets.iter().find(|b| b.section == "facts");
@@ -110,10 +152,19 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         .into_inner();
     for b in &updated.bullets {
         let stage = pb::Stage::try_from(b.stage).map_or("?", |s| s.as_str_name());
-        println!("   {:<17} +{} -{}  {}", stage.trim_start_matches("STAGE_"), b.helpful, b.harmful, b.content);
+        println!(
+            "   {:<17} +{} -{}  {}",
+            stage.trim_start_matches("STAGE_"),
+            b.helpful,
+            b.harmful,
+            b.content
+        );
     }
 
-    for (label, min_stage) in [("any stage", pb::Stage::Shadow), ("production only", pb::Stage::Production)] {
+    for (label, min_stage) in [
+        ("any stage", pb::Stage::Shadow),
+        ("production only", pb::Stage::Production),
+    ] {
         let ctx = curator
             .render_context(pb::RenderContextRequest {
                 namespace: NAMESPACE.into(),

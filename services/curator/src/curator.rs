@@ -45,7 +45,9 @@ pub enum CuratorError {
 impl From<StoreError> for CuratorError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound { what, id } => CuratorError::NotFound(format!("{what} {id} not found")),
+            StoreError::NotFound { what, id } => {
+                CuratorError::NotFound(format!("{what} {id} not found"))
+            }
             StoreError::Rejected(msg) => CuratorError::Rejected(msg),
             other => CuratorError::Store(other),
         }
@@ -135,9 +137,8 @@ fn point(b: &IndexedBullet) -> Point {
 }
 
 fn parse_bullet_id(field: &str, s: &str) -> Result<Uuid> {
-    Uuid::parse_str(s).map_err(|_| {
-        InvalidInput::new(field, format!("{s:?} is not a bullet id (a UUID)")).into()
-    })
+    Uuid::parse_str(s)
+        .map_err(|_| InvalidInput::new(field, format!("{s:?} is not a bullet id (a UUID)")).into())
 }
 
 impl Curator {
@@ -339,10 +340,8 @@ impl Curator {
                     }
                 }
                 Judgement::Add => {
-                    let id = Uuid::new_v5(
-                        &BULLET_ID_NS,
-                        format!("{ns}\u{0}{}", insight.id).as_bytes(),
-                    );
+                    let id =
+                        Uuid::new_v5(&BULLET_ID_NS, format!("{ns}\u{0}{}", insight.id).as_bytes());
                     changes.push(CurationChange::Add {
                         insight_id: insight.id.clone(),
                         bullet: NewBullet {
@@ -492,7 +491,10 @@ impl Curator {
         if text.len() > MAX_QUERY_BYTES {
             return Err(InvalidInput::new(
                 field,
-                format!("is {} bytes, over the limit of {MAX_QUERY_BYTES}", text.len()),
+                format!(
+                    "is {} bytes, over the limit of {MAX_QUERY_BYTES}",
+                    text.len()
+                ),
             )
             .into());
         }
@@ -518,7 +520,9 @@ impl Curator {
             n => n as usize,
         };
         if min_stage == Stage::Quarantined {
-            return Err(InvalidInput::new("min_stage", "quarantined bullets are never served").into());
+            return Err(
+                InvalidInput::new("min_stage", "quarantined bullets are never served").into(),
+            );
         }
         self.nearest_bullets(ns, query, k, min_stage, section).await
     }
@@ -538,14 +542,14 @@ impl Curator {
             return Err(InvalidInput::new("token_budget", "must be at least 1").into());
         }
         if min_stage == Stage::Quarantined {
-            return Err(InvalidInput::new("min_stage", "quarantined bullets are never served").into());
+            return Err(
+                InvalidInput::new("min_stage", "quarantined bullets are never served").into(),
+            );
         }
         let mut ranked = self
             .nearest_bullets(ns, state, RENDER_CANDIDATES, min_stage, None)
             .await?;
-        ranked.sort_by(|(a, sa), (b, sb)| {
-            render::score(*sb, b).total_cmp(&render::score(*sa, a))
-        });
+        ranked.sort_by(|(a, sa), (b, sb)| render::score(*sb, b).total_cmp(&render::score(*sa, a)));
         let ranked: Vec<Bullet> = ranked.into_iter().map(|(b, _)| b).collect();
         let (text, chosen, tokens) = render::fit(&self.opts.sections, &ranked, budget);
         Ok((text, chosen.iter().map(|b| b.id).collect(), tokens))
@@ -586,7 +590,9 @@ impl Curator {
             .into());
         }
         if feedback_id.len() > MAX_ID_BYTES {
-            return Err(InvalidInput::new("feedback_id", format!("at most {MAX_ID_BYTES} bytes")).into());
+            return Err(
+                InvalidInput::new("feedback_id", format!("at most {MAX_ID_BYTES} bytes")).into(),
+            );
         }
         let mut parsed = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
@@ -663,7 +669,9 @@ impl Curator {
             .await?
             .pop()
             .unwrap_or_default();
-        self.store.update_bullet(ns, id, content.trim(), &vector).await?;
+        self.store
+            .update_bullet(ns, id, content.trim(), &vector)
+            .await?;
         self.sync_index(&[id]).await?;
         Ok(DeltaOp {
             kind: DeltaKind::Update,
@@ -701,7 +709,9 @@ impl Curator {
         }
         let lock = self.ns_lock(ns).await;
         let _guard = lock.lock().await;
-        self.store.merge_bullets(ns, into, from, &self.opts.gates).await?;
+        self.store
+            .merge_bullets(ns, into, from, &self.opts.gates)
+            .await?;
         self.sync_index(&[into, from]).await?;
         Ok(DeltaOp {
             kind: DeltaKind::Merge,

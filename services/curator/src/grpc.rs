@@ -42,7 +42,9 @@ pub fn stage_from_pb(field: &str, v: i32) -> Result<Option<Stage>, Status> {
         Ok(pb::Stage::Staging) => Ok(Some(Stage::Staging)),
         Ok(pb::Stage::Production) => Ok(Some(Stage::Production)),
         Ok(pb::Stage::Quarantined) => Ok(Some(Stage::Quarantined)),
-        Err(_) => Err(Status::invalid_argument(format!("{field}: unknown stage {v}"))),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "{field}: unknown stage {v}"
+        ))),
     }
 }
 
@@ -83,7 +85,10 @@ fn op_to_pb(op: DeltaOp) -> pb::DeltaOp {
         insight_id: op.insight_id,
         similarity: op.similarity,
         replayed: op.replayed,
-        merged_bullet_id: op.merged_bullet_id.map(|u| u.to_string()).unwrap_or_default(),
+        merged_bullet_id: op
+            .merged_bullet_id
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -98,7 +98,10 @@ mod tests {
     #[test]
     fn skips_a_long_bullet_for_a_short_one() {
         let sections = vec!["facts".to_string()];
-        let ranked = vec![bullet("facts", &"long ".repeat(200)), bullet("facts", "short")];
+        let ranked = vec![
+            bullet("facts", &"long ".repeat(200)),
+            bullet("facts", "short"),
+        ];
         let (text, chosen, _) = fit(&sections, &ranked, 30);
         assert_eq!(chosen.len(), 1);
         assert!(text.contains("short"));

@@ -15,22 +15,38 @@ async fn paraphrase_merges_new_knowledge_adds_and_replays_change_nothing() {
         .curate(
             ns,
             &[
-                insight("a", "strategy", "Keep a safe following distance of two seconds behind the car ahead."),
-                insight("b", "strategy", "Stay at least two seconds behind the vehicle in front of you."),
+                insight(
+                    "a",
+                    "strategy",
+                    "Keep a safe following distance of two seconds behind the car ahead.",
+                ),
+                insight(
+                    "b",
+                    "strategy",
+                    "Stay at least two seconds behind the vehicle in front of you.",
+                ),
                 insight("c", "facts", "The highway exit is on the right side."),
             ],
         )
         .await
         .unwrap();
     assert_eq!(ops[0].kind, DeltaKind::Add);
-    assert_eq!(ops[1].kind, DeltaKind::Merge, "paraphrase within one batch merges");
+    assert_eq!(
+        ops[1].kind,
+        DeltaKind::Merge,
+        "paraphrase within one batch merges"
+    );
     assert_eq!(ops[1].bullet_id, ops[0].bullet_id);
     assert!(ops[1].similarity >= 0.8);
     assert_eq!(ops[2].kind, DeltaKind::Add);
 
     let page = c.get_playbook(ns, &PlaybookQuery::default()).await.unwrap();
     assert_eq!(page.total, 2);
-    let first = page.bullets.iter().find(|b| b.id == ops[0].bullet_id).unwrap();
+    let first = page
+        .bullets
+        .iter()
+        .find(|b| b.id == ops[0].bullet_id)
+        .unwrap();
     assert_eq!(first.evidence, 2);
     assert_eq!(first.stage, Stage::Shadow);
     assert_eq!(first.sources, vec!["test:a", "test:b"]);
@@ -40,8 +56,16 @@ async fn paraphrase_merges_new_knowledge_adds_and_replays_change_nothing() {
         .curate(
             ns,
             &[
-                insight("a", "strategy", "Keep a safe following distance of two seconds behind the car ahead."),
-                insight("b", "strategy", "Stay at least two seconds behind the vehicle in front of you."),
+                insight(
+                    "a",
+                    "strategy",
+                    "Keep a safe following distance of two seconds behind the car ahead.",
+                ),
+                insight(
+                    "b",
+                    "strategy",
+                    "Stay at least two seconds behind the vehicle in front of you.",
+                ),
             ],
         )
         .await
@@ -51,7 +75,11 @@ async fn paraphrase_merges_new_knowledge_adds_and_replays_change_nothing() {
     let page = c.get_playbook(ns, &PlaybookQuery::default()).await.unwrap();
     assert_eq!(page.total, 2);
     assert_eq!(
-        page.bullets.iter().find(|b| b.id == ops[0].bullet_id).unwrap().evidence,
+        page.bullets
+            .iter()
+            .find(|b| b.id == ops[0].bullet_id)
+            .unwrap()
+            .evidence,
         2
     );
     let h = c.health(ns).await.unwrap();
@@ -61,7 +89,11 @@ async fn paraphrase_merges_new_knowledge_adds_and_replays_change_nothing() {
     let other = c
         .curate(
             ns,
-            &[insight("d", "mistakes", "Keep a safe following distance of two seconds behind the car ahead.")],
+            &[insight(
+                "d",
+                "mistakes",
+                "Keep a safe following distance of two seconds behind the car ahead.",
+            )],
         )
         .await
         .unwrap();
@@ -69,12 +101,19 @@ async fn paraphrase_merges_new_knowledge_adds_and_replays_change_nothing() {
     let elsewhere = c
         .curate(
             "support",
-            &[insight("a", "strategy", "Stay at least two seconds behind the vehicle in front of you.")],
+            &[insight(
+                "a",
+                "strategy",
+                "Stay at least two seconds behind the vehicle in front of you.",
+            )],
         )
         .await
         .unwrap();
     assert_eq!(elsewhere[0].kind, DeltaKind::Add);
-    assert!(!elsewhere[0].replayed, "insight ids are scoped to their namespace");
+    assert!(
+        !elsewhere[0].replayed,
+        "insight ids are scoped to their namespace"
+    );
 }
 
 #[tokio::test]
@@ -84,10 +123,30 @@ async fn bad_input_is_named_and_stores_nothing() {
     let ok = insight("ok", "facts", "Trucks are slower on uphill sections.");
     let cases = [
         ("bad namespace", "Bad NS", vec![ok.clone()], "namespace"),
-        ("empty content", "ns", vec![ok.clone(), insight("x", "facts", "   ")], "insights[1].content"),
-        ("oversized", "ns", vec![insight("x", "facts", &"a".repeat(4097))], "insights[0].content"),
-        ("unknown section", "ns", vec![insight("x", "tactics", "something")], "insights[0].section"),
-        ("blank id", "ns", vec![insight(" ", "facts", "something")], "insights[0].id"),
+        (
+            "empty content",
+            "ns",
+            vec![ok.clone(), insight("x", "facts", "   ")],
+            "insights[1].content",
+        ),
+        (
+            "oversized",
+            "ns",
+            vec![insight("x", "facts", &"a".repeat(4097))],
+            "insights[0].content",
+        ),
+        (
+            "unknown section",
+            "ns",
+            vec![insight("x", "tactics", "something")],
+            "insights[0].section",
+        ),
+        (
+            "blank id",
+            "ns",
+            vec![insight(" ", "facts", "something")],
+            "insights[0].id",
+        ),
         ("no insights", "ns", vec![], "insights"),
     ];
     for (what, ns, insights, field) in cases {
@@ -111,9 +170,21 @@ async fn feedback_promotes_and_search_respects_stages() {
         .curate(
             ns,
             &[
-                insight("r1", "strategy", "Roll back the last deploy first when errors spike right after it."),
-                insight("r2", "strategy", "Check the database connection pool before restarting web servers."),
-                insight("r3", "mistakes", "Restarting every pod at once turns a partial outage into a full one."),
+                insight(
+                    "r1",
+                    "strategy",
+                    "Roll back the last deploy first when errors spike right after it.",
+                ),
+                insight(
+                    "r2",
+                    "strategy",
+                    "Check the database connection pool before restarting web servers.",
+                ),
+                insight(
+                    "r3",
+                    "mistakes",
+                    "Restarting every pod at once turns a partial outage into a full one.",
+                ),
             ],
         )
         .await
@@ -135,13 +206,25 @@ async fn feedback_promotes_and_search_respects_stages() {
     assert_eq!(bullets[0].stage, Stage::Production);
 
     let prod = c
-        .search(ns, "errors went up after we deployed", 10, Stage::Production, None)
+        .search(
+            ns,
+            "errors went up after we deployed",
+            10,
+            Stage::Production,
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(prod.len(), 1);
     assert_eq!(prod[0].0.id, ops[0].bullet_id);
     let any = c
-        .search(ns, "errors went up after we deployed", 10, Stage::Shadow, None)
+        .search(
+            ns,
+            "errors went up after we deployed",
+            10,
+            Stage::Shadow,
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(any.len(), 3);
@@ -160,7 +243,13 @@ async fn feedback_promotes_and_search_respects_stages() {
     .await
     .unwrap();
     let any = c
-        .search(ns, "errors went up after we deployed", 10, Stage::Shadow, None)
+        .search(
+            ns,
+            "errors went up after we deployed",
+            10,
+            Stage::Shadow,
+            None,
+        )
         .await
         .unwrap();
     assert!(any.iter().all(|(b, _)| b.id != ops[0].bullet_id));
@@ -177,7 +266,10 @@ async fn feedback_promotes_and_search_respects_stages() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, CuratorError::Invalid(ref i) if i.field == "feedback[0].bullet_id"), "{err}");
+    assert!(
+        matches!(err, CuratorError::Invalid(ref i) if i.field == "feedback[0].bullet_id"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -186,30 +278,61 @@ async fn render_context_fits_the_budget_and_prefers_relevant_bullets() {
     let c = curator_in(dir.path()).await;
     let ns = "drive";
     let mut insights = vec![
-        insight("x1", "strategy", "Move to the right lane well before the exit."),
-        insight("x2", "mistakes", "Braking hard on a free road surprises the car behind."),
-        insight("x3", "facts", "Customer refunds over 100 dollars need a manager's approval."),
+        insight(
+            "x1",
+            "strategy",
+            "Move to the right lane well before the exit.",
+        ),
+        insight(
+            "x2",
+            "mistakes",
+            "Braking hard on a free road surprises the car behind.",
+        ),
+        insight(
+            "x3",
+            "facts",
+            "Customer refunds over 100 dollars need a manager's approval.",
+        ),
     ];
     for i in 0..30 {
         insights.push(insight(
             &format!("filler{i}"),
             "facts",
-            &format!("Observation {i}: lane {} traffic averaged {} metres per second.", i % 3, 20 + i),
+            &format!(
+                "Observation {i}: lane {} traffic averaged {} metres per second.",
+                i % 3,
+                20 + i
+            ),
         ));
     }
     c.curate(ns, &insights).await.unwrap();
     let state = "exit in 300 m on the right, ego in the left lane";
     for budget in [1, 10, 25, 60, 200, 2000] {
-        let (text, ids, tokens) = c.render_context(ns, state, budget, Stage::Shadow).await.unwrap();
+        let (text, ids, tokens) = c
+            .render_context(ns, state, budget, Stage::Shadow)
+            .await
+            .unwrap();
         assert!(tokens <= budget, "budget {budget}: {tokens} tokens");
         assert_eq!(tokens, estimate_tokens(&text));
-        assert_eq!(ids.len(), text.lines().filter(|l| l.starts_with("- [")).count());
+        assert_eq!(
+            ids.len(),
+            text.lines().filter(|l| l.starts_with("- [")).count()
+        );
     }
-    let (text, _, _) = c.render_context(ns, state, 40, Stage::Shadow).await.unwrap();
+    let (text, _, _) = c
+        .render_context(ns, state, 40, Stage::Shadow)
+        .await
+        .unwrap();
     assert!(text.contains("right lane well before the exit"), "{text}");
     assert!(!text.contains("refunds"), "{text}");
-    let (text, ids, _) = c.render_context(ns, state, 500, Stage::Production).await.unwrap();
-    assert!(text.is_empty() && ids.is_empty(), "nothing has reached production");
+    let (text, ids, _) = c
+        .render_context(ns, state, 500, Stage::Production)
+        .await
+        .unwrap();
+    assert!(
+        text.is_empty() && ids.is_empty(),
+        "nothing has reached production"
+    );
 }
 
 #[tokio::test]
@@ -221,8 +344,16 @@ async fn explicit_update_delete_merge_and_history() {
         .curate(
             ns,
             &[
-                insight("1", "strategy", "Ask for tests whenever a pull request changes behaviour."),
-                insight("2", "strategy", "Point out unchecked error returns in Go code."),
+                insight(
+                    "1",
+                    "strategy",
+                    "Ask for tests whenever a pull request changes behaviour.",
+                ),
+                insight(
+                    "2",
+                    "strategy",
+                    "Point out unchecked error returns in Go code.",
+                ),
                 insight("3", "facts", "The team uses rustfmt defaults."),
             ],
         )
@@ -230,12 +361,28 @@ async fn explicit_update_delete_merge_and_history() {
         .unwrap();
     let [a, b, f] = [0, 1, 2].map(|i| ops[i].bullet_id.to_string());
     let op = c
-        .update_bullet(ns, &a, "Request tests for every behaviour change in a pull request.")
+        .update_bullet(
+            ns,
+            &a,
+            "Request tests for every behaviour change in a pull request.",
+        )
         .await
         .unwrap();
     assert_eq!(op.kind, DeltaKind::Update);
-    let found = c.search(ns, "request tests for behaviour changes", 1, Stage::Shadow, None).await.unwrap();
-    assert_eq!(found[0].0.content, "Request tests for every behaviour change in a pull request.");
+    let found = c
+        .search(
+            ns,
+            "request tests for behaviour changes",
+            1,
+            Stage::Shadow,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found[0].0.content,
+        "Request tests for every behaviour change in a pull request."
+    );
 
     let op = c.merge_bullets(ns, &a, &b).await.unwrap();
     assert_eq!(op.merged_bullet_id.map(|u| u.to_string()), Some(b.clone()));
@@ -243,11 +390,26 @@ async fn explicit_update_delete_merge_and_history() {
     assert_eq!(op.kind, DeltaKind::Delete);
     let live = c.get_playbook(ns, &PlaybookQuery::default()).await.unwrap();
     assert_eq!(live.total, 1);
-    let found = c.search(ns, "rustfmt formatting defaults", 10, Stage::Shadow, None).await.unwrap();
-    assert!(found.iter().all(|(x, _)| x.id.to_string() != f), "deleted bullets are not served");
-    let kinds: Vec<String> = c.history(ns, &f).await.unwrap().into_iter().map(|e| e.kind).collect();
+    let found = c
+        .search(ns, "rustfmt formatting defaults", 10, Stage::Shadow, None)
+        .await
+        .unwrap();
+    assert!(
+        found.iter().all(|(x, _)| x.id.to_string() != f),
+        "deleted bullets are not served"
+    );
+    let kinds: Vec<String> = c
+        .history(ns, &f)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(kinds, ["added", "deleted"]);
-    assert!(matches!(c.delete_bullet(ns, &f, "again").await, Err(CuratorError::NotFound(_))));
+    assert!(matches!(
+        c.delete_bullet(ns, &f, "again").await,
+        Err(CuratorError::NotFound(_))
+    ));
     let err = c
         .set_stage(ns, &a, Some(Stage::Production), "skip the gates")
         .await
@@ -265,24 +427,42 @@ async fn restart_heals_an_index_that_missed_writes() {
             .curate(
                 "drive",
                 &[
-                    insight("1", "strategy", "Move to the right lane well before the exit."),
-                    insight("2", "mistakes", "Cutting across three lanes at the exit ramp causes crashes."),
+                    insight(
+                        "1",
+                        "strategy",
+                        "Move to the right lane well before the exit.",
+                    ),
+                    insight(
+                        "2",
+                        "mistakes",
+                        "Cutting across three lanes at the exit ramp causes crashes.",
+                    ),
                 ],
             )
             .await
             .unwrap();
-        let found = c.search("drive", query, 10, Stage::Shadow, None).await.unwrap();
+        let found = c
+            .search("drive", query, 10, Stage::Shadow, None)
+            .await
+            .unwrap();
         (found, ops)
     };
     // Lose the whole index, as if the process died before the index wrote anything.
     std::fs::remove_dir_all(dir.path().join("vectors")).unwrap();
     let c = curator_in(dir.path()).await;
-    let after = c.search("drive", query, 10, Stage::Shadow, None).await.unwrap();
+    let after = c
+        .search("drive", query, 10, Stage::Shadow, None)
+        .await
+        .unwrap();
     assert_eq!(
         before.iter().map(|(b, _)| b.id).collect::<Vec<_>>(),
         after.iter().map(|(b, _)| b.id).collect::<Vec<_>>()
     );
     assert_eq!(after.len(), ids.len());
     let report = c.reconcile().await.unwrap();
-    assert_eq!((report.upserted, report.deleted), (0, 0), "already consistent");
+    assert_eq!(
+        (report.upserted, report.deleted),
+        (0, 0),
+        "already consistent"
+    );
 }

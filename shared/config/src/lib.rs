@@ -160,10 +160,8 @@ pub struct Sources {
 impl Settings {
     /// Loads and validates the settings from defaults, the file, the environment and overrides.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULTS,
-            config::FileFormat::Toml,
-        ));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         let file = sources
             .file
             .clone()
@@ -217,14 +215,23 @@ impl Settings {
         if self.server.addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "server.addr",
-                format!("{:?} is not a socket address such as 127.0.0.1:50051", self.server.addr),
+                format!(
+                    "{:?} is not a socket address such as 127.0.0.1:50051",
+                    self.server.addr
+                ),
             ));
         }
         if self.server.max_message_bytes < 1024 || self.server.max_message_bytes > 256 << 20 {
-            return Err(invalid("server.max_message_bytes", "must be in 1 KiB ..= 256 MiB"));
+            return Err(invalid(
+                "server.max_message_bytes",
+                "must be in 1 KiB ..= 256 MiB",
+            ));
         }
         if self.server.concurrency_limit_per_connection == 0 {
-            return Err(invalid("server.concurrency_limit_per_connection", "must be at least 1"));
+            return Err(invalid(
+                "server.concurrency_limit_per_connection",
+                "must be at least 1",
+            ));
         }
         if self.server.request_timeout_secs == 0 {
             return Err(invalid("server.request_timeout_secs", "must be at least 1"));
@@ -243,12 +250,16 @@ impl Settings {
             ));
         }
         if self.curator.sections.is_empty() {
-            return Err(invalid("curator.sections", "must name at least one section"));
+            return Err(invalid(
+                "curator.sections",
+                "must name at least one section",
+            ));
         }
         for (i, s) in self.curator.sections.iter().enumerate() {
             let ok = !s.is_empty()
                 && s.len() <= 32
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !ok {
                 return Err(invalid(
                     "curator.sections",
@@ -256,22 +267,37 @@ impl Settings {
                 ));
             }
             if self.curator.sections[..i].contains(s) {
-                return Err(invalid("curator.sections", format!("section {s:?} is listed twice")));
+                return Err(invalid(
+                    "curator.sections",
+                    format!("section {s:?} is listed twice"),
+                ));
             }
         }
         if self.curator.max_content_bytes == 0 || self.curator.max_content_bytes > 1 << 20 {
-            return Err(invalid("curator.max_content_bytes", "must be in 1 ..= 1 MiB"));
+            return Err(invalid(
+                "curator.max_content_bytes",
+                "must be in 1 ..= 1 MiB",
+            ));
         }
         if self.curator.max_insights_per_request == 0 {
-            return Err(invalid("curator.max_insights_per_request", "must be at least 1"));
+            return Err(invalid(
+                "curator.max_insights_per_request",
+                "must be at least 1",
+            ));
         }
         let p = &self.curator.promotion;
         for (key, ratio) in [
             ("curator.promotion.staging_min_ratio", p.staging_min_ratio),
-            ("curator.promotion.production_min_ratio", p.production_min_ratio),
+            (
+                "curator.promotion.production_min_ratio",
+                p.production_min_ratio,
+            ),
         ] {
             if !ratio.is_finite() || ratio < 1.0 {
-                return Err(invalid(key, format!("must be a finite ratio >= 1, got {ratio}")));
+                return Err(invalid(
+                    key,
+                    format!("must be a finite ratio >= 1, got {ratio}"),
+                ));
             }
         }
         if p.production_min_helpful < p.staging_min_helpful {

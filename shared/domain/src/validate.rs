@@ -22,9 +22,8 @@ pub fn validate_namespace(field: &str, namespace: &str) -> Result<(), InvalidInp
     let ok_first = chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let ok_rest = chars.all(|c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' || c == '.'
-    });
+    let ok_rest = chars
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' || c == '.');
     if ok_len && ok_first && ok_rest {
         Ok(())
     } else {

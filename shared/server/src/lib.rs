@@ -123,7 +123,10 @@ impl GrpcServer {
             result = &mut server => return result.map_err(Into::into),
             _ = signalled_rx => {}
         }
-        info!(grace_secs = limits.shutdown_grace.as_secs(), "shutting down, draining requests");
+        info!(
+            grace_secs = limits.shutdown_grace.as_secs(),
+            "shutting down, draining requests"
+        );
         match tokio::time::timeout(limits.shutdown_grace, server).await {
             Ok(result) => result.map_err(Into::into),
             Err(_) => {

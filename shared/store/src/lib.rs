@@ -13,8 +13,8 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
 pub use playbook::{
-    AppliedInsight, BulletPage, CurationChange, HealthCounts, IndexedBullet, ListFilter,
-    NewBullet, decode_embedding, encode_embedding,
+    AppliedInsight, BulletPage, CurationChange, HealthCounts, IndexedBullet, ListFilter, NewBullet,
+    decode_embedding, encode_embedding,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -115,14 +115,23 @@ mod tests {
     #[tokio::test]
     async fn rejects_unknown_urls() {
         let err = Store::connect("mysql://x", 1).await.unwrap_err();
-        assert!(err.to_string().contains("sqlite:// or postgres://"), "{err}");
+        assert!(
+            err.to_string().contains("sqlite:// or postgres://"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn sqlite_runs_in_wal_mode() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("x.db"), 2).await.unwrap();
-        store.connection().execute_unprepared("SELECT 1").await.unwrap();
+        let store = Store::open_sqlite(&dir.path().join("x.db"), 2)
+            .await
+            .unwrap();
+        store
+            .connection()
+            .execute_unprepared("SELECT 1")
+            .await
+            .unwrap();
         let row = store
             .db
             .query_one_raw(sea_orm::Statement::from_string(

@@ -91,7 +91,7 @@ pub fn encode_embedding(v: &[f32]) -> Vec<u8> {
 }
 
 pub fn decode_embedding(b: &[u8]) -> Result<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(StoreError::Corrupt(format!(
             "embedding of {} bytes is not a whole number of f32s",
             b.len()
@@ -184,11 +184,7 @@ async fn ensure_namespace(txn: &DatabaseTransaction, ns: &str) -> Result<()> {
     Ok(())
 }
 
-async fn load_live(
-    txn: &impl ConnectionTrait,
-    ns: &str,
-    id: Uuid,
-) -> Result<bullet::Model> {
+async fn load_live(txn: &impl ConnectionTrait, ns: &str, id: Uuid) -> Result<bullet::Model> {
     match bullet::Entity::find_by_id(id.to_string())
         .filter(bullet::Column::Namespace.eq(ns))
         .one(txn)
@@ -423,7 +419,10 @@ impl Store {
             .limit(limit)
             .all(&self.db)
             .await?;
-        let bullets = rows.into_iter().map(to_domain).collect::<Result<Vec<_>>>()?;
+        let bullets = rows
+            .into_iter()
+            .map(to_domain)
+            .collect::<Result<Vec<_>>>()?;
         let next = offset + bullets.len() as u64;
         Ok(BulletPage {
             next_offset: (next < total && !bullets.is_empty()).then_some(next),
@@ -485,7 +484,9 @@ impl Store {
         gates: &PromotionGates,
     ) -> Result<Bullet> {
         if into == from {
-            return Err(StoreError::Rejected("a bullet cannot be merged into itself".into()));
+            return Err(StoreError::Rejected(
+                "a bullet cannot be merged into itself".into(),
+            ));
         }
         let txn = self.db.begin().await?;
         let target = load_live(&txn, ns, into).await?;
@@ -725,7 +726,8 @@ impl Store {
             .into_iter()
             .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
             .collect();
-        let applied = || applied_insight::Entity::find().filter(applied_insight::Column::Namespace.eq(ns));
+        let applied =
+            || applied_insight::Entity::find().filter(applied_insight::Column::Namespace.eq(ns));
         h.insights_applied = applied().count(&self.db).await?;
         h.merges = applied()
             .filter(applied_insight::Column::Kind.eq(DeltaKind::Merge.as_str()))

@@ -63,12 +63,20 @@ async fn curation_and_idempotency_records(store: &Store) {
     assert_eq!(bullet.sources, vec!["src-i1", "src-i3"]);
     assert!(store.get_bullet(ns, b).await.unwrap().is_some());
     // Another namespace sees none of it.
-    assert!(store.get_bullet("contract-other", a).await.unwrap().is_none());
-    assert!(store
-        .applied_insights("contract-other", &["i1".into()])
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        store
+            .get_bullet("contract-other", a)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .applied_insights("contract-other", &["i1".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // A batch that fails half-way stores nothing: the merge target does not exist.
     let (c, add_c) = add("i4", "facts", "never stored");
@@ -89,7 +97,13 @@ async fn curation_and_idempotency_records(store: &Store) {
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
     assert!(store.get_bullet(ns, c).await.unwrap().is_none());
-    assert!(store.applied_insights(ns, &["i4".into()]).await.unwrap().is_empty());
+    assert!(
+        store
+            .applied_insights(ns, &["i4".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let history = store.history(ns, a).await.unwrap();
     let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
@@ -149,7 +163,12 @@ async fn feedback_promotes_through_every_stage(store: &Store) {
 
     // Unknown bullet: the whole request fails and the known one is unchanged.
     let err = store
-        .record_feedback(ns, Some("fb-2"), &[(a, 1, 0), (Uuid::new_v4(), 1, 0)], &gates)
+        .record_feedback(
+            ns,
+            Some("fb-2"),
+            &[(a, 1, 0), (Uuid::new_v4(), 1, 0)],
+            &gates,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }));
@@ -172,11 +191,20 @@ async fn manual_stage_changes_respect_the_gates(store: &Store) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Rejected(_)), "{err}");
-    store.record_feedback(ns, None, &[(a, 3, 0)], &gates).await.unwrap();
+    store
+        .record_feedback(ns, None, &[(a, 3, 0)], &gates)
+        .await
+        .unwrap();
     // Earned staging: rollback to shadow is allowed, and promotion back up to what it earned.
-    let b = store.set_stage(ns, a, Stage::Shadow, "rollback", &gates).await.unwrap();
+    let b = store
+        .set_stage(ns, a, Stage::Shadow, "rollback", &gates)
+        .await
+        .unwrap();
     assert_eq!(b.stage, Stage::Shadow);
-    let b = store.set_stage(ns, a, Stage::Staging, "restore", &gates).await.unwrap();
+    let b = store
+        .set_stage(ns, a, Stage::Staging, "restore", &gates)
+        .await
+        .unwrap();
     assert_eq!(b.stage, Stage::Staging);
     let b = store
         .set_stage(ns, a, Stage::Quarantined, "incident 42", &gates)
@@ -193,10 +221,19 @@ async fn delete_update_and_merge_keep_history(store: &Store) {
     let (a, add_a) = add("e1", "facts", "left lane is faster");
     let (b, add_b) = add("e2", "facts", "the left lane moves quicker");
     let (c, add_c) = add("e3", "facts", "to be deleted");
-    store.apply_curation(ns, &[add_a, add_b, add_c]).await.unwrap();
-    store.record_feedback(ns, None, &[(a, 2, 0), (b, 1, 0)], &gates).await.unwrap();
+    store
+        .apply_curation(ns, &[add_a, add_b, add_c])
+        .await
+        .unwrap();
+    store
+        .record_feedback(ns, None, &[(a, 2, 0), (b, 1, 0)], &gates)
+        .await
+        .unwrap();
 
-    let updated = store.update_bullet(ns, a, "the left lane is faster", &emb(3.0)).await.unwrap();
+    let updated = store
+        .update_bullet(ns, a, "the left lane is faster", &emb(3.0))
+        .await
+        .unwrap();
     assert_eq!(updated.content, "the left lane is faster");
 
     let merged = store.merge_bullets(ns, a, b, &gates).await.unwrap();
@@ -208,12 +245,36 @@ async fn delete_update_and_merge_keep_history(store: &Store) {
     assert!(deleted.deleted);
     let err = store.delete_bullet(ns, c, "again").await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }));
-    let kinds: Vec<String> = store.history(ns, c).await.unwrap().into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<String> = store
+        .history(ns, c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(kinds, ["added", "deleted"]);
-    let kinds: Vec<String> = store.history(ns, a).await.unwrap().into_iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, ["added", "counters_changed", "updated", "merged", "stage_changed"]);
+    let kinds: Vec<String> = store
+        .history(ns, a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "added",
+            "counters_changed",
+            "updated",
+            "merged",
+            "stage_changed"
+        ]
+    );
 
-    let live = store.list_bullets(ns, &ListFilter::default(), 0, 10).await.unwrap();
+    let live = store
+        .list_bullets(ns, &ListFilter::default(), 0, 10)
+        .await
+        .unwrap();
     assert_eq!(live.total, 1);
     let all = store
         .list_bullets(
@@ -241,7 +302,11 @@ async fn pagination_and_index_rebuild_pages(store: &Store) {
     let mut changes = Vec::new();
     let mut ids = Vec::new();
     for i in 0..25 {
-        let (id, c) = add(&format!("p{i}"), if i % 2 == 0 { "strategy" } else { "facts" }, &format!("bullet {i}"));
+        let (id, c) = add(
+            &format!("p{i}"),
+            if i % 2 == 0 { "strategy" } else { "facts" },
+            &format!("bullet {i}"),
+        );
         ids.push(id);
         changes.push(c);
     }
@@ -249,7 +314,10 @@ async fn pagination_and_index_rebuild_pages(store: &Store) {
     let mut seen = Vec::new();
     let mut offset = 0;
     loop {
-        let page = store.list_bullets(ns, &ListFilter::default(), offset, 10).await.unwrap();
+        let page = store
+            .list_bullets(ns, &ListFilter::default(), offset, 10)
+            .await
+            .unwrap();
         assert_eq!(page.total, 25);
         seen.extend(page.bullets.iter().map(|b| b.id));
         match page.next_offset {
@@ -324,7 +392,9 @@ async fn postgres_contract() {
         .execute_unprepared(&format!("CREATE DATABASE {db}"))
         .await
         .unwrap();
-    let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(b, _)| b);
     let url = format!("{base}/{db}");
     let store = Store::connect(&url, 4).await.unwrap();
     assert_eq!(store.backend(), sea_orm::DbBackend::Postgres);

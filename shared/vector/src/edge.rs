@@ -29,7 +29,9 @@ fn engine(e: impl std::fmt::Display) -> VectorError {
 fn uuid_of(id: PointId) -> Result<Uuid> {
     match id {
         PointId::Uuid(u) => Ok(u),
-        PointId::NumId(n) => Err(VectorError::Engine(format!("unexpected numeric point id {n}"))),
+        PointId::NumId(n) => Err(VectorError::Engine(format!(
+            "unexpected numeric point id {n}"
+        ))),
     }
 }
 
@@ -164,9 +166,9 @@ impl VectorIndex for EdgeIndex {
         }
         Self::blocking(move || {
             shard
-                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-                    PointInsertOperations::PointsList(batch),
-                )))
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
+                ))
                 .map_err(engine)
         })
         .await
@@ -179,9 +181,11 @@ impl VectorIndex for EdgeIndex {
         let (shard, _) = self.shard(collection)?;
         Self::blocking(move || {
             shard
-                .update(UpdateOperation::PointOperation(PointOperations::DeletePoints {
-                    ids: ids.into_iter().map(PointId::Uuid).collect(),
-                }))
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePoints {
+                        ids: ids.into_iter().map(PointId::Uuid).collect(),
+                    },
+                ))
                 .map_err(engine)
         })
         .await

@@ -25,7 +25,9 @@ fn engine(e: impl std::fmt::Display) -> VectorError {
 fn uuid_of(id: Option<qdrant_client::qdrant::PointId>) -> Result<Uuid> {
     match id.and_then(|p| p.point_id_options) {
         Some(PointIdOptions::Uuid(s)) => Uuid::parse_str(&s).map_err(engine),
-        other => Err(VectorError::Engine(format!("unexpected point id {other:?}"))),
+        other => Err(VectorError::Engine(format!(
+            "unexpected point id {other:?}"
+        ))),
     }
 }
 
@@ -33,12 +35,12 @@ fn to_filter(filter: &Filter) -> Option<QFilter> {
     if filter.must.is_empty() {
         return None;
     }
-    Some(QFilter::must(filter.must.iter().map(|(field, values)| {
-        match values.as_slice() {
+    Some(QFilter::must(filter.must.iter().map(
+        |(field, values)| match values.as_slice() {
             [one] => Condition::matches(field.clone(), one.clone()),
             many => Condition::matches(field.clone(), many.to_vec()),
-        }
-    })))
+        },
+    )))
 }
 
 impl RemoteIndex {

@@ -51,8 +51,15 @@ async fn contract(index: &dyn VectorIndex, c: &str) {
         .await
         .unwrap();
     let got: Vec<Uuid> = hits.iter().map(|h| h.id).collect();
-    assert_eq!(got, vec![ids[0], ids[1], ids[3]], "most similar first, namespace a only");
-    assert!((hits[0].score - 1.0).abs() < 1e-4, "cosine of identical vectors");
+    assert_eq!(
+        got,
+        vec![ids[0], ids[1], ids[3]],
+        "most similar first, namespace a only"
+    );
+    assert!(
+        (hits[0].score - 1.0).abs() < 1e-4,
+        "cosine of identical vectors"
+    );
     assert!(hits[2].score.abs() < 1e-4, "cosine of orthogonal vectors");
 
     let hits = index
@@ -66,10 +73,20 @@ async fn contract(index: &dyn VectorIndex, c: &str) {
         )
         .await
         .unwrap();
-    assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![ids[1], ids[3]]);
+    assert_eq!(
+        hits.iter().map(|h| h.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[3]]
+    );
 
     let hits = index
-        .search(c, q.clone(), 1, Filter::default().eq("namespace", "a").eq("section", "facts"))
+        .search(
+            c,
+            q.clone(),
+            1,
+            Filter::default()
+                .eq("namespace", "a")
+                .eq("section", "facts"),
+        )
         .await
         .unwrap();
     assert_eq!(hits.len(), 1);
@@ -77,7 +94,16 @@ async fn contract(index: &dyn VectorIndex, c: &str) {
 
     // Upsert replaces the payload (a stage change) and the vector.
     index
-        .upsert(c, vec![point(ids[0], [0.0, 0.0, 1.0, 0.0], "a", "facts", "quarantined")])
+        .upsert(
+            c,
+            vec![point(
+                ids[0],
+                [0.0, 0.0, 1.0, 0.0],
+                "a",
+                "facts",
+                "quarantined",
+            )],
+        )
         .await
         .unwrap();
     let hits = index
@@ -107,7 +133,14 @@ async fn contract(index: &dyn VectorIndex, c: &str) {
     assert_eq!(p0["stage"], "quarantined");
 
     let err = index
-        .upsert(c, vec![Point { id: Uuid::new_v4(), vector: vec![1.0], payload: BTreeMap::new() }])
+        .upsert(
+            c,
+            vec![Point {
+                id: Uuid::new_v4(),
+                vector: vec![1.0],
+                payload: BTreeMap::new(),
+            }],
+        )
         .await;
     assert!(err.is_err(), "a vector of the wrong length is refused");
     index.optimize(c).await.unwrap();
@@ -125,10 +158,18 @@ async fn edge_contract_and_persistence() {
     }
     // Reopened from disk: the same points answer.
     let index = EdgeIndex::open(dir.path()).unwrap();
-    index.ensure_collection("contract", DIM, &["namespace"]).await.unwrap();
+    index
+        .ensure_collection("contract", DIM, &["namespace"])
+        .await
+        .unwrap();
     assert_eq!(index.count("contract").await.unwrap(), 3);
     let hits = index
-        .search("contract", vec![1.0, 0.0, 0.0, 0.0], 1, Filter::default().eq("namespace", "b"))
+        .search(
+            "contract",
+            vec![1.0, 0.0, 0.0, 0.0],
+            1,
+            Filter::default().eq("namespace", "b"),
+        )
         .await
         .unwrap();
     assert_eq!(hits.len(), 1);
@@ -137,7 +178,9 @@ async fn edge_contract_and_persistence() {
 #[tokio::test]
 async fn remote_contract() {
     let Ok(url) = std::env::var("QDRANT_URL") else {
-        eprintln!("remote_contract skipped: QDRANT_URL is unset (no Qdrant server on this machine)");
+        eprintln!(
+            "remote_contract skipped: QDRANT_URL is unset (no Qdrant server on this machine)"
+        );
         return;
     };
     let index = RemoteIndex::connect(&url, std::env::var("QDRANT_API_KEY").ok()).unwrap();

@@ -103,9 +103,14 @@ async fn measure(c: &Curator, ns: &str, size: usize, label: &str) {
     let mut lat = Vec::new();
     for i in 0..50 {
         let t = Instant::now();
-        c.render_context(ns, &format!("situation {i} with traffic ahead"), 300, Stage::Shadow)
-            .await
-            .unwrap();
+        c.render_context(
+            ns,
+            &format!("situation {i} with traffic ahead"),
+            300,
+            Stage::Shadow,
+        )
+        .await
+        .unwrap();
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lat.sort_by(f64::total_cmp);
@@ -124,7 +129,11 @@ async fn main() {
     let sizes: Vec<usize> = args
         .iter()
         .find(|a| !a.starts_with("--"))
-        .map(|s| s.split(',').map(|n| n.parse().expect("sizes: 1000,10000")).collect())
+        .map(|s| {
+            s.split(',')
+                .map(|n| n.parse().expect("sizes: 1000,10000"))
+                .collect()
+        })
         .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
     let dir = tempfile::tempdir().unwrap();
     let c = curator(dir.path(), Arc::new(HashEmbedder)).await;
