@@ -122,11 +122,15 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     }
 
     println!(
-        "\n2. feedback: the first strategy bullet helped 5 times, a mistake bullet misled twice"
+        "\n2. feedback: the following-distance bullet helped 5 times, the hard-braking one misled twice"
     );
     let bullets = crate::playbook::all_bullets(&mut curator, NAMESPACE, None, None).await?;
-    let helpful = bullets.iter().find(|b| b.section == "strategy");
-    let harmful = bullets.iter().find(|b| b.section == "facts");
+    let helpful = bullets
+        .iter()
+        .find(|b| b.content.contains("following distance"));
+    let harmful = bullets
+        .iter()
+        .find(|b| b.content.starts_with("Braking hard"));
     let mut feedback = Vec::new();
     if let Some(b) = helpful {
         feedback.push(pb::BulletFeedback {
@@ -161,9 +165,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         );
     }
 
-    for (label, min_stage) in [
-        ("any stage", pb::Stage::Shadow),
-        ("production only", pb::Stage::Production),
+    for (step, label, min_stage) in [
+        ("3a", "any stage", pb::Stage::Shadow),
+        ("3b", "production only", pb::Stage::Production),
     ] {
         let ctx = curator
             .render_context(pb::RenderContextRequest {
@@ -175,7 +179,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
             .await?
             .into_inner();
         println!(
-            "\n3. context for the state, {label}, budget 120 tokens: {} bullets, {} tokens\n{}",
+            "\n{step}. context for the state, {label}, budget 120 tokens: {} bullets, {} tokens\n{}",
             ctx.bullet_ids.len(),
             ctx.tokens,
             ctx.text.trim_end()

@@ -46,10 +46,16 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber. Call once, from `main`, inside a Tokio runtime.
 pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive)?,
-        _ => EnvFilter::try_new(&opts.log_filter)?,
+    let mut directive = match std::env::var("RUST_LOG") {
+        Ok(d) if !d.is_empty() => d,
+        _ => opts.log_filter.clone(),
     };
+    // The embedded vector engine warns about process-wide flags it expects its own server to
+    // set; they change nothing here. Its errors still show, and an explicit directive wins.
+    if !directive.contains("qdrant_edge") {
+        directive.push_str(",qdrant_edge=error");
+    }
+    let filter = EnvFilter::try_new(directive)?;
     let fmt = if opts.log_format == "pretty" {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)

@@ -70,9 +70,12 @@ fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
         .collect()
 }
 
-async fn curator(dir: &std::path::Path, embedder: Arc<dyn Embedder>) -> Arc<Curator> {
-    let store = Store::open_sqlite(&dir.join("db.sqlite"), 4).await.unwrap();
-    let index = Arc::new(EdgeIndex::open(&dir.join("vectors")).unwrap());
+async fn curator(
+    dir: &std::path::Path,
+    embedder: Arc<dyn Embedder>,
+) -> anyhow::Result<Arc<Curator>> {
+    let store = Store::open_sqlite(&dir.join("db.sqlite"), 4).await?;
+    let index = Arc::new(EdgeIndex::open(&dir.join("vectors"))?);
     let opts = CuratorOptions {
         merge_threshold: 0.8,
         sections: vec!["strategy".into(), "mistakes".into(), "facts".into()],
@@ -83,11 +86,11 @@ async fn curator(dir: &std::path::Path, embedder: Arc<dyn Embedder>) -> Arc<Cura
     };
     let judge = Arc::new(ThresholdJudge { threshold: 0.8 });
     let c = Arc::new(Curator::new(store, index, embedder, judge, opts));
-    c.start().await.unwrap();
-    c
+    c.start().await?;
+    Ok(c)
 }
 
-async fn measure(c: &Curator, ns: &str, size: usize, label: &str) {
+async fn measure(c: &Curator, ns: &str, size: usize, label: &str) -> anyhow::Result<()> {
     // Fresh insights, with one in five restating an existing bullet (a MERGE).
     let mut work = insights("measure", size, 400);
     let existing = insights("seed", 0, 100);
@@ -97,76 +100,76 @@ async fn measure(c: &Curator, ns: &str, size: usize, label: &str) {
     }
     let started = Instant::now();
     for batch in work.chunks(50) {
-        c.curate(ns, batch).await.unwrap();
+        c.curate(ns, batch).await?;
     }
     let rate = work.len() as f64 / started.elapsed().as_secs_f64();
     let mut lat = Vec::new();
     for i in 0..50 {
         let t = Instant::now();
-        c.render_context(
-            ns,
-            &format!("situation {i} with traffic ahead"),
-            300,
-            Stage::Shadow,
-        )
-        .await
-        .unwrap();
+        let state = format!("situation {i} with traffic ahead");
+        c.render_context(ns, &state, 300, Stage::Shadow).await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lat.sort_by(f64::total_cmp);
     println!(
-        "{label:<12} playbook {size:>7}: curate {rate:>8.0} insights/s ({:.3} ms/insight); render_context p50 {:.2} ms p95 {:.2} ms",
+        "{label:<12} playbook {size:>7}: curate {rate:>8.0} insights/s ({:.3} ms/insight); \
+         render_context p50 {:.2} ms p95 {:.2} ms",
         1000.0 / rate,
         lat[lat.len() / 2],
         lat[lat.len() * 95 / 100]
     );
+    Ok(())
+}
+
+async fn load(c: &Curator, ns: &str, from: usize, to: usize, batch: usize) -> anyhow::Result<()> {
+    let mut loaded = from;
+    while loaded < to {
+        let n = (to - loaded).min(batch);
+        c.curate(ns, &insights("seed", loaded, n)).await?;
+        loaded += n;
+    }
+    Ok(())
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let real = args.iter().any(|a| a == "--real");
-    let sizes: Vec<usize> = args
-        .iter()
-        .find(|a| !a.starts_with("--"))
-        .map(|s| {
-            s.split(',')
-                .map(|n| n.parse().expect("sizes: 1000,10000"))
-                .collect()
-        })
-        .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
-    let dir = tempfile::tempdir().unwrap();
-    let c = curator(dir.path(), Arc::new(HashEmbedder)).await;
+    let sizes: Vec<usize> = match args.iter().find(|a| !a.starts_with("--")) {
+        Some(list) => list
+            .split(',')
+            .map(|n| n.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("sizes must look like 1000,10000: {e}"))?,
+        None => vec![1_000, 10_000, 100_000],
+    };
+    anyhow::ensure!(!sizes.is_empty(), "no playbook sizes given");
+    let dir = tempfile::tempdir()?;
+    let c = curator(dir.path(), Arc::new(HashEmbedder)).await?;
     let ns = "bench";
     let mut loaded = 0;
     for &size in &sizes {
         let t = Instant::now();
-        while loaded < size {
-            let n = (size - loaded).min(1000);
-            c.curate(ns, &insights("seed", loaded, n)).await.unwrap();
-            loaded += n;
-        }
+        load(&c, ns, loaded, size, 1000).await?;
+        loaded = loaded.max(size);
         let load_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        c.optimize_index().await.unwrap();
+        c.optimize_index().await?;
         println!(
             "loaded to {size} bullets in {load_s:.1} s, index optimized in {:.1} s",
             t.elapsed().as_secs_f64()
         );
-        measure(&c, ns, size, "no-embedder").await;
+        measure(&c, ns, size, "no-embedder").await?;
+        // The measured insights were ADDed too: the next size starts above them.
+        loaded += 400;
     }
     if real {
         let models = agent_learning_config::default_models_dir();
-        let embedder = Arc::new(MiniLm::load(&MINILM.path(&models), 32).unwrap());
-        let dir = tempfile::tempdir().unwrap();
-        let c = curator(dir.path(), embedder).await;
-        let size = sizes[0];
-        let mut loaded = 0;
-        while loaded < size {
-            let n = (size - loaded).min(500);
-            c.curate(ns, &insights("seed", loaded, n)).await.unwrap();
-            loaded += n;
-        }
-        measure(&c, ns, size, "minilm").await;
+        let embedder = Arc::new(MiniLm::load(&MINILM.path(&models), 32)?);
+        let dir = tempfile::tempdir()?;
+        let c = curator(dir.path(), embedder).await?;
+        load(&c, ns, 0, sizes[0], 500).await?;
+        measure(&c, ns, sizes[0], "minilm").await?;
     }
+    Ok(())
 }
