@@ -42,6 +42,30 @@ enum Command {
     },
     /// Read and edit the playbook of a running server.
     Playbook(playbook::PlaybookArgs),
+    /// Expert demonstrations: generate them from a built-in environment, or check a file.
+    Demos {
+        #[command(subcommand)]
+        command: DemosCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemosCommand {
+    /// Write successful expert episodes of a built-in environment as JSONL.
+    Generate {
+        /// driving, support, devops or code-review.
+        #[arg(long)]
+        env: String,
+        #[arg(short = 'n', long, default_value_t = 50)]
+        count: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output file; standard output when absent.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Check a demo file; every error is reported with its line number.
+    Validate { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +118,63 @@ pub fn fetch_models(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn demos(command: &DemosCommand) -> anyhow::Result<()> {
+    use agent_learning_envs::{generate_demos, read_demos, write_demos};
+    match command {
+        DemosCommand::Generate {
+            env,
+            count,
+            seed,
+            output,
+        } => {
+            anyhow::ensure!(*count > 0, "-n: at least one demo");
+            let demos = generate_demos(env, *count, *seed)?;
+            match output {
+                Some(path) => {
+                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    // Written whole, then renamed: a reader never sees half a file.
+                    let tmp = path.with_extension("jsonl.partial");
+                    write_demos(
+                        std::io::BufWriter::new(std::fs::File::create(&tmp)?),
+                        &demos,
+                    )?;
+                    std::fs::rename(&tmp, path)?;
+                    let steps: usize = demos.iter().map(|d| d.steps.len()).sum();
+                    eprintln!(
+                        "wrote {} {env} demos ({steps} steps) to {}",
+                        demos.len(),
+                        path.display()
+                    );
+                }
+                None => write_demos(std::io::stdout().lock(), &demos)?,
+            }
+            Ok(())
+        }
+        DemosCommand::Validate { file } => {
+            let demos = match read_demos(file) {
+                Ok(demos) => demos,
+                Err(agent_learning_envs::DemoError::Invalid { path, errors }) => {
+                    for (line, message) in &errors {
+                        eprintln!("{path}:{line}: {message}");
+                    }
+                    anyhow::bail!("{path}: {} bad lines; nothing imported", errors.len());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let steps: usize = demos.iter().map(|d| d.steps.len()).sum();
+            let ok = demos.iter().filter(|d| d.outcome.success).count();
+            println!(
+                "{}: {} demos, {steps} steps, {ok} successful",
+                file.display(),
+                demos.len()
+            );
+            Ok(())
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -124,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
             let settings = settings(&cli, None)?;
             fetch_models(&settings)
         }
+        Command::Demos { command } => demos(command),
         Command::Playbook(args) => {
             let settings = settings(&cli, None)?;
             playbook::run(&settings, args).await

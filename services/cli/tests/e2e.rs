@@ -302,3 +302,57 @@ fn a_non_finite_threshold_stops_start_up_naming_the_key() {
         "nothing was created"
     );
 }
+
+#[test]
+fn demos_generate_is_deterministic_and_validate_names_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen_to = |name: &str| {
+        let path = dir.path().join(name);
+        let out = Command::new(BIN)
+            .args([
+                "demos", "generate", "--env", "driving", "-n", "50", "--seed", "42", "-o",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(path).unwrap()
+    };
+    let a = gen_to("a.jsonl");
+    let b = gen_to("b.jsonl");
+    assert_eq!(a, b, "the same seed gives byte-identical files");
+    assert_eq!(a.iter().filter(|b| **b == b'\n').count(), 50);
+
+    let out = Command::new(BIN)
+        .args(["demos", "validate"])
+        .arg(dir.path().join("a.jsonl"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("50 demos"));
+
+    let mut text = String::from_utf8(a).unwrap();
+    text.push_str("{\"id\": 3}\n");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["demos", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.jsonl:51:"), "{stderr}");
+    assert!(stderr.contains("nothing imported"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["demos", "generate", "--env", "flying", "-n", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown environment \"flying\""));
+}

@@ -1,5 +1,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use agent_learning_domain::{
     Bullet, BulletEvent, DeltaKind, DeltaOp, Insight, InvalidInput, PromotionGates, Stage,
@@ -65,6 +66,9 @@ pub struct CuratorOptions {
     pub gates: PromotionGates,
     /// The vector collection holding bullet embeddings.
     pub collection: String,
+    /// Index writes after which the index's search structures are rebuilt in the background,
+    /// so search cost stays flat as the playbook grows; 0 never rebuilds.
+    pub optimize_after_writes: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -122,6 +126,8 @@ pub struct Curator {
     // Curation of one namespace is serialised: two concurrent batches must not both ADD the
     // same knowledge.
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    unoptimized_writes: Arc<AtomicUsize>,
+    optimizing: Arc<AtomicBool>,
 }
 
 fn point(b: &IndexedBullet) -> Point {
@@ -158,6 +164,8 @@ impl Curator {
             judge,
             opts,
             locks: Default::default(),
+            unoptimized_writes: Arc::new(AtomicUsize::new(0)),
+            optimizing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -176,6 +184,7 @@ impl Curator {
             )
             .await?;
         let report = self.reconcile().await?;
+        self.note_index_writes(report.upserted);
         info!(
             checked = report.checked,
             upserted = report.upserted,
@@ -377,8 +386,14 @@ impl Curator {
             self.store.apply_curation(ns, &changes).await?;
             // The record is committed; if the index write fails the next start reconciles it.
             let points: Vec<Point> = added.iter().map(point).collect();
-            if let Err(e) = self.index.upsert(&self.opts.collection, points).await {
-                warn!(error = %e, namespace = ns, "index write failed after commit; reconcile will heal it");
+            let written = points.len();
+            match self.index.upsert(&self.opts.collection, points).await {
+                Ok(()) => self.note_index_writes(written),
+                Err(e) => warn!(
+                    error = %e,
+                    namespace = ns,
+                    "index write failed after commit; reconcile will heal it"
+                ),
             }
         }
 
@@ -776,7 +791,36 @@ impl Curator {
         Ok(report)
     }
 
-    /// Builds the index's search structures; run it after bulk loads.
+    /// Counts index writes and, past `optimize_after_writes`, rebuilds the index's search
+    /// structures on a background task (one at a time); searches keep answering meanwhile.
+    fn note_index_writes(&self, n: usize) {
+        let threshold = self.opts.optimize_after_writes;
+        if threshold == 0 || n == 0 {
+            return;
+        }
+        let pending = self.unoptimized_writes.fetch_add(n, Ordering::SeqCst) + n;
+        if pending < threshold || self.optimizing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.unoptimized_writes.store(0, Ordering::SeqCst);
+        let index = self.index.clone();
+        let collection = self.opts.collection.clone();
+        let optimizing = self.optimizing.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match index.optimize(&collection).await {
+                Ok(()) => info!(
+                    writes = pending,
+                    secs = started.elapsed().as_secs_f64(),
+                    "vector index optimized"
+                ),
+                Err(e) => warn!(error = %e, "vector index optimization failed"),
+            }
+            optimizing.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Builds the index's search structures now; run it after bulk loads.
     pub async fn optimize_index(&self) -> Result<()> {
         Ok(self.index.optimize(&self.opts.collection).await?)
     }

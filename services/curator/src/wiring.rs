@@ -76,6 +76,7 @@ pub fn curator_options(settings: &Settings) -> CuratorOptions {
             production_min_ratio: p.production_min_ratio,
         },
         collection: format!("{}_bullets", settings.vector.collection_prefix),
+        optimize_after_writes: settings.vector.optimize_after_writes,
     }
 }
 

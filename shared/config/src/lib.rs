@@ -68,6 +68,8 @@ pub struct VectorSettings {
     pub qdrant_api_key: Option<SecretString>,
     /// Prefix of every collection name, so several deployments can share one server.
     pub collection_prefix: String,
+    /// Writes after which the in-process engine rebuilds its search index (0: never).
+    pub optimize_after_writes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +128,7 @@ max_connections = 8
 
 [vector]
 collection_prefix = "agent_learning"
+optimize_after_writes = 5000
 
 [embedding]
 batch_size = 32

@@ -128,6 +128,17 @@ fn to_domain(m: bullet::Model) -> Result<Bullet> {
     })
 }
 
+fn to_indexed(m: bullet::Model) -> Result<IndexedBullet> {
+    Ok(IndexedBullet {
+        id: Uuid::parse_str(&m.id).map_err(|e| StoreError::Corrupt(format!("bullet id: {e}")))?,
+        stage: Stage::parse(&m.stage)
+            .ok_or_else(|| StoreError::Corrupt(format!("bullet {}: stage {:?}", m.id, m.stage)))?,
+        embedding: decode_embedding(&m.embedding)?,
+        namespace: m.namespace,
+        section: m.section,
+    })
+}
+
 fn push_source(sources_json: &str, source: &str) -> Result<String> {
     let mut sources: Vec<String> = serde_json::from_str(sources_json)
         .map_err(|e| StoreError::Corrupt(format!("sources: {e}")))?;
@@ -185,12 +196,9 @@ async fn ensure_namespace(txn: &DatabaseTransaction, ns: &str) -> Result<()> {
 }
 
 async fn load_live(txn: &impl ConnectionTrait, ns: &str, id: Uuid) -> Result<bullet::Model> {
-    match bullet::Entity::find_by_id(id.to_string())
-        .filter(bullet::Column::Namespace.eq(ns))
-        .one(txn)
-        .await?
-    {
-        Some(m) if !m.deleted => Ok(m),
+    // By primary key alone (see `bullets_by_ids`), then the namespace check.
+    match bullet::Entity::find_by_id(id.to_string()).one(txn).await? {
+        Some(m) if !m.deleted && m.namespace == ns => Ok(m),
         _ => Err(StoreError::NotFound {
             what: "bullet",
             id: id.to_string(),
@@ -371,9 +379,9 @@ impl Store {
 
     pub async fn get_bullet(&self, ns: &str, id: Uuid) -> Result<Option<Bullet>> {
         bullet::Entity::find_by_id(id.to_string())
-            .filter(bullet::Column::Namespace.eq(ns))
             .one(&self.db)
             .await?
+            .filter(|m| m.namespace == ns)
             .map(to_domain)
             .transpose()
     }
@@ -382,12 +390,13 @@ impl Store {
     pub async fn bullets_by_ids(&self, ns: &str, ids: &[Uuid]) -> Result<Vec<Bullet>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
+            // By primary key only: with the namespace in the WHERE clause SQLite's planner may
+            // walk the namespace index instead, which costs the size of the playbook.
             let rows = bullet::Entity::find()
-                .filter(bullet::Column::Namespace.eq(ns))
                 .filter(bullet::Column::Id.is_in(chunk.iter().map(Uuid::to_string)))
                 .all(&self.db)
                 .await?;
-            for r in rows {
+            for r in rows.into_iter().filter(|r| r.namespace == ns) {
                 out.push(to_domain(r)?);
             }
         }
@@ -756,19 +765,7 @@ impl Store {
             .limit(limit)
             .all(&self.db)
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let id = Uuid::parse_str(&r.id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok(IndexedBullet {
-                    id,
-                    stage: Stage::parse(&r.stage)
-                        .ok_or_else(|| StoreError::Corrupt(format!("stage {:?}", r.stage)))?,
-                    embedding: decode_embedding(&r.embedding)?,
-                    namespace: r.namespace,
-                    section: r.section,
-                })
-            })
-            .collect()
+        rows.into_iter().map(to_indexed).collect()
     }
 
     /// Live or not, for the index reconciler: which of these ids are live, with their data.
@@ -781,18 +778,8 @@ impl Store {
                 .all(&self.db)
                 .await?;
             for r in rows {
-                let id = Uuid::parse_str(&r.id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                out.insert(
-                    id,
-                    IndexedBullet {
-                        id,
-                        stage: Stage::parse(&r.stage)
-                            .ok_or_else(|| StoreError::Corrupt(format!("stage {:?}", r.stage)))?,
-                        embedding: decode_embedding(&r.embedding)?,
-                        namespace: r.namespace,
-                        section: r.section,
-                    },
-                );
+                let b = to_indexed(r)?;
+                out.insert(b.id, b);
             }
         }
         Ok(out)

@@ -83,6 +83,7 @@ async fn curator(
         max_insights_per_request: 1000,
         gates: PromotionGates::default(),
         collection: "bench".into(),
+        optimize_after_writes: 0,
     };
     let judge = Arc::new(ThresholdJudge { threshold: 0.8 });
     let c = Arc::new(Curator::new(store, index, embedder, judge, opts));

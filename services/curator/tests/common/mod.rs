@@ -38,6 +38,7 @@ pub fn options() -> CuratorOptions {
         max_insights_per_request: 1000,
         gates: PromotionGates::default(),
         collection: "test_bullets".into(),
+        optimize_after_writes: 0,
     }
 }
 
