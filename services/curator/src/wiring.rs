@@ -123,10 +123,22 @@ pub async fn serve_curator(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_curator_with(settings, listener, shutdown, |_| Ok(())).await
+}
+
+/// Serves the Curator and whatever `mount_more` adds to the same server (the all-in-one
+/// `agent-learning serve`). Health flips to SERVING once the Curator's dependencies answer.
+pub async fn serve_curator_with(
+    settings: &Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mount_more: impl FnOnce(&mut GrpcServer) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let backends = open_backends(settings).await?;
     let curator = Curator::open(settings, &backends).await?;
     let mut server = GrpcServer::new(limits(settings))?;
     curator.mount(&mut server);
+    mount_more(&mut server)?;
     let readiness = server.readiness();
     let probe = curator.clone();
     tokio::spawn(readiness.serve_when_ready(move || {

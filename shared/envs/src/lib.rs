@@ -30,6 +30,8 @@ pub enum EnvError {
     Snapshot(String),
     #[error("unknown environment {0:?}; built-in: driving, support, devops, code-review")]
     Unknown(String),
+    #[error("remote environment: {0}")]
+    Remote(String),
 }
 
 /// The result of one step.
@@ -85,6 +87,17 @@ pub const BUILT_IN: [&str; 4] = ["driving", "support", "devops", "code-review"];
 
 /// An environment with the expert that knows it.
 pub type WithExpert = (Box<dyn Environment>, Box<dyn Expert>);
+
+/// A constructor of a built-in environment, by name.
+pub fn factory(name: &str) -> Result<fn() -> Box<dyn Environment>, EnvError> {
+    Ok(match name {
+        "driving" => || Box::new(Driving::default()),
+        "support" => || Box::new(Support::default()),
+        "devops" => || Box::new(DevOps::default()),
+        "code-review" => || Box::new(CodeReview::default()),
+        other => return Err(EnvError::Unknown(other.to_owned())),
+    })
+}
 
 /// A built-in environment and its expert, by name.
 pub fn built_in(name: &str) -> Result<WithExpert, EnvError> {

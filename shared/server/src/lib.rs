@@ -3,11 +3,12 @@
 //! limits, and a graceful shutdown on SIGINT/SIGTERM with a bounded drain.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
-use tonic_health::ServingStatus;
+pub use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
@@ -38,6 +39,7 @@ pub struct GrpcServer {
     health: HealthReporter,
     services: Vec<&'static str>,
     limits: ServerLimits,
+    status: Arc<tokio::sync::Mutex<Option<ServingStatus>>>,
 }
 
 impl GrpcServer {
@@ -61,6 +63,7 @@ impl GrpcServer {
             health,
             services: Vec::new(),
             limits,
+            status: Arc::default(),
         })
     }
 
@@ -83,6 +86,7 @@ impl GrpcServer {
         Readiness {
             health: self.health.clone(),
             services: self.services.clone(),
+            status: self.status.clone(),
         }
     }
 
@@ -94,7 +98,7 @@ impl GrpcServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let readiness = self.readiness();
-        readiness.set(ServingStatus::NotServing).await;
+        readiness.initial(ServingStatus::NotServing).await;
         let limits = self.limits;
         let addr = listener.local_addr()?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -142,14 +146,32 @@ impl GrpcServer {
 pub struct Readiness {
     health: HealthReporter,
     services: Vec<&'static str>,
+    // The last status set, so the server's initial NOT_SERVING never overwrites a SERVING
+    // that a readiness task reported first.
+    status: Arc<tokio::sync::Mutex<Option<ServingStatus>>>,
 }
 
 impl Readiness {
-    pub async fn set(&self, status: ServingStatus) {
+    async fn apply(&self, status: ServingStatus) {
         for name in &self.services {
             self.health.set_service_status(*name, status).await;
         }
         self.health.set_service_status("", status).await;
+    }
+
+    pub async fn set(&self, status: ServingStatus) {
+        let mut current = self.status.lock().await;
+        self.apply(status).await;
+        *current = Some(status);
+    }
+
+    /// Sets `status` unless a status was already set.
+    async fn initial(&self, status: ServingStatus) {
+        let mut current = self.status.lock().await;
+        if current.is_none() {
+            self.apply(status).await;
+            *current = Some(status);
+        }
     }
 
     /// Polls `check` until it succeeds, then reports `SERVING`.
