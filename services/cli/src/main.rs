@@ -159,6 +159,11 @@ fn demos(command: &DemosCommand) -> anyhow::Result<()> {
             output,
         } => {
             anyhow::ensure!(*count > 0, "-n: at least one demo");
+            anyhow::ensure!(
+                !env.starts_with("grpc://"),
+                "--env {env}: demos come from a built-in environment's expert; a remote \
+                 environment has none here"
+            );
             let demos = generate_demos(env, *count, *seed)?;
             match output {
                 Some(path) => {
