@@ -1,0 +1,172 @@
+//! Language models for agent-learning. Every learning stage talks to a model through
+//! [`ChatModel`]: plain chat, plus the two structured outputs the system needs — text in named
+//! sections (reflections) and exactly one of a list of options (actions). [`OpenAiChat`] speaks
+//! to any OpenAI-compatible endpoint; its structured outputs are validated and repaired once.
+
+mod budget;
+mod openai;
+pub mod prompts;
+mod structured;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use budget::TokenBudget;
+pub use openai::{OpenAiChat, OpenAiOptions};
+pub use structured::{parse_choice, parse_sections};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatParams {
+    pub max_tokens: u32,
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub seed: Option<u64>,
+}
+
+impl Default for ChatParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 512,
+            temperature: 0.0,
+            seed: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+    pub fn add(&mut self, other: Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub usage: Usage,
+}
+
+/// Sections in order, each with its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sections {
+    pub sections: Vec<(String, String)>,
+    pub usage: Usage,
+}
+
+impl Sections {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.sections
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, t)| t.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub index: usize,
+    pub option: String,
+    pub reasoning: String,
+    pub usage: Usage,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("token budget exhausted: {used} of {limit} tokens used")]
+    BudgetExhausted { used: u64, limit: u64 },
+    #[error("model endpoint: {0}")]
+    Endpoint(String),
+    #[error("model endpoint timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("model answered something unusable: {0}")]
+    Malformed(String),
+    #[error("model output still invalid after one repair: {0}")]
+    InvalidOutput(String),
+    #[error("model: {0}")]
+    Model(String),
+}
+
+/// A chat model. `sections` and `choose` have prompt-and-validate defaults; a model that
+/// controls its own decoding overrides them to be valid by construction.
+#[async_trait]
+pub trait ChatModel: Send + Sync {
+    fn name(&self) -> &str;
+
+    async fn chat(&self, messages: &[Message], params: &ChatParams)
+    -> Result<Completion, LlmError>;
+
+    /// Text in the named sections, in order, each non-empty and at most `max_chars` long.
+    async fn sections(
+        &self,
+        messages: &[Message],
+        names: &[&str],
+        max_chars: usize,
+    ) -> Result<Sections, LlmError> {
+        structured::sections_by_prompt(self, messages, names, max_chars).await
+    }
+
+    /// Exactly one of `options`, with the model's reasoning.
+    async fn choose(&self, messages: &[Message], options: &[String]) -> Result<Choice, LlmError> {
+        structured::choose_by_prompt(self, messages, options).await
+    }
+}
+
+pub(crate) fn check_messages(messages: &[Message]) -> Result<(), LlmError> {
+    if messages.is_empty() {
+        return Err(LlmError::InvalidRequest(
+            "messages: must not be empty".into(),
+        ));
+    }
+    if messages.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(LlmError::InvalidRequest(
+            "messages: every message is empty".into(),
+        ));
+    }
+    Ok(())
+}
