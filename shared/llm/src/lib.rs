@@ -4,6 +4,7 @@
 //! to any OpenAI-compatible endpoint; its structured outputs are validated and repaired once.
 
 mod budget;
+mod local;
 mod openai;
 pub mod prompts;
 mod structured;
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use budget::TokenBudget;
+pub use local::{LocalModel, LocalOptions};
 pub use openai::{OpenAiChat, OpenAiOptions};
 pub use structured::{parse_choice, parse_sections};
 
@@ -154,6 +156,47 @@ pub trait ChatModel: Send + Sync {
     /// Exactly one of `options`, with the model's reasoning.
     async fn choose(&self, messages: &[Message], options: &[String]) -> Result<Choice, LlmError> {
         structured::choose_by_prompt(self, messages, options).await
+    }
+}
+
+/// The model the configuration names: the local SmolLM2 or an OpenAI-compatible endpoint.
+pub fn open_chat_model(
+    settings: &agent_learning_config::Settings,
+) -> Result<std::sync::Arc<dyn ChatModel>, LlmError> {
+    let llm = &settings.llm;
+    let budget = if llm.token_budget == 0 {
+        TokenBudget::unlimited()
+    } else {
+        TokenBudget::limited(llm.token_budget)
+    };
+    match llm.provider.as_str() {
+        "openai" => {
+            let api_key = match (&llm.api_key, &llm.api_key_file) {
+                (_, Some(file)) => Some(
+                    std::fs::read_to_string(file)
+                        .map_err(|e| LlmError::InvalidRequest(format!("llm.api_key_file: {e}")))?
+                        .trim()
+                        .to_owned()
+                        .into(),
+                ),
+                (Some(key), None) => Some(key.clone()),
+                (None, None) => None,
+            };
+            Ok(std::sync::Arc::new(OpenAiChat::new(OpenAiOptions {
+                base_url: llm.base_url.clone(),
+                model: llm.model.clone(),
+                api_key,
+                timeout: std::time::Duration::from_secs(llm.timeout_secs),
+                max_retries: llm.max_retries,
+                max_concurrency: llm.max_concurrency,
+                json_schema: llm.json_schema,
+                budget,
+            })?))
+        }
+        _ => Ok(std::sync::Arc::new(LocalModel::load(&LocalOptions {
+            dir: agent_learning_embed::SMOLLM2.path(&settings.models_dir),
+            threads: llm.threads,
+        })?)),
     }
 }
 

