@@ -433,15 +433,11 @@ impl ChatModel for LocalModel {
         names: &[&str],
         max_chars: usize,
     ) -> Result<Sections, LlmError> {
-        crate::check_messages(messages)?;
-        if names.is_empty() {
-            return Err(LlmError::InvalidRequest("names: must not be empty".into()));
-        }
-        let mut msgs = messages.to_vec();
-        msgs.push(Message::user(format!(
-            "Answer with one line for each of: {}.",
-            names.join(", ")
-        )));
+        crate::structured::check_sections_request(messages, names)?;
+        let msgs = crate::structured::with_instruction(
+            messages,
+            format!("Answer with one line for each of: {}.", names.join(", ")),
+        );
         let prompt = chatml(&msgs);
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         // Roughly four characters a token; at least a few tokens a section.
@@ -471,11 +467,13 @@ impl ChatModel for LocalModel {
     async fn choose(&self, messages: &[Message], options: &[String]) -> Result<Choice, LlmError> {
         crate::check_messages(messages)?;
         crate::structured::check_options(options)?;
-        let mut msgs = messages.to_vec();
-        msgs.push(Message::user(format!(
-            "Choose exactly one of: {}. Give a one-sentence reason, then the choice.",
-            options.join(", ")
-        )));
+        let msgs = crate::structured::with_instruction(
+            messages,
+            format!(
+                "Choose exactly one of: {}. Give a one-sentence reason, then the choice.",
+                options.join(", ")
+            ),
+        );
         let prompt = chatml(&msgs);
         let options = options.to_vec();
         self.with_session(prompt, move |m, s| {

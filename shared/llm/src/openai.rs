@@ -228,10 +228,7 @@ impl ChatModel for OpenAiChat {
         if !self.json_schema {
             return crate::structured::sections_by_prompt(self, messages, names, max_chars).await;
         }
-        crate::check_messages(messages)?;
-        if names.is_empty() {
-            return Err(LlmError::InvalidRequest("names: must not be empty".into()));
-        }
+        crate::structured::check_sections_request(messages, names)?;
         let properties: serde_json::Map<String, Value> = names
             .iter()
             .map(|n| {
@@ -246,11 +243,13 @@ impl ChatModel for OpenAiChat {
             json!({"type": "object", "properties": properties, "required": names,
                    "additionalProperties": false}),
         );
-        let mut msgs = messages.to_vec();
-        msgs.push(Message::user(format!(
-            "Answer as a JSON object with the string fields {}, each non-empty.",
-            names.join(", ")
-        )));
+        let msgs = crate::structured::with_instruction(
+            messages,
+            format!(
+                "Answer as a JSON object with the string fields {}, each non-empty.",
+                names.join(", ")
+            ),
+        );
         let params = ChatParams::default();
         let call = |m: Vec<Message>| {
             let (params, format) = (&params, &format);
@@ -285,11 +284,13 @@ impl ChatModel for OpenAiChat {
                                   "choice": {"type": "string", "enum": options}},
                    "required": ["reasoning", "choice"], "additionalProperties": false}),
         );
-        let mut msgs = messages.to_vec();
-        msgs.push(Message::user(format!(
-            "Choose exactly one of: {}. Answer as JSON with \"reasoning\" and \"choice\".",
-            options.join(", ")
-        )));
+        let msgs = crate::structured::with_instruction(
+            messages,
+            format!(
+                "Choose exactly one of: {}. Answer as JSON with \"reasoning\" and \"choice\".",
+                options.join(", ")
+            ),
+        );
         let params = ChatParams {
             max_tokens: 256,
             ..Default::default()

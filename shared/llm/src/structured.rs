@@ -147,7 +147,17 @@ where
         .map_err(LlmError::InvalidOutput)
 }
 
-fn with_instruction(messages: &[Message], instruction: String) -> Vec<Message> {
+/// Checks a `sections` request: messages with text, at least one section name.
+pub(crate) fn check_sections_request(messages: &[Message], names: &[&str]) -> Result<(), LlmError> {
+    crate::check_messages(messages)?;
+    if names.is_empty() {
+        return Err(LlmError::InvalidRequest("names: must not be empty".into()));
+    }
+    Ok(())
+}
+
+/// The conversation with one more user message carrying the format instruction.
+pub(crate) fn with_instruction(messages: &[Message], instruction: String) -> Vec<Message> {
     let mut out = messages.to_vec();
     out.push(Message::user(instruction));
     out
@@ -159,10 +169,7 @@ pub(crate) async fn sections_by_prompt<M: ChatModel + ?Sized>(
     names: &[&str],
     max_chars: usize,
 ) -> Result<Sections, LlmError> {
-    crate::check_messages(messages)?;
-    if names.is_empty() {
-        return Err(LlmError::InvalidRequest("names: must not be empty".into()));
-    }
+    check_sections_request(messages, names)?;
     let list = names
         .iter()
         .map(|n| format!("{n}:"))

