@@ -5,6 +5,8 @@
 mod demo;
 mod playbook;
 
+use agent_learning_cli::{all, train};
+
 use std::path::PathBuf;
 
 use agent_learning_config::{Settings, Sources};
@@ -27,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve every implemented service on one port with the configured backends.
+    /// Serve every service on one port with the configured backends.
     Serve {
         /// Listen address (else server.addr, AGENT_LEARNING__SERVER__ADDR).
         #[arg(long)]
@@ -36,6 +38,14 @@ enum Command {
         #[arg(long, default_value = "driving")]
         env: String,
     },
+    /// Run one service alone, as its own binary does (one image for every service).
+    Service {
+        #[arg(value_enum)]
+        name: ServiceName,
+        /// Listen address (else server.addr).
+        #[arg(long)]
+        addr: Option<String>,
+    },
     /// Environments.
     Env {
         #[command(subcommand)]
@@ -43,6 +53,9 @@ enum Command {
     },
     /// The main job: curate a driving playbook end to end on the embedded backends.
     Demo,
+    /// Train a namespace from expert demos: world-model fit, exploration, reflection,
+    /// curation, policy compile.
+    Train(train::TrainArgs),
     /// Local models.
     Models {
         #[command(subcommand)]
@@ -61,6 +74,16 @@ enum Command {
         #[command(subcommand)]
         command: DemosCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ServiceName {
+    Curator,
+    WorldModel,
+    Explorer,
+    Reflector,
+    Policy,
+    Coordinator,
 }
 
 #[derive(Subcommand)]
@@ -247,16 +270,39 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = telemetry(&settings, None, None)?;
             let environment = agent_learning_environment::EnvService::built_in(env)?;
             let listener = bind(&settings).await?;
-            agent_learning_curator::serve_curator_with(
+            all::serve_all(
                 &settings,
                 listener,
                 agent_learning_server::shutdown_signal(),
-                |server| {
-                    environment.mount(server);
-                    Ok(())
-                },
+                Some(environment),
             )
             .await
+        }
+        Command::Service { name, addr } => {
+            let settings = settings(&cli, addr.as_deref())?;
+            let _telemetry = telemetry(&settings, None, None)?;
+            let listener = bind(&settings).await?;
+            let shutdown = agent_learning_server::shutdown_signal();
+            match name {
+                ServiceName::Curator => {
+                    agent_learning_curator::serve_curator(&settings, listener, shutdown).await
+                }
+                ServiceName::WorldModel => {
+                    agent_learning_world_model::serve(settings, listener, shutdown).await
+                }
+                ServiceName::Explorer => {
+                    agent_learning_explorer::serve(settings, listener, shutdown).await
+                }
+                ServiceName::Reflector => {
+                    agent_learning_reflector::serve(settings, listener, shutdown).await
+                }
+                ServiceName::Policy => {
+                    agent_learning_policy::serve(settings, listener, shutdown).await
+                }
+                ServiceName::Coordinator => {
+                    agent_learning_coordinator::serve(settings, listener, shutdown).await
+                }
+            }
         }
         Command::Env {
             command: EnvCommand::Serve { env, addr },
@@ -267,7 +313,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = bind(&settings).await?;
             agent_learning_environment::serve_environment(
                 env,
-                agent_learning_curator::limits(&settings),
+                agent_learning_runtime::limits(&settings),
                 listener,
                 agent_learning_server::shutdown_signal(),
             )
@@ -277,6 +323,11 @@ async fn main() -> anyhow::Result<()> {
             let settings = settings(&cli, None)?;
             let _telemetry = telemetry(&settings, Some("pretty"), Some("warn"))?;
             demo::run(&settings).await
+        }
+        Command::Train(args) => {
+            let settings = settings(&cli, None)?;
+            let _telemetry = telemetry(&settings, Some("pretty"), Some("warn"))?;
+            train::run(&settings, args).await
         }
         Command::Models {
             command: ModelsCommand::Fetch,

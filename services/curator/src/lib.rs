@@ -6,6 +6,7 @@ mod curator;
 pub mod grpc;
 mod judge;
 mod render;
+pub mod stream;
 mod wiring;
 
 pub use curator::{

@@ -39,6 +39,66 @@ pub struct Settings {
     pub curator: CuratorSettings,
     pub llm: LlmSettings,
     pub telemetry: TelemetrySettings,
+    pub queue: QueueSettings,
+    pub services: ServiceEndpoints,
+    pub pipeline: PipelineSettings,
+    pub policy: PolicySettings,
+}
+
+/// The work queues: Redis Streams when `redis_url` is set, else the embedded queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub redis_url: Option<String>,
+    /// An entry unacknowledged this long is claimed by another consumer.
+    pub visibility_timeout_secs: u64,
+    /// Deliveries before an entry goes to the dead-letter stream.
+    pub max_deliveries: u32,
+    /// How long a consumer's read waits for new entries.
+    pub block_ms: u64,
+}
+
+/// gRPC endpoints of the other services (`http://host:port`); empty: this process's server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEndpoints {
+    pub world_model: String,
+    pub explorer: String,
+    pub reflector: String,
+    pub policy: String,
+    pub curator: String,
+}
+
+/// Defaults of a training run; `StartTraining`'s `config_json` overrides them per run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// Alternative actions per branch point.
+    pub alternatives: u32,
+    /// Branch points per demo, spread over the episode; 0: every expert step.
+    pub branch_points: u32,
+    /// Neighbour transitions the world model shows the model.
+    pub world_model_k: u32,
+    /// Expert transitions held out of the world model's fit to evaluate it.
+    pub holdout: u32,
+    /// A run whose reflection or curation makes no progress this long fails.
+    pub stall_timeout_secs: u64,
+    /// Reflector consumers run inside an all-in-one server (0: none, reflectors run as their
+    /// own processes) or a standalone reflector (at least 1).
+    pub reflectors: u32,
+    /// Longest accepted section of a reflection, in characters.
+    pub reflection_max_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    pub instructions_template: String,
+    pub exemplars_k: u32,
+    /// Lowest playbook stage a compiled policy uses: shadow, staging or production.
+    pub min_stage: String,
+    /// Token budget of the playbook part of a Decide prompt.
+    pub token_budget: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +244,34 @@ token_budget = 0
 [telemetry]
 log_format = "json"
 log_filter = "info"
+
+[queue]
+redis_url = ""
+visibility_timeout_secs = 300
+max_deliveries = 5
+block_ms = 1000
+
+[services]
+world_model = ""
+explorer = ""
+reflector = ""
+policy = ""
+curator = ""
+
+[pipeline]
+alternatives = 2
+branch_points = 1
+world_model_k = 5
+holdout = 8
+stall_timeout_secs = 1800
+reflectors = 1
+reflection_max_chars = 800
+
+[policy]
+instructions_template = "You act in the {env} environment. Choose the next action for the current state. Use the playbook's advice and the expert examples."
+exemplars_k = 3
+min_stage = "shadow"
+token_budget = 600
 "#;
 
 /// Where configuration comes from, besides the environment.
@@ -226,6 +314,11 @@ impl Settings {
         {
             builder = builder.set_override("llm.api_key", key)?;
         }
+        if let Ok(url) = std::env::var("REDIS_URL")
+            && std::env::var("AGENT_LEARNING__QUEUE__REDIS_URL").is_err()
+        {
+            builder = builder.set_override("queue.redis_url", url)?;
+        }
         if let Ok(ep) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             && std::env::var("AGENT_LEARNING__TELEMETRY__OTLP_ENDPOINT").is_err()
         {
@@ -250,6 +343,9 @@ impl Settings {
         }
         if empty(&self.telemetry.otlp_endpoint) {
             self.telemetry.otlp_endpoint = None;
+        }
+        if empty(&self.queue.redis_url) {
+            self.queue.redis_url = None;
         }
     }
 
@@ -291,6 +387,64 @@ impl Settings {
                 "curator.merge_threshold",
                 format!("must be a finite cosine similarity in [-1, 1], got {t}"),
             ));
+        }
+        if self.queue.max_deliveries == 0 {
+            return Err(invalid("queue.max_deliveries", "must be at least 1"));
+        }
+        if self.queue.visibility_timeout_secs == 0 {
+            return Err(invalid(
+                "queue.visibility_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if let Some(url) = &self.queue.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "queue.redis_url",
+                format!("{url:?} is not a redis:// or rediss:// URL"),
+            ));
+        }
+        for (key, url) in [
+            ("services.world_model", &self.services.world_model),
+            ("services.explorer", &self.services.explorer),
+            ("services.reflector", &self.services.reflector),
+            ("services.policy", &self.services.policy),
+            ("services.curator", &self.services.curator),
+        ] {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    key,
+                    format!("{url:?} is not an http:// or https:// endpoint"),
+                ));
+            }
+        }
+        if self.pipeline.alternatives == 0 || self.pipeline.alternatives > 16 {
+            return Err(invalid("pipeline.alternatives", "must be in 1..=16"));
+        }
+        if self.pipeline.world_model_k == 0 || self.pipeline.world_model_k > 50 {
+            return Err(invalid("pipeline.world_model_k", "must be in 1..=50"));
+        }
+        if self.pipeline.reflection_max_chars < 40 {
+            return Err(invalid(
+                "pipeline.reflection_max_chars",
+                "must be at least 40",
+            ));
+        }
+        if !matches!(
+            self.policy.min_stage.as_str(),
+            "shadow" | "staging" | "production"
+        ) {
+            return Err(invalid(
+                "policy.min_stage",
+                format!(
+                    "{:?} is not one of shadow, staging, production",
+                    self.policy.min_stage
+                ),
+            ));
+        }
+        if self.policy.token_budget == 0 {
+            return Err(invalid("policy.token_budget", "must be at least 1"));
         }
         if self.curator.sections.is_empty() {
             return Err(invalid(

@@ -27,6 +27,24 @@ pub const REPAIR: Template = Template {
     text: include_str!("../prompts/repair.v1.txt"),
 };
 
+pub const PREDICT: Template = Template {
+    name: "predict",
+    version: 1,
+    text: include_str!("../prompts/predict.v1.txt"),
+};
+
+pub const REFLECT: Template = Template {
+    name: "reflect",
+    version: 1,
+    text: include_str!("../prompts/reflect.v1.txt"),
+};
+
+pub const DECIDE: Template = Template {
+    name: "decide",
+    version: 1,
+    text: include_str!("../prompts/decide.v1.txt"),
+};
+
 /// Fills `{{key}}` placeholders; a placeholder without a value stays as it is.
 pub fn render(t: &Template, values: &[(&str, &str)]) -> String {
     let mut out = t.text.trim_end().to_owned();

@@ -33,6 +33,14 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+fn is_contention(e: &DbErr) -> bool {
+    let m = e.to_string().to_lowercase();
+    m.contains("unique")
+        || m.contains("duplicate")
+        || m.contains("locked")
+        || m.contains("already exists")
+}
+
 /// The relational store. Cheap to clone: a pool handle.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -69,7 +77,19 @@ impl Store {
             });
         }
         let db = Database::connect(opts).await?;
-        migration::Migrator::up(&db, None).await?;
+        // Processes starting together on one database race to migrate it: the losers see the
+        // winner's migration record; the schema is then up to date.
+        let mut attempt = 0;
+        loop {
+            match migration::Migrator::up(&db, None).await {
+                Ok(()) => break,
+                Err(e) if attempt < 5 && is_contention(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(Self { db })
     }
 

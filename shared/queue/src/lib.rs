@@ -1,0 +1,153 @@
+//! Work queues between the pipeline's services: the [`Queue`] trait with Redis Streams
+//! semantics (consumer groups, at-least-once delivery, acknowledgement, claiming of entries
+//! a crashed consumer left pending, a dead-letter stream after too many deliveries), over
+//! Redis ([`RedisQueue`]) or over the relational store in process ([`EmbeddedQueue`]).
+//!
+//! Delivery is at least once: consumers make their effects idempotent by the entry's `key`
+//! (the publisher's id for the work), and acknowledge only after the effect is durable.
+
+mod consumer;
+mod embedded;
+mod redis_streams;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use consumer::{ConsumerOptions, consume};
+pub use embedded::EmbeddedQueue;
+pub use redis_streams::RedisQueue;
+
+/// Stream names used by the pipeline.
+pub mod streams {
+    /// Rollout groups (one branch point each), from the explorer to the reflectors.
+    pub const ROLLOUTS: &str = "agent_learning:rollouts";
+    /// Reflections, from the reflectors to the curator.
+    pub const REFLECTIONS: &str = "agent_learning:reflections";
+    /// Consumer group of the reflectors on [`ROLLOUTS`].
+    pub const REFLECTORS: &str = "reflectors";
+    /// Consumer group of the curator on [`REFLECTIONS`].
+    pub const CURATORS: &str = "curators";
+}
+
+/// The dead-letter stream of `stream`.
+pub fn dead_letter_stream(stream: &str) -> String {
+    format!("{stream}:dead")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue: consumer group {group:?} of stream {stream:?} does not exist")]
+    NoGroup { stream: String, group: String },
+    #[error("queue: invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("queue store: {0}")]
+    Store(#[from] sea_orm::DbErr),
+    #[error("queue: unexpected reply: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// An entry handed to a consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The entry id in its stream (Redis `ms-seq`, or the embedded sequence number).
+    pub id: String,
+    /// The publisher's idempotency key.
+    pub key: String,
+    pub payload: Vec<u8>,
+    /// How many times the entry has been delivered, this time included.
+    pub deliveries: u32,
+}
+
+/// How far a consumer group is behind: the figure to scale consumers on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// Entries not yet delivered to the group.
+    pub undelivered: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// Entries in the stream's dead-letter stream.
+    pub dead: u64,
+}
+
+impl Lag {
+    /// Nothing left to do for the group.
+    pub fn drained(&self) -> bool {
+        self.undelivered == 0 && self.pending == 0
+    }
+}
+
+/// Redelivery policy shared by both implementations.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueueOptions {
+    /// An entry pending this long without acknowledgement may be claimed by another consumer.
+    pub visibility_timeout: Duration,
+    /// An entry delivered this many times without acknowledgement goes to the dead-letter
+    /// stream instead of being delivered again.
+    pub max_deliveries: u32,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            visibility_timeout: Duration::from_secs(300),
+            max_deliveries: 5,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// `redis` or `embedded`.
+    fn kind(&self) -> &'static str;
+    fn options(&self) -> &QueueOptions;
+    /// Creates the consumer group (delivering from the start of the stream) unless it exists.
+    async fn ensure_group(&self, stream: &str, group: &str) -> Result<()>;
+    /// Appends an entry; returns its id.
+    async fn publish(&self, stream: &str, key: &str, payload: &[u8]) -> Result<String>;
+    /// Up to `count` entries never delivered to the group, now pending for `consumer`; waits up
+    /// to `block` for one when there are none.
+    async fn read(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>>;
+    /// Up to `count` entries pending longer than the visibility timeout, now pending for
+    /// `consumer`. Entries already delivered `max_deliveries` times are moved to the
+    /// dead-letter stream instead and acknowledged.
+    async fn claim_stale(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Delivery>>;
+    /// Acknowledges entries; unknown or already acknowledged ids are ignored.
+    async fn ack(&self, stream: &str, group: &str, ids: &[String]) -> Result<()>;
+    async fn lag(&self, stream: &str, group: &str) -> Result<Lag>;
+    /// The oldest `limit` entries of the stream's dead-letter stream.
+    async fn dead_letters(&self, stream: &str, limit: usize) -> Result<Vec<Delivery>>;
+}
+
+pub(crate) fn check_names(stream: &str, group: &str) -> Result<()> {
+    if stream.trim().is_empty() {
+        return Err(QueueError::Invalid {
+            field: "stream",
+            reason: "must not be empty".into(),
+        });
+    }
+    if group.trim().is_empty() {
+        return Err(QueueError::Invalid {
+            field: "group",
+            reason: "must not be empty".into(),
+        });
+    }
+    Ok(())
+}

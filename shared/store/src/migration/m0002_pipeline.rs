@@ -1,0 +1,394 @@
+//! The offline pipeline's record: the embedded queue, world-model transitions, rollouts,
+//! reflections, policy versions, decisions, and training runs with their stage progress.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum QueueEntries {
+    Table,
+    Seq,
+    Stream,
+    Key,
+    Payload,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum QueueGroups {
+    Table,
+    Stream,
+    GroupName,
+    LastSeq,
+}
+
+#[derive(DeriveIden)]
+enum QueuePending {
+    Table,
+    Stream,
+    GroupName,
+    Seq,
+    Consumer,
+    Deliveries,
+    DeliveredAt,
+}
+
+#[derive(DeriveIden)]
+enum Transitions {
+    Table,
+    Id,
+    Namespace,
+    State,
+    Action,
+    NextState,
+    Done,
+    Source,
+    Embedding,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Rollouts {
+    Table,
+    Id,
+    RunId,
+    Namespace,
+    GroupId,
+    DemoId,
+    StepIndex,
+    State,
+    ExpertAction,
+    Action,
+    NextState,
+    Done,
+    Source,
+    Published,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Reflections {
+    Table,
+    Id,
+    Namespace,
+    RunId,
+    Situation,
+    Evaluation,
+    Alternatives,
+    Conclusion,
+    Valid,
+    Problem,
+    RolloutIds,
+    PromptTokens,
+    CompletionTokens,
+    Published,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Policies {
+    Table,
+    Namespace,
+    Version,
+    InstructionsTemplate,
+    ExemplarsK,
+    MinStage,
+    TokenBudget,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Decisions {
+    Table,
+    Id,
+    Namespace,
+    PolicyVersion,
+    State,
+    Action,
+    Reasoning,
+    BulletIds,
+    ExemplarIds,
+    Fallback,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Runs {
+    Table,
+    Id,
+    Namespace,
+    Kind,
+    State,
+    CurrentStage,
+    Error,
+    Env,
+    Config,
+    Demos,
+    Summary,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum RunStages {
+    Table,
+    RunId,
+    Stage,
+    Done,
+    Total,
+    Seconds,
+    Finished,
+    Detail,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(QueueEntries::Table)
+                .if_not_exists()
+                .col(big_pk_auto(QueueEntries::Seq))
+                .col(string(QueueEntries::Stream))
+                .col(string(QueueEntries::Key))
+                .col(blob(QueueEntries::Payload))
+                .col(timestamp_with_time_zone(QueueEntries::CreatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("queue_entries_stream_seq")
+                .table(QueueEntries::Table)
+                .col(QueueEntries::Stream)
+                .col(QueueEntries::Seq)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(QueueGroups::Table)
+                .if_not_exists()
+                .col(string(QueueGroups::Stream))
+                .col(string(QueueGroups::GroupName))
+                .col(big_integer(QueueGroups::LastSeq))
+                .primary_key(
+                    Index::create()
+                        .col(QueueGroups::Stream)
+                        .col(QueueGroups::GroupName),
+                )
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(QueuePending::Table)
+                .if_not_exists()
+                .col(string(QueuePending::Stream))
+                .col(string(QueuePending::GroupName))
+                .col(big_integer(QueuePending::Seq))
+                .col(string(QueuePending::Consumer))
+                .col(big_integer(QueuePending::Deliveries))
+                .col(timestamp_with_time_zone(QueuePending::DeliveredAt))
+                .primary_key(
+                    Index::create()
+                        .col(QueuePending::Stream)
+                        .col(QueuePending::GroupName)
+                        .col(QueuePending::Seq),
+                )
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(Transitions::Table)
+                .if_not_exists()
+                .col(string(Transitions::Id).primary_key())
+                .col(string(Transitions::Namespace))
+                .col(text(Transitions::State))
+                .col(text(Transitions::Action))
+                .col(text(Transitions::NextState))
+                .col(boolean(Transitions::Done))
+                .col(string(Transitions::Source))
+                .col(blob(Transitions::Embedding))
+                .col(timestamp_with_time_zone(Transitions::CreatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("transitions_ns")
+                .table(Transitions::Table)
+                .col(Transitions::Namespace)
+                .col(Transitions::Id)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(Rollouts::Table)
+                .if_not_exists()
+                .col(string(Rollouts::Id).primary_key())
+                .col(string(Rollouts::RunId))
+                .col(string(Rollouts::Namespace))
+                .col(string(Rollouts::GroupId))
+                .col(string(Rollouts::DemoId))
+                .col(integer(Rollouts::StepIndex))
+                .col(text(Rollouts::State))
+                .col(text(Rollouts::ExpertAction))
+                .col(text(Rollouts::Action))
+                .col(text(Rollouts::NextState))
+                .col(boolean(Rollouts::Done))
+                .col(string(Rollouts::Source))
+                .col(boolean(Rollouts::Published))
+                .col(timestamp_with_time_zone(Rollouts::CreatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("rollouts_run_group")
+                .table(Rollouts::Table)
+                .col(Rollouts::RunId)
+                .col(Rollouts::GroupId)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(Reflections::Table)
+                .if_not_exists()
+                .col(string(Reflections::Id).primary_key())
+                .col(string(Reflections::Namespace))
+                .col(string(Reflections::RunId))
+                .col(text(Reflections::Situation))
+                .col(text(Reflections::Evaluation))
+                .col(text(Reflections::Alternatives))
+                .col(text(Reflections::Conclusion))
+                .col(boolean(Reflections::Valid))
+                .col(text(Reflections::Problem))
+                .col(text(Reflections::RolloutIds))
+                .col(big_integer(Reflections::PromptTokens))
+                .col(big_integer(Reflections::CompletionTokens))
+                .col(boolean(Reflections::Published))
+                .col(timestamp_with_time_zone(Reflections::CreatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("reflections_run")
+                .table(Reflections::Table)
+                .col(Reflections::RunId)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(Policies::Table)
+                .if_not_exists()
+                .col(string(Policies::Namespace))
+                .col(big_integer(Policies::Version))
+                .col(text(Policies::InstructionsTemplate))
+                .col(integer(Policies::ExemplarsK))
+                .col(string(Policies::MinStage))
+                .col(integer(Policies::TokenBudget))
+                .col(timestamp_with_time_zone(Policies::CreatedAt))
+                .primary_key(
+                    Index::create()
+                        .col(Policies::Namespace)
+                        .col(Policies::Version),
+                )
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(Decisions::Table)
+                .if_not_exists()
+                .col(string(Decisions::Id).primary_key())
+                .col(string(Decisions::Namespace))
+                .col(big_integer(Decisions::PolicyVersion))
+                .col(text(Decisions::State))
+                .col(text(Decisions::Action))
+                .col(text(Decisions::Reasoning))
+                .col(text(Decisions::BulletIds))
+                .col(text(Decisions::ExemplarIds))
+                .col(boolean(Decisions::Fallback))
+                .col(timestamp_with_time_zone(Decisions::CreatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(Runs::Table)
+                .if_not_exists()
+                .col(string(Runs::Id).primary_key())
+                .col(string(Runs::Namespace))
+                .col(string(Runs::Kind))
+                .col(string(Runs::State))
+                .col(string(Runs::CurrentStage))
+                .col(text(Runs::Error))
+                .col(string(Runs::Env))
+                .col(text(Runs::Config))
+                .col(text(Runs::Demos))
+                .col(text(Runs::Summary))
+                .col(timestamp_with_time_zone(Runs::CreatedAt))
+                .col(timestamp_with_time_zone(Runs::UpdatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("runs_ns_created")
+                .table(Runs::Table)
+                .col(Runs::Namespace)
+                .col(Runs::CreatedAt)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(RunStages::Table)
+                .if_not_exists()
+                .col(string(RunStages::RunId))
+                .col(string(RunStages::Stage))
+                .col(big_integer(RunStages::Done))
+                .col(big_integer(RunStages::Total))
+                .col(double(RunStages::Seconds))
+                .col(boolean(RunStages::Finished))
+                .col(text(RunStages::Detail))
+                .primary_key(Index::create().col(RunStages::RunId).col(RunStages::Stage))
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for t in [
+            RunStages::Table.into_iden(),
+            Runs::Table.into_iden(),
+            Decisions::Table.into_iden(),
+            Policies::Table.into_iden(),
+            Reflections::Table.into_iden(),
+            Rollouts::Table.into_iden(),
+            Transitions::Table.into_iden(),
+            QueuePending::Table.into_iden(),
+            QueueGroups::Table.into_iden(),
+            QueueEntries::Table.into_iden(),
+        ] {
+            m.drop_table(Table::drop().table(t).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}
