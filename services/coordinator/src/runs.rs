@@ -9,7 +9,7 @@ use agent_learning_store::entity::{applied_insight, bullet, reflection, rollout,
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    QuerySelect, Set,
 };
 
 /// The offline stages, in order.
@@ -78,7 +78,7 @@ pub struct NewRun<'a> {
 /// The run and its stages, in one transaction.
 pub async fn create(store: &Store, r: NewRun<'_>) -> Result<(), ServiceError> {
     let now = Utc::now();
-    let txn = store.connection().begin().await?;
+    let txn = store.begin_write().await?;
     run::ActiveModel {
         id: Set(r.id.to_owned()),
         namespace: Set(r.namespace.to_owned()),

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 pub use demos::{Demo, DemoError, DemoStep, generate_demos, parse_demos, read_demos, write_demos};
 pub use devops::{DevOps, DevOpsExpert};
-pub use driving::{Driving, DrivingExpert};
+pub use driving::{ACTIONS as DRIVING_ACTIONS, Driving, DrivingExpert};
 pub use review::{CodeReview, ReviewExpert};
 pub use rng::Rng;
 pub use support::{Support, SupportExpert};

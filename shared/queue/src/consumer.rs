@@ -10,6 +10,9 @@ use tracing::{debug, warn};
 
 use crate::{Delivery, Queue};
 
+/// Pauses before the in-place retries of a failed handler.
+const IN_PLACE_RETRIES: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
+
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
     pub stream: String,
@@ -83,7 +86,17 @@ pub async fn consume<H, Fut>(
             }
             let id = delivery.id.clone();
             let key = delivery.key.clone();
-            match handler(delivery).await {
+            // Transient failures (a busy database, a dropped connection) are retried here a
+            // few times before the entry is left to the visibility timeout.
+            let mut result = handler(delivery.clone()).await;
+            for pause in IN_PLACE_RETRIES {
+                if result.is_ok() || shutdown.is_cancelled() {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                result = handler(delivery.clone()).await;
+            }
+            match result {
                 Ok(()) => {
                     if let Err(e) = queue
                         .ack(&opts.stream, &opts.group, std::slice::from_ref(&id))

@@ -102,6 +102,21 @@ impl Store {
         Self::connect(&format!("sqlite://{}", path.display()), max_connections).await
     }
 
+    /// A transaction that holds the write lock from its start. SQLite's default (deferred)
+    /// transaction reads first and upgrades to a writer on its first write, which fails at once
+    /// with SQLITE_BUSY when another connection committed in between; taking the lock first
+    /// makes it wait its turn (`busy_timeout`) instead. On PostgreSQL it is a plain transaction.
+    pub async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction> {
+        use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
+        let txn = self.db.begin().await?;
+        if self.backend() == DbBackend::Sqlite {
+            // A write statement that changes nothing: the transaction becomes the writer.
+            txn.execute_unprepared("UPDATE namespaces SET name = name WHERE 1 = 0")
+                .await?;
+        }
+        Ok(txn)
+    }
+
     pub async fn ping(&self) -> Result<()> {
         self.db.ping().await?;
         Ok(())
@@ -139,6 +154,28 @@ mod tests {
             err.to_string().contains("sqlite:// or postgres://"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_write_transaction_holds_the_lock_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("x.db"), 2)
+            .await
+            .unwrap();
+        let first = store.begin_write().await.unwrap();
+        // A second writer waits for the first instead of failing later on its upgrade.
+        let second = {
+            let store = store.clone();
+            tokio::spawn(async move { store.begin_write().await.map(|_| ()) })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!second.is_finished(), "the second writer must wait");
+        first.commit().await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), second)
+            .await
+            .expect("the second writer proceeds once the first commits")
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use agent_learning_domain::{Bullet, BulletEvent, DeltaKind, EventKind, Promotion
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -285,7 +285,7 @@ impl Store {
 
     /// Applies a curated batch atomically: every change, or none.
     pub async fn apply_curation(&self, ns: &str, changes: &[CurationChange]) -> Result<()> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         ensure_namespace(&txn, ns).await?;
         let now = Utc::now();
         for change in changes {
@@ -448,7 +448,7 @@ impl Store {
         content: &str,
         embedding: &[f32],
     ) -> Result<Bullet> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let m = load_live(&txn, ns, id).await?;
         let now = Utc::now();
         let before = m.content.clone();
@@ -477,7 +477,7 @@ impl Store {
 
     /// Tombstones a live bullet; its row and history stay.
     pub async fn delete_bullet(&self, ns: &str, id: Uuid, reason: &str) -> Result<Bullet> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let m = load_live(&txn, ns, id).await?;
         let m = tombstone(&txn, ns, m, json!({"reason": reason})).await?;
         txn.commit().await?;
@@ -497,7 +497,7 @@ impl Store {
                 "a bullet cannot be merged into itself".into(),
             ));
         }
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let target = load_live(&txn, ns, into).await?;
         let source = load_live(&txn, ns, from).await?;
         let now = Utc::now();
@@ -562,7 +562,7 @@ impl Store {
         items: &[(Uuid, u32, u32)],
         gates: &PromotionGates,
     ) -> Result<(Vec<Bullet>, bool)> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         if let Some(fid) = feedback_id {
             let seen = feedback_request::Entity::find_by_id((ns.to_owned(), fid.to_owned()))
                 .one(&txn)
@@ -626,7 +626,7 @@ impl Store {
         reason: &str,
         gates: &PromotionGates,
     ) -> Result<Bullet> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let m = load_live(&txn, ns, id).await?;
         let current = Stage::parse(&m.stage)
             .ok_or_else(|| StoreError::Corrupt(format!("bullet {id}: stage {:?}", m.stage)))?;

@@ -1,0 +1,60 @@
+//! Helpers shared by the process tests of the `agent-learning` binary.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_agent-learning");
+
+/// A child process killed and reaped when dropped; `url` is where it serves, if it does.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` (stdout piped) and reads the `listening on ADDR` line it prints first.
+pub fn spawn_serving(mut cmd: Command) -> Proc {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn agent-learning");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("first line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Proc {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+/// A channel to `url`, retried while the server starts.
+pub async fn channel(url: &str) -> Channel {
+    for _ in 0..600 {
+        if let Ok(ch) = Channel::from_shared(url.to_owned())
+            .expect("a valid URL")
+            .connect()
+            .await
+        {
+            return ch;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot connect to {url}");
+}
