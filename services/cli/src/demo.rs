@@ -1,7 +1,9 @@
-//! The main job on the embedded default: start every implemented service in-process on a free
-//! port, then drive it through its gRPC client as any backend would: curate a driving
-//! playbook from insights (paraphrases merge, new knowledge adds), vote on bullets so they
-//! earn their stages, and render the context a policy would receive for a state.
+//! The main job on the embedded default: start every service in-process on a free port, then
+//! drive it through its gRPC clients as any backend would. First the learning loop: expert
+//! driving demos -> world-model fit -> exploration -> reflections by the local model ->
+//! curated playbook -> compiled policy, then Decide on states of an episode the demos never
+//! saw. Then the playbook's own life: paraphrased insights merge, new knowledge adds, votes
+//! move bullets through their stages, and the context a policy receives fits its budget.
 
 use std::time::Duration;
 
@@ -66,17 +68,26 @@ const INSIGHTS: &[(&str, &str)] = &[
 const STATE: &str = "ego lane 0 of 3, speed 28 m/s; car ahead in lane 0 at 18 m doing 22 m/s; \
                      lane 1 free ahead, car behind at 25 m; exit in 600 m on the right";
 
+/// Demos trained on: enough to show every stage, few enough for a few minutes on two cores.
+const DEMOS: usize = 8;
+/// A seed none of the demos used.
+const UNSEEN_SEED: u64 = 1_000_003;
+
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
-    // The demo curates with the embedder only; the chat model is not needed yet.
-    crate::fetch_models(settings, &[agent_learning_embed::MINILM])?;
+    crate::fetch_models(settings, &agent_learning_embed::ALL_MODELS)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serve_settings = settings.clone();
     let server = tokio::spawn(async move {
-        agent_learning_curator::serve_curator(&serve_settings, listener, async {
-            let _ = stopped.await;
-        })
+        crate::all::serve_all(
+            &serve_settings,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+            None,
+        )
         .await
     });
     let url = format!("http://{addr}");
@@ -85,9 +96,85 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         settings.data_dir.display()
     );
     wait_serving(&url).await?;
-    let mut curator = crate::playbook::connect(&url).await?;
 
-    println!("\n1. curate {} insights", INSIGHTS.len());
+    learn(settings, &url).await?;
+    curate(&url).await?;
+
+    let _ = stop.send(());
+    server.await.context("server task")??;
+    Ok(())
+}
+
+/// The learning loop on driving, then decisions on an episode the demos never saw.
+async fn learn(settings: &Settings, url: &str) -> anyhow::Result<()> {
+    println!("\nA. learn driving from {DEMOS} expert demonstrations, with no reward");
+    let demos = agent_learning_envs::generate_demos("driving", DEMOS, 42)?;
+    let mut jsonl = Vec::new();
+    agent_learning_envs::write_demos(&mut jsonl, &demos)?;
+    let jsonl = String::from_utf8(jsonl)?;
+    let path = settings.data_dir.join("demo-driving.jsonl");
+    std::fs::write(&path, &jsonl).with_context(|| path.display().to_string())?;
+    let args = crate::train::TrainArgs {
+        demos: path,
+        env: "driving".into(),
+        namespace: Some("driving".into()),
+        server: Some(url.to_owned()),
+        summary: Some(settings.data_dir.join("demo-summary.json")),
+        config_json: r#"{"holdout": 2}"#.into(),
+    };
+    crate::train::drive(url, "driving", "driving", &jsonl, DEMOS, &args).await?;
+
+    println!("\nB. Decide on an episode none of the demos saw (seed {UNSEEN_SEED})");
+    let (mut env, mut expert) = agent_learning_envs::built_in("driving")?;
+    let mut policy = pb::policy_client::PolicyClient::new(
+        tonic::transport::Channel::from_shared(url.to_owned())?
+            .connect()
+            .await?,
+    );
+    let mut state = env.reset(UNSEEN_SEED)?;
+    let mut agree = 0;
+    let mut asked = 0;
+    for step in 0..60 {
+        let expert_action = expert.act(env.as_ref());
+        if step % 15 == 5 {
+            let d = policy
+                .decide(pb::DecideRequest {
+                    namespace: "driving".into(),
+                    state: state.clone(),
+                    valid_actions: env.actions().unwrap_or_default(),
+                    policy_version: String::new(),
+                })
+                .await?
+                .into_inner();
+            asked += 1;
+            agree += usize::from(d.action == expert_action);
+            let reasoning: String = d.reasoning.chars().take(120).collect();
+            println!(
+                "   step {step:>2}: policy v{} chose {:<17} expert {:<17} ({} bullets, {} exemplars){}\n            {}",
+                d.policy_version,
+                d.action,
+                expert_action,
+                d.bullet_ids.len(),
+                d.exemplar_ids.len(),
+                if d.fallback { " fallback" } else { "" },
+                reasoning.trim()
+            );
+        }
+        let s = env.step(&expert_action)?;
+        state = s.state;
+        if s.done {
+            break;
+        }
+    }
+    println!("   the policy agreed with the expert on {agree} of {asked} states");
+    Ok(())
+}
+
+/// The playbook's own life, on a namespace of its own.
+async fn curate(url: &str) -> anyhow::Result<()> {
+    let mut curator = crate::playbook::connect(url).await?;
+
+    println!("\nC. curate {} insights", INSIGHTS.len());
     let insights: Vec<pb::Insight> = INSIGHTS
         .iter()
         .enumerate()
@@ -123,7 +210,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     }
 
     println!(
-        "\n2. feedback: the following-distance bullet helped 5 times, the hard-braking one misled twice"
+        "\nD. feedback: the following-distance bullet helped 5 times, the hard-braking one misled twice"
     );
     let bullets = crate::playbook::all_bullets(&mut curator, NAMESPACE, None, None).await?;
     let helpful = bullets
@@ -167,8 +254,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     }
 
     for (step, label, min_stage) in [
-        ("3a", "any stage", pb::Stage::Shadow),
-        ("3b", "production only", pb::Stage::Production),
+        ("E1", "any stage", pb::Stage::Shadow),
+        ("E2", "production only", pb::Stage::Production),
     ] {
         let ctx = curator
             .render_context(pb::RenderContextRequest {
@@ -194,7 +281,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         .await?
         .into_inner();
     println!(
-        "\n4. playbook health: {} bullets (shadow {}, staging {}, production {}, quarantined {}); \
+        "\nF. playbook health: {} bullets (shadow {}, staging {}, production {}, quarantined {}); \
          {} insights applied, merge rate {:.0}%",
         h.total,
         h.shadow,
@@ -205,9 +292,6 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         h.merge_rate * 100.0
     );
     println!("   run again: every insight and vote is recognised as already applied.");
-
-    let _ = stop.send(());
-    server.await.context("server task")??;
     Ok(())
 }
 

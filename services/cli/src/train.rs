@@ -103,7 +103,8 @@ pub async fn run(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn drive(
+/// Starts a run on the coordinator at `url`, shows its progress and prints its summary.
+pub async fn drive(
     url: &str,
     namespace: &str,
     env: &str,
