@@ -63,8 +63,41 @@ async fn train_with_the_local_model_then_decide() {
     assert_eq!(s["demos"], 3);
     assert_eq!(s["rollouts"], 9);
     assert_eq!(s["reflections"], 3);
-    assert_eq!(s["reflections_valid"], 3, "{s}");
-    assert!(s["bullets"].as_u64().unwrap() >= 1, "{s}");
+    // SmolLM2-135M often parrots its prompt or repeats one sentence in every section: those
+    // reflections are kept with the problem named and never reach the playbook.
+    let valid = s["reflections_valid"].as_u64().unwrap();
+    assert_eq!(s["curated"].as_u64().unwrap(), valid, "{s}");
+    assert!(s["bullets"].as_u64().unwrap() <= valid, "{s}");
+    {
+        use agent_learning_store::entity::reflection;
+        use sea_orm::EntityTrait as _;
+        let store = agent_learning_store::Store::open_sqlite(&data.join("agent-learning.db"), 1)
+            .await
+            .unwrap();
+        let rows = reflection::Entity::find()
+            .all(store.connection())
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 3);
+        for r in &rows {
+            assert!(
+                !r.situation.is_empty()
+                    && !r.evaluation.is_empty()
+                    && !r.alternatives.is_empty()
+                    && !r.conclusion.is_empty(),
+                "every reflection has its four sections: {r:?}"
+            );
+            assert_eq!(
+                r.valid,
+                r.problem.is_empty(),
+                "an invalid reflection says why: {r:?}"
+            );
+        }
+        eprintln!(
+            "local model: {valid} of 3 reflections valid; problems: {:?}",
+            rows.iter().map(|r| r.problem.as_str()).collect::<Vec<_>>()
+        );
+    }
     assert_eq!(s["policy_version"], "1");
     assert!(s["tokens"]["completion"].as_u64().unwrap() > 0);
 

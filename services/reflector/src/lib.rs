@@ -40,7 +40,17 @@ pub struct Reflector {
     max_chars: usize,
 }
 
-/// Why a reflection's text cannot be used, if it cannot.
+/// Lowercase words of `s`, joined by single spaces; `_` and `-` split words.
+fn words(s: &str) -> String {
+    s.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Why a reflection's text cannot be used, if it cannot: every section present, non-empty,
+/// within `max_chars`, and not all the same.
 pub fn check_structure(sections: &[(String, String)], max_chars: usize) -> Result<(), String> {
     for name in SECTIONS {
         let Some((_, text)) = sections.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) else {
@@ -56,17 +66,35 @@ pub fn check_structure(sections: &[(String, String)], max_chars: usize) -> Resul
             ));
         }
     }
-    let conclusion = sections
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("Conclusion"))
-        .map(|(_, t)| t.trim())
-        .unwrap_or_default();
+    let conclusion = section(sections, "Conclusion");
     if conclusion.split_whitespace().count() < 3 {
         return Err("the conclusion is shorter than three words".into());
     }
     let texts: Vec<&str> = sections.iter().map(|(_, t)| t.trim()).collect();
     if texts.windows(2).all(|w| w[0] == w[1]) {
         return Err("every section says the same thing".into());
+    }
+    Ok(())
+}
+
+/// Why a well-formed reflection still says nothing, if it does: a section that runs into
+/// another section's header, or a section that repeats the instructions it was given (small
+/// models parrot their prompt).
+pub fn check_content(sections: &[(String, String)], instructions: &str) -> Result<(), String> {
+    let instructions = words(instructions);
+    for (name, text) in sections {
+        let lower = text.to_lowercase();
+        if let Some(other) = SECTIONS.iter().find(|o| {
+            !o.eq_ignore_ascii_case(name) && lower.contains(&format!("{}:", o.to_lowercase()))
+        }) {
+            return Err(format!("section {name} runs into the {other} header"));
+        }
+        let w = words(text);
+        if w.split(' ').count() >= 3 && instructions.contains(&w) {
+            return Err(format!(
+                "section {name} repeats the instructions instead of answering them"
+            ));
+        }
     }
     Ok(())
 }
@@ -247,9 +275,10 @@ impl Reflector {
             rollout_ids,
             ..Default::default()
         };
+        let messages = [Message::user(prompt)];
         match self
             .model
-            .sections(&[Message::user(prompt)], &SECTIONS, self.max_chars)
+            .sections(&messages, &SECTIONS, self.max_chars)
             .await
         {
             Ok(s) => {
@@ -261,7 +290,10 @@ impl Reflector {
                     prompt_tokens: s.usage.prompt_tokens,
                     completion_tokens: s.usage.completion_tokens,
                 });
-                match check_structure(&s.sections, self.max_chars) {
+                let instructions = format!("{}\n{}", prompts::REFLECT.text, prompts::SECTIONS.text);
+                match check_structure(&s.sections, self.max_chars)
+                    .and_then(|()| check_content(&s.sections, &instructions))
+                {
                     Ok(()) => r.valid = true,
                     Err(problem) => r.problem = problem,
                 }
@@ -479,6 +511,30 @@ mod tests {
                 .contains("conclusion")
         );
         assert!(check_structure(&good, 10).unwrap_err().contains("longer"));
+        let good_content = check_content(&good, "Say what matters. End with one rule.");
+        assert_eq!(good_content, Ok(()));
+        let echo = s(&[
+            ("Situation", "What matters in this state."),
+            ("Evaluation", "Braking stops in time."),
+            ("Alternatives", "Accelerating runs the light."),
+            ("Conclusion", "Brake early at red lights."),
+        ]);
+        assert!(
+            check_content(&echo, "Say what matters in this state, and why.")
+                .unwrap_err()
+                .contains("repeats the instructions")
+        );
+        let leak = s(&[
+            ("Situation", "A light. Evaluation: fine."),
+            ("Evaluation", "Braking stops in time."),
+            ("Alternatives", "Accelerating runs the light."),
+            ("Conclusion", "Brake early at red lights."),
+        ]);
+        assert!(
+            check_content(&leak, "")
+                .unwrap_err()
+                .contains("Evaluation header")
+        );
         let same = s(&[
             ("Situation", "x y z"),
             ("Evaluation", "x y z"),

@@ -35,8 +35,8 @@ pub const PREDICT: Template = Template {
 
 pub const REFLECT: Template = Template {
     name: "reflect",
-    version: 1,
-    text: include_str!("../prompts/reflect.v1.txt"),
+    version: 2,
+    text: include_str!("../prompts/reflect.v2.txt"),
 };
 
 pub const DECIDE: Template = Template {
