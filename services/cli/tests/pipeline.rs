@@ -664,3 +664,78 @@ async fn where_the_environment_cannot_branch_the_world_model_imagines() {
         calls.load(Ordering::SeqCst)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_stops_and_stays_cancelled() {
+    fetch_embedder();
+    let (model, _) = scripted_model(Duration::from_millis(500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let demos_text = std::fs::read_to_string(demos(dir.path(), 6)).unwrap();
+    let server = serve(&data, &model, &[]);
+    let mut c = CoordinatorClient::new(channel(&server.url).await);
+    let run = c
+        .start_training(pb::StartTrainingRequest {
+            namespace: "driving".into(),
+            demos_jsonl: demos_text,
+            env: "driving".into(),
+            config_json: r#"{"holdout": 0}"#.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = c
+        .watch_run(pb::WatchRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let e = events.message().await.unwrap().expect("run ended early");
+        if e.stage == "reflect" {
+            break;
+        }
+    }
+    let cancelled = c
+        .cancel_run(pb::CancelRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.state, pb::RunState::Cancelled as i32);
+    // The watch ends with the cancellation.
+    let mut last = None;
+    while let Some(e) = events.message().await.unwrap() {
+        last = Some(e);
+    }
+    assert_eq!(last.map(|e| e.state), Some(pb::RunState::Cancelled as i32));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = c
+        .get_run(pb::GetRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.state, pb::RunState::Cancelled as i32, "{again:?}");
+    assert!(
+        again.summary_json.is_empty(),
+        "a cancelled run has no summary"
+    );
+    let e = c
+        .cancel_run(pb::CancelRunRequest { run_id: run.id })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    let listed = c
+        .list_runs(pb::ListRunsRequest {
+            namespace: "driving".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.runs.len(), 1);
+}

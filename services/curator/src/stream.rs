@@ -40,14 +40,7 @@ pub fn insight_from_reflection(
         .find(|s| warns && s.as_str() == "mistakes")
         .or_else(|| sections.first())?
         .clone();
-    let mut content = r.conclusion.trim().to_owned();
-    if content.len() > max_bytes {
-        let mut cut = max_bytes;
-        while !content.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        content.truncate(cut);
-    }
+    let content = agent_learning_domain::clip_bytes(r.conclusion.trim(), max_bytes).to_owned();
     Some(Insight {
         id: r.id.clone(),
         section,

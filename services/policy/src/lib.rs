@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use agent_learning_config::{PolicySettings, Settings};
-use agent_learning_domain::validate_namespace;
+use agent_learning_domain::{clip_bytes, validate_namespace};
 use agent_learning_llm::{ChatModel, LlmError, Message, prompts};
 use agent_learning_proto::service_names;
 use agent_learning_proto::v1 as pb;
@@ -78,17 +78,6 @@ fn to_pb(m: &policy::Model) -> pb::PolicyVersion {
             nanos: m.created_at.timestamp_subsec_nanos() as i32,
         }),
     }
-}
-
-fn clip(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &s[..cut]
 }
 
 impl Policy {
@@ -301,7 +290,7 @@ impl Policy {
                 .map(|e| {
                     format!(
                         "State:\n{}\nAction: {}",
-                        clip(&e.state, EXEMPLAR_STATE),
+                        clip_bytes(&e.state, EXEMPLAR_STATE),
                         e.action
                     )
                 })

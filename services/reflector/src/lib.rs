@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_learning_config::Settings;
-use agent_learning_domain::validate_namespace;
+use agent_learning_domain::{clip_bytes, validate_namespace};
 use agent_learning_llm::{ChatModel, LlmError, Message, prompts};
 use agent_learning_proto::service_names;
 use agent_learning_proto::v1 as pb;
@@ -97,17 +97,6 @@ pub fn check_content(sections: &[(String, String)], instructions: &str) -> Resul
         }
     }
     Ok(())
-}
-
-fn clip(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &s[..cut]
 }
 
 fn section(sections: &[(String, String)], name: &str) -> String {
@@ -249,7 +238,7 @@ impl Reflector {
                         "- {} ({how}{}):\n{}",
                         r.action,
                         if r.done { ", the episode ended" } else { "" },
-                        clip(&r.next_state, STATE_IN_PROMPT)
+                        clip_bytes(&r.next_state, STATE_IN_PROMPT)
                     )
                 })
                 .collect::<Vec<_>>()
@@ -258,11 +247,11 @@ impl Reflector {
         let prompt = prompts::render(
             &prompts::REFLECT,
             &[
-                ("state", clip(&g.state, STATE_IN_PROMPT)),
+                ("state", clip_bytes(&g.state, STATE_IN_PROMPT)),
                 ("expert_action", &g.expert_action),
                 (
                     "expert_next_state",
-                    clip(&g.expert_next_state, STATE_IN_PROMPT),
+                    clip_bytes(&g.expert_next_state, STATE_IN_PROMPT),
                 ),
                 ("alternatives", &listed),
             ],

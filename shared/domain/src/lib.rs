@@ -8,5 +8,5 @@ mod validate;
 pub use playbook::{
     Bullet, BulletEvent, DeltaKind, DeltaOp, EventKind, Insight, PromotionGates, Stage,
 };
-pub use tokens::estimate_tokens;
+pub use tokens::{clip_bytes, estimate_tokens};
 pub use validate::{InvalidInput, validate_namespace};

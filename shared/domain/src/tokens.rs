@@ -8,9 +8,29 @@ pub fn estimate_tokens(text: &str) -> u32 {
     u32::try_from(words.max(by_bytes)).unwrap_or(u32::MAX)
 }
 
+/// The longest prefix of `s` of at most `max_bytes` bytes that ends on a character boundary.
+pub fn clip_bytes(s: &str, max_bytes: usize) -> &str {
+    if s.len() <= max_bytes {
+        return s;
+    }
+    let mut cut = max_bytes;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clips_on_character_boundaries() {
+        assert_eq!(clip_bytes("abc", 5), "abc");
+        assert_eq!(clip_bytes("abc", 2), "ab");
+        assert_eq!(clip_bytes("éé", 3), "é");
+        assert_eq!(clip_bytes("é", 0), "");
+    }
 
     #[test]
     fn estimates() {
