@@ -111,17 +111,9 @@ pub async fn serve_all_with(
         let probe = probe.clone();
         async move { probe.ready().await }
     }));
-    let s = stop.clone();
-    let served = server
-        .serve(listener, async move {
-            shutdown.await;
-            s.cancel();
-        })
-        .await;
-    stop.cancel();
+    let served = agent_learning_runtime::serve_until(server, listener, shutdown, stop).await;
     for w in workers {
         let _ = w.await;
     }
-    served?;
-    Ok(())
+    served
 }

@@ -96,17 +96,6 @@ pub async fn serve(
     let mut server = GrpcServer::new(agent_learning_runtime::limits(&settings))?;
     coordinator.mount(&mut server);
     coordinator.resume_unfinished().await?;
-    let readiness = server.readiness();
-    tokio::spawn(readiness.serve_when_ready(move || {
-        let store = store.clone();
-        async move { store.ping().await }
-    }));
-    let s = stop.clone();
-    server
-        .serve(listener, async move {
-            shutdown.await;
-            s.cancel();
-        })
-        .await?;
-    Ok(())
+    agent_learning_runtime::serving_when_store_answers(&server, store);
+    agent_learning_runtime::serve_until(server, listener, shutdown, stop).await
 }

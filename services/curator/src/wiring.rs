@@ -98,15 +98,7 @@ pub async fn serve_curator_with(
         let probe = probe.clone();
         async move { probe.ready().await }
     }));
-    let s = stop.clone();
-    let served = server
-        .serve(listener, async move {
-            shutdown.await;
-            s.cancel();
-        })
-        .await;
-    stop.cancel();
+    let served = agent_learning_runtime::serve_until(server, listener, shutdown, stop).await;
     let _ = consumer.await;
-    served?;
-    Ok(())
+    served
 }

@@ -479,11 +479,6 @@ pub async fn serve(
     ));
     let mut server = GrpcServer::new(agent_learning_runtime::limits(&settings))?;
     explorer.mount(&mut server);
-    let readiness = server.readiness();
-    tokio::spawn(readiness.serve_when_ready(move || {
-        let store = store.clone();
-        async move { store.ping().await }
-    }));
-    server.serve(listener, shutdown).await?;
-    Ok(())
+    agent_learning_runtime::serving_when_store_answers(&server, store);
+    agent_learning_runtime::serve_until(server, listener, shutdown, Default::default()).await
 }

@@ -439,23 +439,12 @@ pub async fn serve(
         Duration::from_millis(settings.queue.block_ms),
         stop.clone(),
     );
-    let readiness = server.readiness();
-    tokio::spawn(readiness.serve_when_ready(move || {
-        let store = store.clone();
-        async move { store.ping().await }
-    }));
-    let stop_on_signal = stop.clone();
-    server
-        .serve(listener, async move {
-            shutdown.await;
-            stop_on_signal.cancel();
-        })
-        .await?;
-    stop.cancel();
+    agent_learning_runtime::serving_when_store_answers(&server, store);
+    let served = agent_learning_runtime::serve_until(server, listener, shutdown, stop).await;
     for w in workers {
         let _ = w.await;
     }
-    Ok(())
+    served
 }
 
 #[cfg(test)]

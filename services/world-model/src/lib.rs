@@ -108,13 +108,7 @@ impl WorldModel {
         backends: &Backends,
         model: Arc<dyn ChatModel>,
     ) -> anyhow::Result<Arc<Self>> {
-        let t = Transitions::new(
-            backends.store.clone(),
-            backends.index.clone(),
-            backends.embedder.clone(),
-            &settings.vector.collection_prefix,
-        );
-        t.start()
+        let t = Transitions::open(settings, backends)
             .await
             .map_err(|e| anyhow::anyhow!("world model start: {e}"))?;
         Ok(Arc::new(Self::new(
@@ -348,12 +342,6 @@ pub async fn serve(
     let wm = WorldModel::open(&settings, &backends, model).await?;
     let mut server = GrpcServer::new(agent_learning_runtime::limits(&settings))?;
     wm.mount(&mut server);
-    let readiness = server.readiness();
-    let store = backends.store.clone();
-    tokio::spawn(readiness.serve_when_ready(move || {
-        let store = store.clone();
-        async move { store.ping().await }
-    }));
-    server.serve(listener, shutdown).await?;
-    Ok(())
+    agent_learning_runtime::serving_when_store_answers(&server, backends.store.clone());
+    agent_learning_runtime::serve_until(server, listener, shutdown, Default::default()).await
 }

@@ -72,6 +72,21 @@ impl Transitions {
         }
     }
 
+    /// The transitions of the configured backends, with the index reconciled.
+    pub async fn open(
+        settings: &agent_learning_config::Settings,
+        backends: &agent_learning_runtime::Backends,
+    ) -> Result<Self, ServiceError> {
+        let t = Self::new(
+            backends.store.clone(),
+            backends.index.clone(),
+            backends.embedder.clone(),
+            &settings.vector.collection_prefix,
+        );
+        t.start().await?;
+        Ok(t)
+    }
+
     pub fn embedder(&self) -> &Arc<dyn Embedder> {
         &self.embedder
     }

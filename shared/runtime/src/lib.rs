@@ -296,3 +296,31 @@ impl From<ServiceError> for tonic::Status {
         }
     }
 }
+
+/// Health flips to SERVING once the relational store answers.
+pub fn serving_when_store_answers(server: &agent_learning_server::GrpcServer, store: Store) {
+    tokio::spawn(server.readiness().serve_when_ready(move || {
+        let store = store.clone();
+        async move { store.ping().await }
+    }));
+}
+
+/// Serves until `shutdown`; `stop` (the process's background workers) is cancelled as soon as
+/// shutdown begins and again when serving ends, whatever the reason.
+pub async fn serve_until(
+    server: agent_learning_server::GrpcServer,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let on_signal = stop.clone();
+    let served = server
+        .serve(listener, async move {
+            shutdown.await;
+            on_signal.cancel();
+        })
+        .await;
+    stop.cancel();
+    served?;
+    Ok(())
+}
