@@ -10,7 +10,7 @@ use agent_learning_cli::{all, train};
 use std::path::PathBuf;
 
 use agent_learning_config::{Settings, Sources};
-use agent_learning_telemetry::TelemetryOptions;
+use agent_learning_telemetry::{LogFormat, TelemetryOptions};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
@@ -157,12 +157,12 @@ fn settings(cli: &Cli, addr: Option<&str>) -> anyhow::Result<Settings> {
 
 fn telemetry(
     settings: &Settings,
-    format: Option<&str>,
+    format: Option<LogFormat>,
     filter: Option<&str>,
 ) -> anyhow::Result<agent_learning_telemetry::TelemetryGuard> {
     Ok(agent_learning_telemetry::init(&TelemetryOptions {
         service_name: "agent-learning".into(),
-        log_format: format.unwrap_or(&settings.telemetry.log_format).to_owned(),
+        log_format: format.unwrap_or(settings.telemetry.log_format),
         log_filter: filter.unwrap_or(&settings.telemetry.log_filter).to_owned(),
         otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
     })?)
@@ -283,24 +283,33 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = telemetry(&settings, None, None)?;
             let listener = bind(&settings).await?;
             let shutdown = agent_learning_server::shutdown_signal();
+            use agent_learning_runtime::serve_one;
             match name {
                 ServiceName::Curator => {
-                    agent_learning_curator::serve_curator(&settings, listener, shutdown).await
+                    serve_one::<agent_learning_curator::Curator>(settings, listener, shutdown).await
                 }
                 ServiceName::WorldModel => {
-                    agent_learning_world_model::serve(settings, listener, shutdown).await
+                    serve_one::<agent_learning_world_model::WorldModel>(
+                        settings, listener, shutdown,
+                    )
+                    .await
                 }
                 ServiceName::Explorer => {
-                    agent_learning_explorer::serve(settings, listener, shutdown).await
+                    serve_one::<agent_learning_explorer::Explorer>(settings, listener, shutdown)
+                        .await
                 }
                 ServiceName::Reflector => {
-                    agent_learning_reflector::serve(settings, listener, shutdown).await
+                    serve_one::<agent_learning_reflector::Reflector>(settings, listener, shutdown)
+                        .await
                 }
                 ServiceName::Policy => {
-                    agent_learning_policy::serve(settings, listener, shutdown).await
+                    serve_one::<agent_learning_policy::Policy>(settings, listener, shutdown).await
                 }
                 ServiceName::Coordinator => {
-                    agent_learning_coordinator::serve(settings, listener, shutdown).await
+                    serve_one::<agent_learning_coordinator::Coordinator>(
+                        settings, listener, shutdown,
+                    )
+                    .await
                 }
             }
         }
@@ -321,12 +330,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Demo => {
             let settings = settings(&cli, None)?;
-            let _telemetry = telemetry(&settings, Some("pretty"), Some("warn"))?;
+            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"))?;
             demo::run(&settings).await
         }
         Command::Train(args) => {
             let settings = settings(&cli, None)?;
-            let _telemetry = telemetry(&settings, Some("pretty"), Some("warn"))?;
+            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"))?;
             train::run(&settings, args).await
         }
         Command::Models {
@@ -347,7 +356,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let settings = settings(&cli, None)?;
-            let _telemetry = telemetry(&settings, Some("pretty"), Some("warn"))?;
+            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"))?;
             let model = agent_learning_llm::open_chat_model(&settings)?;
             let mut messages = Vec::new();
             if let Some(s) = system {

@@ -2,7 +2,7 @@
 //! per run by `StartTraining.config_json`.
 
 use agent_learning_config::Settings;
-use agent_learning_runtime::ServiceError;
+use agent_learning_domain::{InvalidInput, Stage};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,7 +15,7 @@ pub struct TrainingConfig {
     pub stall_timeout_secs: u64,
     pub instructions_template: String,
     pub exemplars_k: u32,
-    pub min_stage: String,
+    pub min_stage: Stage,
     pub token_budget: u32,
 }
 
@@ -44,22 +44,22 @@ impl TrainingConfig {
             stall_timeout_secs: s.pipeline.stall_timeout_secs,
             instructions_template: s.policy.instructions_template.clone(),
             exemplars_k: s.policy.exemplars_k,
-            min_stage: s.policy.min_stage.clone(),
+            min_stage: s.policy.min_stage,
             token_budget: s.policy.token_budget,
         }
     }
 
     /// The defaults with `json`'s keys applied; unknown keys and bad values name themselves.
-    pub fn from_json(s: &Settings, json: &str) -> Result<Self, ServiceError> {
+    pub fn from_json(s: &Settings, json: &str) -> Result<Self, InvalidInput> {
         let mut c = Self::defaults(s);
         if json.trim().is_empty() {
             return Ok(c);
         }
         let o: Overrides = serde_json::from_str(json)
-            .map_err(|e| ServiceError::invalid("config_json", e.to_string()))?;
+            .map_err(|e| InvalidInput::new("config_json", e.to_string()))?;
         if let Some(v) = o.alternatives {
             if v == 0 || v > 16 {
-                return Err(ServiceError::invalid(
+                return Err(InvalidInput::new(
                     "config_json.alternatives",
                     "must be in 1..=16",
                 ));
@@ -77,7 +77,7 @@ impl TrainingConfig {
         }
         if let Some(v) = o.stall_timeout_secs {
             if v == 0 {
-                return Err(ServiceError::invalid(
+                return Err(InvalidInput::new(
                     "config_json.stall_timeout_secs",
                     "must be at least 1",
                 ));
@@ -89,7 +89,7 @@ impl TrainingConfig {
         }
         if let Some(v) = o.exemplars_k {
             if v > 20 {
-                return Err(ServiceError::invalid(
+                return Err(InvalidInput::new(
                     "config_json.exemplars_k",
                     "must be at most 20",
                 ));
@@ -97,17 +97,18 @@ impl TrainingConfig {
             c.exemplars_k = v;
         }
         if let Some(v) = o.min_stage {
-            if !matches!(v.as_str(), "shadow" | "staging" | "production") {
-                return Err(ServiceError::invalid(
-                    "config_json.min_stage",
-                    format!("{v:?} is not one of shadow, staging, production"),
-                ));
-            }
-            c.min_stage = v;
+            c.min_stage = Stage::parse(&v)
+                .filter(|s| *s != Stage::Quarantined)
+                .ok_or_else(|| {
+                    InvalidInput::new(
+                        "config_json.min_stage",
+                        format!("{v:?} is not one of shadow, staging, production"),
+                    )
+                })?;
         }
         if let Some(v) = o.token_budget {
             if v == 0 {
-                return Err(ServiceError::invalid(
+                return Err(InvalidInput::new(
                     "config_json.token_budget",
                     "must be at least 1",
                 ));

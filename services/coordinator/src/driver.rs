@@ -3,20 +3,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_learning_envs::{Demo, parse_demos};
+use agent_learning_api::{ApiError, CompileRequest, Demo, ExploreRequest};
+use agent_learning_domain::{RunStage, RunState, Transition};
+use agent_learning_envs::parse_demos;
+use agent_learning_proto::convert::{run_state_to_pb, timestamp};
 use agent_learning_proto::v1 as pb;
-use agent_learning_proto::v1::explorer_client::ExplorerClient;
-use agent_learning_proto::v1::policy_client::PolicyClient;
-use agent_learning_proto::v1::world_model_client::WorldModelClient;
-use agent_learning_queue::streams;
-use agent_learning_runtime::ServiceError;
+use agent_learning_queue::{QueueError, streams};
+use agent_learning_store::{StageUpdate, StoreError};
 use chrono::Utc;
+use futures::StreamExt as _;
 use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TrainingConfig;
-use crate::runs::{self, RunState, STAGES, StageUpdate};
 use crate::{Active, Coordinator};
 
 const POLL: Duration = Duration::from_millis(500);
@@ -35,27 +35,9 @@ pub(crate) fn event(
         stage: stage.to_owned(),
         done,
         total,
-        state: state.to_pb() as i32,
+        state: run_state_to_pb(state) as i32,
         message: message.into(),
-        at: Some(runs::timestamp(Utc::now())),
-    }
-}
-
-pub(crate) fn demo_to_pb(d: &Demo) -> pb::Demo {
-    pb::Demo {
-        id: d.id.clone(),
-        env: d.env.clone(),
-        seed: d.seed,
-        steps: d
-            .steps
-            .iter()
-            .map(|s| pb::Transition {
-                state: s.state.clone(),
-                action: s.action.clone(),
-                next_state: s.next_state.clone(),
-                done: s.done,
-            })
-            .collect(),
+        at: Some(timestamp(Utc::now())),
     }
 }
 
@@ -73,16 +55,30 @@ enum Stop {
     Failed(String),
 }
 
-impl From<ServiceError> for Stop {
-    fn from(e: ServiceError) -> Self {
-        Stop::Failed(e.to_string())
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Self {
+        Stop::Failed(format!("record: {e}"))
     }
 }
 
-impl From<tonic::Status> for Stop {
-    fn from(s: tonic::Status) -> Self {
-        Stop::Failed(format!("{}: {}", s.code(), s.message()))
+impl From<QueueError> for Stop {
+    fn from(e: QueueError) -> Self {
+        Stop::Failed(format!("queue: {e}"))
     }
+}
+
+impl From<ApiError> for Stop {
+    fn from(e: ApiError) -> Self {
+        Stop::Failed(match e {
+            ApiError::Remote(s) => format!("{}: {}", s.code(), s.message()),
+            other => format!("{}: {other}", tonic_code(&other)),
+        })
+    }
+}
+
+/// A peer's failure reads as it did over the wire: its gRPC code, then its message.
+fn tonic_code(e: &ApiError) -> tonic::Code {
+    e.code()
 }
 
 struct Ctx<'a> {
@@ -90,16 +86,16 @@ struct Ctx<'a> {
     ns: &'a str,
     env: &'a str,
     cfg: &'a TrainingConfig,
-    demos: &'a [Demo],
+    demos: &'a [agent_learning_envs::Demo],
     cancel: &'a CancellationToken,
     events: &'a broadcast::Sender<pb::RunEvent>,
 }
 
 impl Ctx<'_> {
-    fn emit(&self, stage: &str, done: u64, total: u64, message: impl Into<String>) {
+    fn emit(&self, stage: RunStage, done: u64, total: u64, message: impl Into<String>) {
         let _ = self.events.send(event(
             self.run_id,
-            stage,
+            stage.as_str(),
             done,
             total,
             RunState::Running,
@@ -145,13 +141,16 @@ impl Coordinator {
                 Err(Stop::Cancelled) => (RunState::Cancelled, None),
                 Err(Stop::Failed(e)) => (RunState::Failed, Some(e)),
             };
-            if let Err(e) = runs::set_state(&me.store, &run_id, state, None, error.as_deref()).await
+            if let Err(e) = me
+                .store
+                .set_run_state(&run_id, state, None, error.as_deref())
+                .await
             {
                 tracing::error!(run = %run_id, error = %e, "could not record the run's end");
             }
             match &error {
                 Some(e) => tracing::warn!(run = %run_id, error = %e, "run failed"),
-                None => tracing::info!(run = %run_id, state = state.as_str(), "run ended"),
+                None => tracing::info!(run = %run_id, state = %state, "run ended"),
             }
             let _ = tx.send(event(&run_id, "", 0, 0, state, error.unwrap_or_default()));
             me.active.lock().await.remove(&run_id);
@@ -185,7 +184,7 @@ impl Coordinator {
         cancel: &CancellationToken,
         events: &broadcast::Sender<pb::RunEvent>,
     ) -> Result<(), Stop> {
-        let (run, stages) = runs::load(&self.store, run_id).await?;
+        let (run, stages) = self.store.load_run(run_id).await?;
         let cfg: TrainingConfig = serde_json::from_str(&run.config)
             .map_err(|e| Stop::Failed(format!("stored run config: {e}")))?;
         let demos = parse_demos(run.demos.as_bytes(), "stored demos")
@@ -199,7 +198,7 @@ impl Coordinator {
             cancel,
             events,
         };
-        for stage in STAGES {
+        for &stage in RunStage::ALL {
             let row = stages.iter().find(|s| s.stage == stage);
             if row.is_some_and(|r| r.finished) {
                 continue;
@@ -207,31 +206,33 @@ impl Coordinator {
             if cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
-            runs::set_state(&self.store, run_id, RunState::Running, Some(stage), None).await?;
+            self.store
+                .set_run_state(run_id, RunState::Running, Some(stage), None)
+                .await?;
             ctx.emit(stage, 0, 0, format!("{stage} started"));
             let base = row.map(|r| r.seconds).unwrap_or(0.0);
             let started = Instant::now();
             let (done, total, detail) = match stage {
-                "fit" => self.fit(&ctx).await?,
-                "explore" => self.explore(&ctx, base, started).await?,
-                "reflect" => self.reflect(&ctx, base, started).await?,
-                "curate" => self.curate(&ctx, base, started).await?,
-                _ => self.compile(&ctx).await?,
+                RunStage::Fit => self.fit(&ctx).await?,
+                RunStage::Explore => self.explore(&ctx, base, started).await?,
+                RunStage::Reflect => self.reflect(&ctx, base, started).await?,
+                RunStage::Curate => self.curate(&ctx, base, started).await?,
+                RunStage::Compile => self.compile(&ctx).await?,
             };
             let seconds = base + started.elapsed().as_secs_f64();
-            runs::update_stage(
-                &self.store,
-                run_id,
-                stage,
-                StageUpdate {
-                    done,
-                    total,
-                    seconds,
-                    finished: true,
-                    detail: Some(&detail),
-                },
-            )
-            .await?;
+            self.store
+                .update_stage(
+                    run_id,
+                    stage,
+                    StageUpdate {
+                        done,
+                        total,
+                        seconds,
+                        finished: true,
+                        detail: Some(&detail),
+                    },
+                )
+                .await?;
             ctx.emit(
                 stage,
                 done,
@@ -240,60 +241,58 @@ impl Coordinator {
             );
         }
         let summary = self.summary(&ctx).await?;
-        runs::set_summary(&self.store, run_id, &summary.to_string()).await?;
+        self.store
+            .set_run_summary(run_id, &summary.to_string())
+            .await?;
         Ok(())
     }
 
     async fn progress(
         &self,
         ctx: &Ctx<'_>,
-        stage: &str,
+        stage: RunStage,
         done: u64,
         total: u64,
         base: f64,
         started: Instant,
     ) -> Result<(), Stop> {
-        runs::update_stage(
-            &self.store,
-            ctx.run_id,
-            stage,
-            StageUpdate {
-                done,
-                total,
-                seconds: base + started.elapsed().as_secs_f64(),
-                finished: false,
-                detail: None,
-            },
-        )
-        .await?;
+        self.store
+            .update_stage(
+                ctx.run_id,
+                stage,
+                StageUpdate {
+                    done,
+                    total,
+                    seconds: base + started.elapsed().as_secs_f64(),
+                    finished: false,
+                    detail: None,
+                },
+            )
+            .await?;
         ctx.emit(stage, done, total, "");
         Ok(())
     }
 
     async fn fit(&self, ctx: &Ctx<'_>) -> Result<(u64, u64, serde_json::Value), Stop> {
-        let all: Vec<pb::Transition> = ctx.demos.iter().flat_map(|d| demo_to_pb(d).steps).collect();
+        let all: Vec<Transition> = ctx.demos.iter().flat_map(|d| Demo::from(d).steps).collect();
         let held = holdout_indexes(all.len(), ctx.cfg.holdout as usize);
         let (held_out, fit): (Vec<_>, Vec<_>) = all
             .into_iter()
             .enumerate()
             .partition(|(i, _)| held.binary_search(i).is_ok());
-        let fit: Vec<pb::Transition> = fit.into_iter().map(|(_, t)| t).collect();
-        let held_out: Vec<pb::Transition> = held_out.into_iter().map(|(_, t)| t).collect();
-        let mut wm = WorldModelClient::new(self.peers.world_model.clone());
+        let fit: Vec<Transition> = fit.into_iter().map(|(_, t)| t).collect();
+        let held_out: Vec<Transition> = held_out.into_iter().map(|(_, t)| t).collect();
+        let wm = &self.peers.world_model;
         let total = fit.len() as u64;
         let (mut stored, mut duplicates) = (0, 0);
         for chunk in fit.chunks(FIT_CHUNK) {
             let r = tokio::select! {
                 _ = ctx.cancel.cancelled() => return Err(Stop::Cancelled),
-                r = wm.fit(pb::FitRequest {
-                    namespace: ctx.ns.to_owned(),
-                    transitions: chunk.to_vec(),
-                    source: "expert".into(),
-                }) => r?.into_inner(),
+                r = wm.fit(ctx.ns, chunk.to_vec(), "expert") => r?,
             };
             stored += r.stored;
             duplicates += r.duplicates;
-            ctx.emit("fit", stored + duplicates, total, "");
+            ctx.emit(RunStage::Fit, stored + duplicates, total, "");
         }
         let mut detail = json!({"transitions": total, "stored": stored, "duplicates": duplicates, "held_out": held_out.len()});
         if !held_out.is_empty() {
@@ -303,17 +302,14 @@ impl Coordinator {
             let (mut exact, mut similarity) = (0.0, 0.0);
             for (i, t) in held_out.into_iter().enumerate() {
                 ctx.emit(
-                    "fit",
+                    RunStage::Fit,
                     total,
                     total,
                     format!("evaluating the world model: {i} of {n} held-out transitions"),
                 );
                 let e = tokio::select! {
                     _ = ctx.cancel.cancelled() => return Err(Stop::Cancelled),
-                    r = wm.evaluate(pb::EvaluateRequest {
-                        namespace: ctx.ns.to_owned(),
-                        held_out: vec![t],
-                    }) => r?.into_inner(),
+                    r = wm.evaluate(ctx.ns, vec![t]) => r?,
                 };
                 exact += e.exact_match;
                 similarity += e.mean_similarity;
@@ -333,12 +329,10 @@ impl Coordinator {
         // Groups exist before anything is published, so no entry is missed by a late consumer.
         self.queue
             .ensure_group(streams::ROLLOUTS, streams::REFLECTORS)
-            .await
-            .map_err(ServiceError::from)?;
+            .await?;
         self.queue
             .ensure_group(streams::REFLECTIONS, streams::CURATORS)
-            .await
-            .map_err(ServiceError::from)?;
+            .await?;
         let points = if ctx.cfg.every_step {
             0
         } else {
@@ -356,34 +350,34 @@ impl Coordinator {
                 (n * (1 + ctx.cfg.alternatives as usize)) as u64
             })
             .sum();
-        let mut explorer = ExplorerClient::new(self.peers.explorer.clone());
-        let mut stream = explorer
-            .explore(pb::ExploreRequest {
+        let mut stream = self
+            .peers
+            .explorer
+            .explore(ExploreRequest {
                 namespace: ctx.ns.to_owned(),
                 run_id: ctx.run_id.to_owned(),
-                demos: ctx.demos.iter().map(demo_to_pb).collect(),
+                demos: ctx.demos.iter().map(Demo::from).collect(),
                 env: ctx.env.to_owned(),
                 alternatives: ctx.cfg.alternatives,
                 branch_points: points,
                 every_step: ctx.cfg.every_step,
                 publish: true,
             })
-            .await?
-            .into_inner();
+            .await?;
         let mut n = 0u64;
         loop {
             let next = tokio::select! {
                 _ = ctx.cancel.cancelled() => return Err(Stop::Cancelled),
-                m = stream.message() => m?,
+                m = stream.next() => m.transpose()?,
             };
             let Some(_rollout) = next else { break };
             n += 1;
             if n.is_multiple_of(25) {
-                self.progress(ctx, "explore", n, expected.max(n), base, started)
+                self.progress(ctx, RunStage::Explore, n, expected.max(n), base, started)
                     .await?;
             }
         }
-        let c = runs::counts(&self.store, ctx.ns, ctx.run_id).await?;
+        let c = self.store.run_counts(ctx.ns, ctx.run_id).await?;
         Ok((
             c.rollouts,
             c.rollouts,
@@ -400,11 +394,18 @@ impl Coordinator {
         let stall = Duration::from_secs(ctx.cfg.stall_timeout_secs);
         let mut last = (u64::MAX, Instant::now());
         loop {
-            let c = runs::counts(&self.store, ctx.ns, ctx.run_id).await?;
+            let c = self.store.run_counts(ctx.ns, ctx.run_id).await?;
             if c.reflections != last.0 {
                 last = (c.reflections, Instant::now());
-                self.progress(ctx, "reflect", c.reflections, c.groups, base, started)
-                    .await?;
+                self.progress(
+                    ctx,
+                    RunStage::Reflect,
+                    c.reflections,
+                    c.groups,
+                    base,
+                    started,
+                )
+                .await?;
             }
             if c.reflections >= c.groups {
                 return Ok((
@@ -444,12 +445,19 @@ impl Coordinator {
         let mut last = (u64::MAX, Instant::now());
         let mut drained_polls = 0;
         loop {
-            let c = runs::counts(&self.store, ctx.ns, ctx.run_id).await?;
+            let c = self.store.run_counts(ctx.ns, ctx.run_id).await?;
             if c.curated != last.0 {
                 last = (c.curated, Instant::now());
                 drained_polls = 0;
-                self.progress(ctx, "curate", c.curated, c.reflections_valid, base, started)
-                    .await?;
+                self.progress(
+                    ctx,
+                    RunStage::Curate,
+                    c.curated,
+                    c.reflections_valid,
+                    base,
+                    started,
+                )
+                .await?;
             }
             let done = || {
                 Ok((
@@ -466,8 +474,7 @@ impl Coordinator {
             let lag = self
                 .queue
                 .lag(streams::REFLECTIONS, streams::CURATORS)
-                .await
-                .map_err(ServiceError::from)?;
+                .await?;
             if lag.drained() {
                 drained_polls += 1;
                 if drained_polls >= 4 {
@@ -487,31 +494,28 @@ impl Coordinator {
     }
 
     async fn compile(&self, ctx: &Ctx<'_>) -> Result<(u64, u64, serde_json::Value), Stop> {
-        let min_stage = match ctx.cfg.min_stage.as_str() {
-            "staging" => pb::Stage::Staging,
-            "production" => pb::Stage::Production,
-            _ => pb::Stage::Shadow,
-        };
-        let v = PolicyClient::new(self.peers.policy.clone())
-            .compile(pb::CompileRequest {
+        let v = self
+            .peers
+            .policy
+            .compile(CompileRequest {
                 namespace: ctx.ns.to_owned(),
-                instructions_template: ctx.cfg.instructions_template.clone(),
-                exemplars_k: ctx.cfg.exemplars_k,
-                min_stage: min_stage as i32,
-                token_budget: ctx.cfg.token_budget,
+                instructions_template: Some(ctx.cfg.instructions_template.clone()),
+                exemplars_k: Some(ctx.cfg.exemplars_k),
+                min_stage: Some(ctx.cfg.min_stage),
+                token_budget: Some(ctx.cfg.token_budget),
             })
-            .await?
-            .into_inner();
-        Ok((1, 1, json!({"policy_version": v.version})))
+            .await?;
+        // The summary keeps the version as the contract spells it.
+        Ok((1, 1, json!({"policy_version": v.version.to_string()})))
     }
 
     async fn summary(&self, ctx: &Ctx<'_>) -> Result<serde_json::Value, Stop> {
-        let (_, stages) = runs::load(&self.store, ctx.run_id).await?;
-        let c = runs::counts(&self.store, ctx.ns, ctx.run_id).await?;
+        let (_, stages) = self.store.load_run(ctx.run_id).await?;
+        let c = self.store.run_counts(ctx.ns, ctx.run_id).await?;
         let detail = |name: &str| -> serde_json::Value {
             stages
                 .iter()
-                .find(|s| s.stage == name)
+                .find(|s| s.stage.as_str() == name)
                 .and_then(|s| serde_json::from_str(&s.detail).ok())
                 .unwrap_or_else(|| json!({}))
         };
@@ -528,7 +532,7 @@ impl Coordinator {
             "reflections": c.reflections,
             "reflections_valid": c.reflections_valid,
             "curated": c.curated,
-            "bullets": runs::bullets(&self.store, ctx.ns).await?,
+            "bullets": self.store.live_bullet_count(ctx.ns).await?,
             "policy_version": detail("compile")["policy_version"],
             "world_model": {
                 "held_out": fit["held_out"],

@@ -1,86 +1,43 @@
-//! The `agent_learning.v1.Coordinator` contract.
+//! The gRPC adapter of the coordinator: protobuf in, [`Coordinator`] calls, protobuf out.
 
 use std::sync::Arc;
 
-use agent_learning_domain::validate_namespace;
-use agent_learning_envs::parse_demos;
+use agent_learning_api::ApiError;
+use agent_learning_domain::InvalidInput;
+use agent_learning_proto::convert::run_to_pb;
+use agent_learning_proto::service_names;
 use agent_learning_proto::v1 as pb;
-use agent_learning_proto::v1::coordinator_server::Coordinator as CoordinatorRpc;
-use agent_learning_runtime::ServiceError;
+use agent_learning_server::GrpcServer;
+use pb::coordinator_server::{Coordinator as CoordinatorRpc, CoordinatorServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::Coordinator;
-use crate::config::TrainingConfig;
 use crate::driver::event;
-use crate::runs::{self, NewRun, RunState};
+use crate::{Coordinator, CoordinatorError};
 
 const MAX_PAGE: u32 = 500;
 
+impl From<CoordinatorError> for Status {
+    fn from(e: CoordinatorError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> Status {
+    ApiError::Invalid(InvalidInput::new(field, reason)).into()
+}
+
 pub struct CoordinatorService(pub Arc<Coordinator>);
 
-impl Coordinator {
-    /// Validates everything, then records the run in one transaction and starts it.
-    pub async fn start_training(
-        self: &Arc<Self>,
-        r: pb::StartTrainingRequest,
-    ) -> Result<pb::Run, ServiceError> {
-        validate_namespace("namespace", &r.namespace)?;
-        let env = r.env.trim();
-        if env.is_empty() {
-            return Err(ServiceError::invalid("env", "must not be empty"));
-        }
-        if !env.starts_with("grpc://") {
-            agent_learning_envs::factory(env)
-                .map_err(|e| ServiceError::invalid("env", e.to_string()))?;
-        }
-        if r.demos_jsonl.trim().is_empty() {
-            return Err(ServiceError::invalid("demos_jsonl", "must not be empty"));
-        }
-        let demos = parse_demos(r.demos_jsonl.as_bytes(), "demos_jsonl")
-            .map_err(|e| ServiceError::invalid("demos_jsonl", e.to_string()))?;
-        if !env.starts_with("grpc://") {
-            let mut wrong = Vec::new();
-            for (i, line) in r
-                .demos_jsonl
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .enumerate()
-            {
-                if let Some(d) = demos.get(i)
-                    && d.env != env
-                {
-                    wrong.push(format!(
-                        "line {}: env {:?} differs from the run's env {env:?}",
-                        i + 1,
-                        d.env
-                    ));
-                }
-                let _ = line;
-            }
-            if !wrong.is_empty() {
-                return Err(ServiceError::invalid("demos_jsonl", wrong.join("; ")));
-            }
-        }
-        let cfg = TrainingConfig::from_json(&self.settings, &r.config_json)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        runs::create(
-            &self.store,
-            NewRun {
-                id: &id,
-                namespace: &r.namespace,
-                env,
-                config: &serde_json::to_string(&cfg).map_err(ServiceError::internal)?,
-                demos: &r.demos_jsonl,
-            },
-        )
-        .await?;
-        tracing::info!(run = %id, namespace = %r.namespace, demos = demos.len(), env, "training run recorded");
-        self.drive(id.clone()).await;
-        let (run, stages) = runs::load(&self.store, &id).await?;
-        Ok(runs::to_pb(&run, &stages))
-    }
+pub fn mount(coordinator: Arc<Coordinator>, server: &mut GrpcServer) {
+    let max = server.limits().max_message_bytes;
+    server.routes_mut().add_service(
+        CoordinatorServer::new(CoordinatorService(coordinator))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    server.track(service_names::COORDINATOR);
 }
 
 #[tonic::async_trait]
@@ -89,9 +46,12 @@ impl CoordinatorRpc for CoordinatorService {
         &self,
         req: Request<pb::StartTrainingRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        Ok(Response::new(
-            self.0.start_training(req.into_inner()).await?,
-        ))
+        let r = req.into_inner();
+        let (run, stages) = self
+            .0
+            .start_training(&r.namespace, &r.demos_jsonl, &r.env, &r.config_json)
+            .await?;
+        Ok(Response::new(run_to_pb(&run, &stages)))
     }
 
     async fn start_live_loop(
@@ -104,12 +64,8 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
-        let id = req.into_inner().run_id;
-        if id.trim().is_empty() {
-            return Err(ServiceError::invalid("run_id", "must not be empty").into());
-        }
-        let (run, stages) = runs::load(&self.0.store, &id).await?;
-        Ok(Response::new(runs::to_pb(&run, &stages)))
+        let (run, stages) = self.0.get_run(&req.into_inner().run_id).await?;
+        Ok(Response::new(run_to_pb(&run, &stages)))
     }
 
     type WatchRunStream = ReceiverStream<Result<pb::RunEvent, Status>>;
@@ -120,24 +76,23 @@ impl CoordinatorRpc for CoordinatorService {
     ) -> Result<Response<Self::WatchRunStream>, Status> {
         let id = req.into_inner().run_id;
         if id.trim().is_empty() {
-            return Err(ServiceError::invalid("run_id", "must not be empty").into());
+            return Err(invalid("run_id", "must not be empty"));
         }
         // Subscribe before reading the state, so nothing between the two is missed.
         let live = self.0.subscribe(&id).await;
-        let (run, stages) = runs::load(&self.0.store, &id).await?;
-        let state = RunState::parse(&run.state);
+        let (run, stages) = self.0.get_run(&id).await?;
         let (tx, rx) = mpsc::channel(256);
-        let current = stages.iter().find(|s| s.stage == run.current_stage);
+        let current = stages.iter().find(|s| Some(s.stage) == run.current_stage);
         let snapshot = event(
             &id,
-            &run.current_stage,
-            current.map(|s| s.done.max(0) as u64).unwrap_or(0),
-            current.map(|s| s.total.max(0) as u64).unwrap_or(0),
-            state,
+            run.current_stage.map(|s| s.as_str()).unwrap_or_default(),
+            current.map(|s| s.done).unwrap_or(0),
+            current.map(|s| s.total).unwrap_or(0),
+            run.state,
             run.error.clone(),
         );
         let _ = tx.send(Ok(snapshot)).await;
-        if let (Some(mut live), false) = (live, state.terminal()) {
+        if let (Some(mut live), false) = (live, run.state.terminal()) {
             tokio::spawn(async move {
                 loop {
                     match live.recv().await {
@@ -168,25 +123,20 @@ impl CoordinatorRpc for CoordinatorService {
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let r = req.into_inner();
-        if !r.namespace.is_empty() {
-            validate_namespace("namespace", &r.namespace).map_err(ServiceError::from)?;
-        }
         if r.page_size > MAX_PAGE {
-            return Err(
-                ServiceError::invalid("page_size", format!("must be at most {MAX_PAGE}")).into(),
-            );
+            return Err(invalid("page_size", format!("must be at most {MAX_PAGE}")));
         }
         let limit = if r.page_size == 0 { 50 } else { r.page_size } as u64;
         let offset: u64 = if r.page_token.is_empty() {
             0
         } else {
-            r.page_token.parse().map_err(|_| {
-                ServiceError::invalid("page_token", "not a token this server issued")
-            })?
+            r.page_token
+                .parse()
+                .map_err(|_| invalid("page_token", "not a token this server issued"))?
         };
-        let (runs, more) = runs::list(&self.0.store, &r.namespace, limit, offset).await?;
+        let (runs, more) = self.0.list_runs(&r.namespace, limit, offset).await?;
         Ok(Response::new(pb::ListRunsResponse {
-            runs,
+            runs: runs.iter().map(|(r, s)| run_to_pb(r, s)).collect(),
             next_page_token: if more {
                 (offset + limit).to_string()
             } else {
@@ -199,29 +149,7 @@ impl CoordinatorRpc for CoordinatorService {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        let id = req.into_inner().run_id;
-        if id.trim().is_empty() {
-            return Err(ServiceError::invalid("run_id", "must not be empty").into());
-        }
-        let (run, _) = runs::load(&self.0.store, &id).await?;
-        let state = RunState::parse(&run.state);
-        if state.terminal() {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "run {id} already {}",
-                state.as_str()
-            ))
-            .into());
-        }
-        runs::set_state(
-            &self.0.store,
-            &id,
-            RunState::Cancelled,
-            None,
-            Some("cancelled by request"),
-        )
-        .await?;
-        self.0.cancel(&id).await;
-        let (run, stages) = runs::load(&self.0.store, &id).await?;
-        Ok(Response::new(runs::to_pb(&run, &stages)))
+        let (run, stages) = self.0.cancel_run(&req.into_inner().run_id).await?;
+        Ok(Response::new(run_to_pb(&run, &stages)))
     }
 }

@@ -2,12 +2,8 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    agent_learning_runtime::run_standalone(
-        "coordinator",
+    agent_learning_runtime::run_standalone::<agent_learning_coordinator::Coordinator>(
         "agent-learning coordinator service (training runs over gRPC)",
-        |settings, listener, shutdown| {
-            agent_learning_coordinator::serve(settings, listener, shutdown)
-        },
     )
     .await
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use agent_learning_domain::{Bullet, BulletEvent, DeltaKind, DeltaOp, Insight, Stage};
+use agent_learning_proto::convert::{self, stage_to_pb, timestamp};
 use agent_learning_proto::v1 as pb;
 use pb::curator_server::{Curator as CuratorRpc, CuratorServer};
 use tonic::{Request, Response, Status};
@@ -25,34 +26,9 @@ impl From<CuratorError> for Status {
     }
 }
 
-pub fn stage_to_pb(s: Stage) -> pb::Stage {
-    match s {
-        Stage::Shadow => pb::Stage::Shadow,
-        Stage::Staging => pb::Stage::Staging,
-        Stage::Production => pb::Stage::Production,
-        Stage::Quarantined => pb::Stage::Quarantined,
-    }
-}
-
-/// `None` for STAGE_UNSPECIFIED; an error naming `field` for a number outside the enum.
-pub fn stage_from_pb(field: &str, v: i32) -> Result<Option<Stage>, Status> {
-    match pb::Stage::try_from(v) {
-        Ok(pb::Stage::Unspecified) => Ok(None),
-        Ok(pb::Stage::Shadow) => Ok(Some(Stage::Shadow)),
-        Ok(pb::Stage::Staging) => Ok(Some(Stage::Staging)),
-        Ok(pb::Stage::Production) => Ok(Some(Stage::Production)),
-        Ok(pb::Stage::Quarantined) => Ok(Some(Stage::Quarantined)),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "{field}: unknown stage {v}"
-        ))),
-    }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
+/// The stage a request names; an error naming `field` for a number outside the enum.
+fn stage_from_pb(field: &str, v: i32) -> Result<Option<Stage>, Status> {
+    convert::stage_from_pb(field, v).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 pub fn bullet_to_pb(b: Bullet) -> pb::Bullet {

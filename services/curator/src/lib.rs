@@ -14,6 +14,4 @@ pub use curator::{
     ReconcileReport,
 };
 pub use judge::{Judgement, MergeJudge, Nearest, ThresholdJudge};
-pub use wiring::{
-    Backends, curator_options, limits, open_backends, serve_curator, serve_curator_with,
-};
+pub use wiring::curator_options;

@@ -1,19 +1,19 @@
-//! Opening the backends named by the configuration, and serving the Curator.
+//! The Curator as a service: built from a runtime context, mounted with its consumer of the
+//! reflections stream, and reachable through [`CuratorApi`] like any other service.
 
-use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use agent_learning_api::{ApiError, CuratorApi, RenderedContext};
 use agent_learning_config::Settings;
+use agent_learning_domain::Stage;
 use agent_learning_proto::service_names;
+use agent_learning_runtime::{Context, Service, consumer_name};
 use agent_learning_server::GrpcServer;
-use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use async_trait::async_trait;
 
 use crate::grpc::CuratorService;
-use crate::{Curator, CuratorOptions, ThresholdJudge};
-
-pub use agent_learning_runtime::{Backends, limits, open_backends};
+use crate::{Curator, CuratorError, CuratorOptions, FeedbackItem, ThresholdJudge};
 
 pub fn curator_options(settings: &Settings) -> CuratorOptions {
     let p = &settings.curator.promotion;
@@ -33,72 +33,99 @@ pub fn curator_options(settings: &Settings) -> CuratorOptions {
     }
 }
 
-impl Curator {
-    /// A curator over `backends`, configured by `settings`, with the index reconciled.
-    pub async fn open(settings: &Settings, backends: &Backends) -> anyhow::Result<Arc<Self>> {
-        let opts = curator_options(settings);
+impl From<CuratorError> for ApiError {
+    fn from(e: CuratorError) -> Self {
+        match e {
+            CuratorError::Invalid(i) => ApiError::Invalid(i),
+            CuratorError::NotFound(m) => ApiError::NotFound(m),
+            CuratorError::Rejected(m) => ApiError::FailedPrecondition(m),
+            CuratorError::Embed(e) => ApiError::unavailable("embedder", e),
+            CuratorError::Vector(e) => ApiError::unavailable("vector index", e),
+            CuratorError::Store(e) => ApiError::internal("playbook record", e),
+        }
+    }
+}
+
+#[async_trait]
+impl CuratorApi for Curator {
+    async fn render_context(
+        &self,
+        ns: &str,
+        state: &str,
+        token_budget: u32,
+        min_stage: Stage,
+    ) -> Result<RenderedContext, ApiError> {
+        let (text, ids, tokens) =
+            Curator::render_context(self, ns, state, token_budget, min_stage).await?;
+        Ok(RenderedContext {
+            text,
+            bullet_ids: ids.into_iter().map(|u| u.to_string()).collect(),
+            tokens,
+        })
+    }
+
+    async fn record_feedback(
+        &self,
+        ns: &str,
+        feedback_id: &str,
+        items: Vec<agent_learning_api::FeedbackItem>,
+    ) -> Result<bool, ApiError> {
+        let items: Vec<FeedbackItem> = items
+            .into_iter()
+            .map(|f| FeedbackItem {
+                bullet_id: f.bullet_id,
+                helpful: f.helpful,
+                harmful: f.harmful,
+            })
+            .collect();
+        let (_, replayed) = Curator::record_feedback(self, ns, feedback_id, &items).await?;
+        Ok(replayed)
+    }
+}
+
+impl Service for Curator {
+    const NAME: &'static str = "curator";
+
+    /// A curator over the context's backends, with the index reconciled.
+    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+        let opts = curator_options(ctx.settings());
         let judge = Arc::new(ThresholdJudge {
             threshold: opts.merge_threshold,
         });
         let curator = Arc::new(Curator::new(
-            backends.store.clone(),
-            backends.index.clone(),
-            backends.embedder.clone(),
+            ctx.store().await?,
+            ctx.index().await?,
+            ctx.embedder().await?,
             judge,
             opts,
         ));
-        curator.start().await.context("curator start")?;
+        curator.start().await?;
         Ok(curator)
     }
 
-    /// Adds the Curator to `server`; health flips to SERVING once its dependencies answer.
-    pub fn mount(self: &Arc<Self>, server: &mut GrpcServer) {
+    /// The RPCs and the consumer of the reflections stream; health follows every dependency.
+    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
         let max = server.limits().max_message_bytes;
         server
             .routes_mut()
             .add_service(CuratorService::new(self.clone()).into_server(max));
         server.track(service_names::CURATOR);
+        let block = Duration::from_millis(ctx.settings().queue.block_ms);
+        let me = self.clone();
+        let stop = ctx.stop_token();
+        let queue = ctx.queue().await?;
+        ctx.spawn_worker(crate::stream::consume_reflections(
+            me,
+            queue,
+            consumer_name("curator"),
+            block,
+            stop,
+        ));
+        let probe = self.clone();
+        ctx.ready_when(move || {
+            let probe = probe.clone();
+            async move { probe.ready().await }
+        });
+        Ok(())
     }
-}
-
-/// Serves the Curator alone (the standalone `curator` binary).
-pub async fn serve_curator(
-    settings: &Settings,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    serve_curator_with(settings, listener, shutdown, |_| Ok(())).await
-}
-
-/// Serves the Curator, its consumer of the reflections stream, and whatever `mount_more` adds
-/// to the same server. Health flips to SERVING once the Curator's dependencies answer.
-pub async fn serve_curator_with(
-    settings: &Settings,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    mount_more: impl FnOnce(&mut GrpcServer) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let backends = open_backends(settings).await?;
-    let curator = Curator::open(settings, &backends).await?;
-    let queue = agent_learning_runtime::open_queue(settings, &backends.store).await?;
-    let mut server = GrpcServer::new(limits(settings))?;
-    curator.mount(&mut server);
-    mount_more(&mut server)?;
-    let stop = CancellationToken::new();
-    let consumer = tokio::spawn(crate::stream::consume_reflections(
-        curator.clone(),
-        queue,
-        agent_learning_runtime::consumer_name("curator"),
-        std::time::Duration::from_millis(settings.queue.block_ms),
-        stop.clone(),
-    ));
-    let readiness = server.readiness();
-    let probe = curator.clone();
-    tokio::spawn(readiness.serve_when_ready(move || {
-        let probe = probe.clone();
-        async move { probe.ready().await }
-    }));
-    let served = agent_learning_runtime::serve_until(server, listener, shutdown, stop).await;
-    let _ = consumer.await;
-    served
 }

@@ -1,11 +1,11 @@
 //! The Environment gRPC service: any `Environment` served to remote callers, many episodes at
-//! once, each named by the id `Reset` returns; and [`RemoteEnvironment`], a client that
-//! implements the same trait, so an environment written in any language plugs in.
+//! once, each named by the id `Reset` returns. Its client, [`RemoteEnvironment`], implements
+//! the same trait and lives in `agent-learning-api`, so the explorer reaches any environment
+//! without depending on this crate.
 
-mod client;
 mod server;
 
-pub use client::{RemoteEnvironment, RemoteError};
+pub use agent_learning_api::{RemoteEnvironment, RemoteError, open_env};
 pub use server::{EnvFactory, EnvService};
 
 /// Serves one built-in environment until `shutdown` resolves.
@@ -25,17 +25,4 @@ pub async fn serve_environment(
     });
     server.serve(listener, shutdown).await?;
     Ok(())
-}
-
-use agent_learning_envs::{EnvError, Environment, built_in};
-
-/// An environment by name: a built-in one (`driving`, ...) or `grpc://HOST:PORT` for a remote
-/// Environment server.
-pub fn open_env(spec: &str) -> Result<Box<dyn Environment>, EnvError> {
-    match spec.strip_prefix("grpc://") {
-        Some(addr) => RemoteEnvironment::connect(&format!("http://{addr}"))
-            .map(|e| Box::new(e) as Box<dyn Environment>)
-            .map_err(|e| EnvError::Unknown(format!("{spec}: {e}"))),
-        None => built_in(spec).map(|(env, _)| env),
-    }
 }

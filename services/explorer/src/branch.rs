@@ -2,9 +2,8 @@
 //! snapshot, try each alternative, restore. Runs on a blocking thread (environments are
 //! synchronous).
 
-use agent_learning_environment::open_env;
+use agent_learning_api::{Demo, open_env};
 use agent_learning_envs::{EnvError, Rng};
-use agent_learning_proto::v1 as pb;
 
 use crate::pick;
 
@@ -43,7 +42,7 @@ fn same(a: &str, b: &str) -> bool {
 /// Replays `demo` in the environment named `spec` and branches at the plan's steps.
 pub fn explore_in_env(
     spec: &str,
-    demo: &pb::Demo,
+    demo: &Demo,
     plan: &BranchPlan,
 ) -> Result<Vec<Outcome>, EnvError> {
     let mut env = open_env(spec)?;
@@ -106,21 +105,7 @@ mod tests {
     #[test]
     fn driving_branches_for_real_and_restores() {
         let demo = &agent_learning_envs::generate_demos("driving", 1, 7).expect("demos")[0];
-        let pb_demo = pb::Demo {
-            id: demo.id.clone(),
-            env: demo.env.clone(),
-            seed: demo.seed,
-            steps: demo
-                .steps
-                .iter()
-                .map(|s| pb::Transition {
-                    state: s.state.clone(),
-                    action: s.action.clone(),
-                    next_state: s.next_state.clone(),
-                    done: s.done,
-                })
-                .collect(),
-        };
+        let pb_demo = Demo::from(demo);
         let plan = BranchPlan {
             steps: branch_points(pb_demo.steps.len(), 3),
             alternatives: 2,

@@ -6,31 +6,28 @@
 //! streamed to the caller, and published per branch point to the rollouts stream.
 
 mod branch;
+pub mod grpc;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use agent_learning_config::Settings;
-use agent_learning_domain::validate_namespace;
+use agent_learning_api::{
+    ApiError, Demo, ExploreRequest, ExplorerApi, RolloutStream, WorldModelApi,
+};
+use agent_learning_domain::{
+    InvalidInput, Rollout, RolloutGroup, RolloutSource, validate_namespace,
+};
 use agent_learning_envs::Rng;
 use agent_learning_llm::{ChatModel, ChatParams, Message};
-use agent_learning_proto::service_names;
-use agent_learning_proto::v1 as pb;
-use agent_learning_proto::v1::explorer_server::{Explorer as ExplorerRpc, ExplorerServer};
-use agent_learning_proto::v1::world_model_client::WorldModelClient;
-use agent_learning_queue::{Queue, streams};
-use agent_learning_runtime::ServiceError;
+use agent_learning_proto::convert::group_to_pb;
+use agent_learning_queue::{Queue, QueueError, streams};
+use agent_learning_runtime::{Context, Service};
 use agent_learning_server::GrpcServer;
-use agent_learning_store::Store;
-use agent_learning_store::entity::rollout;
-use chrono::Utc;
+use agent_learning_store::{Outbox, Store, StoreError};
+use async_trait::async_trait;
 use prost::Message as _;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set, sea_query::Expr};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 pub use branch::{BranchPlan, Outcome, branch_points, explore_in_env};
@@ -55,18 +52,55 @@ pub struct ExplorerDefaults {
     pub branch_points: u32,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ExplorerError {
+    #[error("invalid argument: {0}")]
+    Invalid(#[from] InvalidInput),
+    #[error("environment {env}: {source}")]
+    Environment {
+        env: String,
+        #[source]
+        source: agent_learning_envs::EnvError,
+    },
+    #[error("world model: {0}")]
+    WorldModel(#[source] ApiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("exploration task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<ExplorerError> for ApiError {
+    fn from(e: ExplorerError) -> Self {
+        match e {
+            ExplorerError::Invalid(i) => ApiError::Invalid(i),
+            ExplorerError::Environment { .. } => ApiError::Unavailable {
+                message: e.to_string(),
+                source: Some(Box::new(e)),
+            },
+            ExplorerError::WorldModel(w) => ApiError::unavailable("world model", w),
+            ExplorerError::Queue(q) => ApiError::unavailable("rollouts stream", q),
+            ExplorerError::Store(s) => ApiError::internal("explorer record", s),
+            ExplorerError::Task(t) => ApiError::internal("explorer", t),
+        }
+    }
+}
+
+type Result<T, E = ExplorerError> = std::result::Result<T, E>;
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ExplorerError {
+    InvalidInput::new(field, reason).into()
+}
+
+#[derive(Clone)]
 pub struct Explorer {
     store: Store,
     queue: Arc<dyn Queue>,
     model: Arc<dyn ChatModel>,
-    world_model: WorldModelClient<Channel>,
+    world_model: Arc<dyn WorldModelApi>,
     defaults: ExplorerDefaults,
-}
-
-/// One branch point, fully explored.
-#[derive(Debug, Clone)]
-struct Explored {
-    group: pb::RolloutGroup,
 }
 
 impl Explorer {
@@ -74,65 +108,52 @@ impl Explorer {
         store: Store,
         queue: Arc<dyn Queue>,
         model: Arc<dyn ChatModel>,
-        world_model: Channel,
+        world_model: Arc<dyn WorldModelApi>,
         defaults: ExplorerDefaults,
     ) -> Self {
         Self {
             store,
             queue,
             model,
-            world_model: WorldModelClient::new(world_model),
+            world_model,
             defaults,
         }
     }
 
-    pub fn defaults(settings: &Settings) -> ExplorerDefaults {
-        ExplorerDefaults {
-            alternatives: settings.pipeline.alternatives,
-            branch_points: settings.pipeline.branch_points,
-        }
-    }
-
-    fn validate(&self, r: &pb::ExploreRequest) -> Result<(), ServiceError> {
+    pub fn validate(r: &ExploreRequest) -> Result<()> {
         validate_namespace("namespace", &r.namespace)?;
         if r.run_id.trim().is_empty() {
-            return Err(ServiceError::invalid("run_id", "must not be empty"));
+            return Err(invalid("run_id", "must not be empty"));
         }
         if r.demos.is_empty() {
-            return Err(ServiceError::invalid("demos", "must not be empty"));
+            return Err(invalid("demos", "must not be empty"));
         }
         if r.demos.len() > MAX_DEMOS {
-            return Err(ServiceError::invalid(
+            return Err(invalid(
                 "demos",
                 format!("{} demos is more than {MAX_DEMOS}", r.demos.len()),
             ));
         }
         if r.alternatives > 16 {
-            return Err(ServiceError::invalid("alternatives", "must be at most 16"));
+            return Err(invalid("alternatives", "must be at most 16"));
         }
         let mut ids = BTreeSet::new();
         for (i, d) in r.demos.iter().enumerate() {
             if d.id.trim().is_empty() {
-                return Err(ServiceError::invalid(
-                    format!("demos[{i}].id"),
-                    "must not be empty",
-                ));
+                return Err(invalid(format!("demos[{i}].id"), "must not be empty"));
             }
             if !ids.insert(d.id.as_str()) {
-                return Err(ServiceError::invalid(
+                return Err(invalid(
                     format!("demos[{i}].id"),
                     format!("{:?} appears twice", d.id),
                 ));
             }
             if d.steps.is_empty() {
-                return Err(ServiceError::invalid(
-                    format!("demos[{i}].steps"),
-                    "must not be empty",
-                ));
+                return Err(invalid(format!("demos[{i}].steps"), "must not be empty"));
             }
             for (j, s) in d.steps.iter().enumerate() {
                 if s.state.trim().is_empty() || s.action.trim().is_empty() {
-                    return Err(ServiceError::invalid(
+                    return Err(invalid(
                         format!("demos[{i}].steps[{j}]"),
                         "state and action must not be empty",
                     ));
@@ -140,21 +161,20 @@ impl Explorer {
             }
         }
         if r.env.trim().is_empty() {
-            return Err(ServiceError::invalid("env", "must not be empty"));
+            return Err(invalid("env", "must not be empty"));
         }
         if !r.env.starts_with("grpc://") {
-            agent_learning_envs::factory(&r.env)
-                .map_err(|e| ServiceError::invalid("env", e.to_string()))?;
+            agent_learning_envs::factory(&r.env).map_err(|e| invalid("env", e.to_string()))?;
         }
         Ok(())
     }
 
     /// Explores every demo; `sink` receives each branch point's rollouts as they are ready.
-    async fn explore(
+    async fn explore_into(
         &self,
-        r: pb::ExploreRequest,
-        sink: mpsc::Sender<Result<pb::Rollout, Status>>,
-    ) -> Result<(), ServiceError> {
+        r: ExploreRequest,
+        sink: mpsc::Sender<Result<Rollout, ApiError>>,
+    ) -> Result<()> {
         let k = if r.alternatives == 0 {
             self.defaults.alternatives
         } else {
@@ -185,15 +205,17 @@ impl Explorer {
                 alternatives: k,
             };
             let outcomes = tokio::task::spawn_blocking(move || explore_in_env(&env, &d, &plan))
-                .await
-                .map_err(ServiceError::internal)?
-                .map_err(|e| ServiceError::Unavailable(format!("environment {}: {e}", r.env)))?;
+                .await?
+                .map_err(|source| ExplorerError::Environment {
+                    env: r.env.clone(),
+                    source,
+                })?;
             for (step, outcome) in steps.iter().copied().zip(outcomes) {
                 let explored = self
                     .complete(&r, demo, step, outcome, k, &vocabulary)
                     .await?;
                 self.persist_and_publish(&explored, r.publish).await?;
-                for ro in explored.group.rollouts {
+                for ro in explored.rollouts {
                     if sink.send(Ok(ro)).await.is_err() {
                         return Ok(()); // the caller went away
                     }
@@ -207,16 +229,16 @@ impl Explorer {
     /// with the world model what the environment could not show.
     async fn complete(
         &self,
-        r: &pb::ExploreRequest,
-        demo: &pb::Demo,
+        r: &ExploreRequest,
+        demo: &Demo,
         step: usize,
         outcome: Outcome,
         k: usize,
         vocabulary: &[String],
-    ) -> Result<Explored, ServiceError> {
+    ) -> Result<RolloutGroup> {
         let expert = &demo.steps[step];
         let gid = group_id(&r.run_id, &demo.id, step);
-        let mut rollouts = vec![pb::Rollout {
+        let mut rollouts = vec![Rollout {
             id: rollout_id(gid, &expert.action).to_string(),
             run_id: r.run_id.clone(),
             demo_id: demo.id.clone(),
@@ -226,29 +248,28 @@ impl Explorer {
             action: expert.action.clone(),
             next_state: expert.next_state.clone(),
             done: expert.done,
-            source: pb::RolloutSource::Expert as i32,
+            source: RolloutSource::Expert,
             group_id: gid.to_string(),
         }];
-        let mut push =
-            |action: String, next_state: String, done: bool, source: pb::RolloutSource| {
-                rollouts.push(pb::Rollout {
-                    id: rollout_id(gid, &action).to_string(),
-                    run_id: r.run_id.clone(),
-                    demo_id: demo.id.clone(),
-                    step_index: step as u32,
-                    state: expert.state.clone(),
-                    expert_action: expert.action.clone(),
-                    action,
-                    next_state,
-                    done,
-                    source: source as i32,
-                    group_id: gid.to_string(),
-                });
-            };
+        let mut push = |action: String, next_state: String, done: bool, source: RolloutSource| {
+            rollouts.push(Rollout {
+                id: rollout_id(gid, &action).to_string(),
+                run_id: r.run_id.clone(),
+                demo_id: demo.id.clone(),
+                step_index: step as u32,
+                state: expert.state.clone(),
+                expert_action: expert.action.clone(),
+                action,
+                next_state,
+                done,
+                source,
+                group_id: gid.to_string(),
+            });
+        };
         match outcome {
             Outcome::Branched(alts) => {
                 for (action, next_state, done) in alts {
-                    push(action, next_state, done, pb::RolloutSource::Env);
+                    push(action, next_state, done, RolloutSource::Env);
                 }
             }
             Outcome::Imagine { actions } => {
@@ -264,32 +285,23 @@ impl Explorer {
                 for action in chosen {
                     let p = self
                         .world_model
-                        .clone()
-                        .predict(pb::PredictRequest {
-                            namespace: r.namespace.clone(),
-                            state: expert.state.clone(),
-                            action: action.clone(),
-                            k: 0,
-                        })
+                        .predict(&r.namespace, &expert.state, &action, 0)
                         .await
-                        .map_err(ServiceError::from)?
-                        .into_inner();
-                    push(action, p.next_state, false, pb::RolloutSource::WorldModel);
+                        .map_err(ExplorerError::WorldModel)?;
+                    push(action, p.next_state, false, RolloutSource::WorldModel);
                 }
             }
         }
-        Ok(Explored {
-            group: pb::RolloutGroup {
-                id: gid.to_string(),
-                namespace: r.namespace.clone(),
-                run_id: r.run_id.clone(),
-                demo_id: demo.id.clone(),
-                step_index: step as u32,
-                state: expert.state.clone(),
-                expert_action: expert.action.clone(),
-                expert_next_state: expert.next_state.clone(),
-                rollouts,
-            },
+        Ok(RolloutGroup {
+            id: gid.to_string(),
+            namespace: r.namespace.clone(),
+            run_id: r.run_id.clone(),
+            demo_id: demo.id.clone(),
+            step_index: step as u32,
+            state: expert.state.clone(),
+            expert_action: expert.action.clone(),
+            expert_next_state: expert.next_state.clone(),
+            rollouts,
         })
     }
 
@@ -340,80 +352,24 @@ impl Explorer {
         }
     }
 
-    /// Stores the group's rollouts (once), then publishes the group unless it was published
-    /// before. A crash between the two republishes on the next run; reflectors are idempotent
-    /// by group id.
-    async fn persist_and_publish(&self, e: &Explored, publish: bool) -> Result<(), ServiceError> {
-        let g = &e.group;
-        let now = Utc::now();
-        let models: Vec<rollout::ActiveModel> = g
-            .rollouts
-            .iter()
-            .map(|ro| rollout::ActiveModel {
-                id: Set(ro.id.clone()),
-                run_id: Set(ro.run_id.clone()),
-                namespace: Set(g.namespace.clone()),
-                group_id: Set(g.id.clone()),
-                demo_id: Set(ro.demo_id.clone()),
-                step_index: Set(ro.step_index as i32),
-                state: Set(ro.state.clone()),
-                expert_action: Set(ro.expert_action.clone()),
-                action: Set(ro.action.clone()),
-                next_state: Set(ro.next_state.clone()),
-                done: Set(ro.done),
-                source: Set(source_name(ro.source).to_owned()),
-                published: Set(false),
-                created_at: Set(now),
-            })
-            .collect();
-        rollout::Entity::insert_many(models)
-            .on_conflict(
-                OnConflict::column(rollout::Column::Id)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(self.store.connection())
-            .await?;
+    /// Stores the group's rollouts (once), then publishes the group once (the outbox).
+    /// Reflectors are idempotent by group id, so a republish after a crash changes nothing.
+    async fn persist_and_publish(&self, g: &RolloutGroup, publish: bool) -> Result<()> {
+        self.store.insert_rollouts(g).await?;
         if !publish {
             return Ok(());
         }
-        let published = rollout::Entity::find()
-            .filter(rollout::Column::GroupId.eq(g.id.clone()))
-            .filter(rollout::Column::Published.eq(true))
-            .one(self.store.connection())
-            .await?
-            .is_some();
-        if published {
-            return Ok(());
-        }
-        self.queue
-            .publish(streams::ROLLOUTS, &g.id, &g.encode_to_vec())
-            .await?;
-        rollout::Entity::update_many()
-            .col_expr(rollout::Column::Published, Expr::value(true))
-            .filter(rollout::Column::GroupId.eq(g.id.clone()))
-            .exec(self.store.connection())
+        let payload = group_to_pb(g.clone()).encode_to_vec();
+        self.store
+            .publish_once(Outbox::RolloutGroup(&g.id), || async {
+                self.queue
+                    .publish(streams::ROLLOUTS, &g.id, &payload)
+                    .await
+                    .map(drop)
+                    .map_err(ExplorerError::from)
+            })
             .await?;
         Ok(())
-    }
-
-    pub fn mount(self: &Arc<Self>, server: &mut GrpcServer) {
-        let max = server.limits().max_message_bytes;
-        server.routes_mut().add_service(
-            ExplorerServer::new(ExplorerService(self.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        );
-        server.track(service_names::EXPLORER);
-    }
-}
-
-pub fn source_name(source: i32) -> &'static str {
-    match pb::RolloutSource::try_from(source) {
-        Ok(pb::RolloutSource::Expert) => "expert",
-        Ok(pb::RolloutSource::Env) => "env",
-        Ok(pb::RolloutSource::WorldModel) => "world_model",
-        _ => "unspecified",
     }
 }
 
@@ -437,48 +393,46 @@ pub fn pick(candidates: &[String], expert: &str, k: usize, rng: &mut Rng) -> Vec
     out
 }
 
-pub struct ExplorerService(pub Arc<Explorer>);
-
-#[tonic::async_trait]
-impl ExplorerRpc for ExplorerService {
-    type ExploreStream = ReceiverStream<Result<pb::Rollout, Status>>;
-
-    async fn explore(
-        &self,
-        req: Request<pb::ExploreRequest>,
-    ) -> Result<Response<Self::ExploreStream>, Status> {
-        let r = req.into_inner();
-        self.0.validate(&r)?;
+#[async_trait]
+impl ExplorerApi for Explorer {
+    async fn explore(&self, req: ExploreRequest) -> Result<RolloutStream, ApiError> {
+        Explorer::validate(&req)?;
         let (tx, rx) = mpsc::channel(64);
-        let explorer = self.0.clone();
+        // Fields are handles: the clone shares the store, queue, model and peer.
+        let explorer = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = explorer.explore(r, tx.clone()).await {
+            if let Err(e) = explorer.explore_into(req, tx.clone()).await {
                 let _ = tx.send(Err(e.into())).await;
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
-/// Serves the explorer alone (the standalone `explorer` binary).
-pub async fn serve(
-    settings: Settings,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let store = agent_learning_runtime::open_store(&settings).await?;
-    let queue = agent_learning_runtime::open_queue(&settings, &store).await?;
-    let model = agent_learning_llm::open_chat_model(&settings)?;
-    let peers = agent_learning_runtime::Peers::new(&settings, listener.local_addr()?)?;
-    let explorer = Arc::new(Explorer::new(
-        store.clone(),
-        queue,
-        model,
-        peers.world_model,
-        Explorer::defaults(&settings),
-    ));
-    let mut server = GrpcServer::new(agent_learning_runtime::limits(&settings))?;
-    explorer.mount(&mut server);
-    agent_learning_runtime::serving_when_store_answers(&server, store);
-    agent_learning_runtime::serve_until(server, listener, shutdown, Default::default()).await
+impl Service for Explorer {
+    const NAME: &'static str = "explorer";
+
+    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+        let s = ctx.settings();
+        Ok(Arc::new(Self::new(
+            ctx.store().await?,
+            ctx.queue().await?,
+            ctx.model().await?,
+            ctx.peers().world_model.clone(),
+            ExplorerDefaults {
+                alternatives: s.pipeline.alternatives,
+                branch_points: s.pipeline.branch_points,
+            },
+        )))
+    }
+
+    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
+        grpc::mount(self.clone(), server);
+        let store = self.store.clone();
+        ctx.ready_when(move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        });
+        Ok(())
+    }
 }

@@ -2,10 +2,8 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    agent_learning_runtime::run_standalone(
-        "explorer",
-        "agent-learning explorer service (alternative-action rollouts over gRPC)",
-        agent_learning_explorer::serve,
+    agent_learning_runtime::run_standalone::<agent_learning_explorer::Explorer>(
+        "agent-learning explorer service (alternative actions from expert states over gRPC)",
     )
     .await
 }

@@ -5,25 +5,25 @@
 //! of `valid_actions`: the local model is constrained to them; a remote model's answer is
 //! repaired once, then the nearest exemplar's action is used and marked as a fallback.
 
+pub mod grpc;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use agent_learning_config::{PolicySettings, Settings};
-use agent_learning_domain::{clip_bytes, validate_namespace};
+use agent_learning_api::{
+    ApiError, CompileRequest, CuratorApi, DecideRequest, Decision, FeedbackItem, PolicyApi,
+};
+use agent_learning_config::PolicySettings;
+use agent_learning_domain::{
+    DecisionRecord, InvalidInput, PolicyVersion, Stage, TokenUsage, clip_bytes, validate_namespace,
+};
 use agent_learning_llm::{ChatModel, LlmError, Message, prompts};
-use agent_learning_proto::service_names;
-use agent_learning_proto::v1 as pb;
-use agent_learning_proto::v1::curator_client::CuratorClient;
-use agent_learning_proto::v1::policy_server::{Policy as PolicyRpc, PolicyServer};
-use agent_learning_runtime::{Backends, ServiceError};
+use agent_learning_runtime::{Context, Service};
 use agent_learning_server::GrpcServer;
-use agent_learning_store::Store;
-use agent_learning_store::entity::{decision, policy};
-use agent_learning_world_model::Transitions;
+use agent_learning_store::{Store, StoreError};
+use agent_learning_transitions::{Transitions, TransitionsError};
+use async_trait::async_trait;
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
-use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 const MAX_ACTIONS: usize = 256;
@@ -31,53 +31,66 @@ const MAX_STATE: usize = 64 * 1024;
 const MAX_TEMPLATE: usize = 16 * 1024;
 /// Longest exemplar state shown in a prompt, in bytes.
 const EXEMPLAR_STATE: usize = 600;
+/// Compiles racing for the next version number retry this often.
+const COMPILE_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("invalid argument: {0}")]
+    Invalid(#[from] InvalidInput),
+    #[error("namespace {0} has no compiled policy: train it or call Compile")]
+    Untrained(String),
+    #[error("policy {ns} version {version} not found")]
+    NoSuchVersion { ns: String, version: i64 },
+    #[error("decision {0} not found")]
+    NoSuchDecision(String),
+    #[error("policy version contention; retry")]
+    Contention,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transitions(#[from] TransitionsError),
+    #[error("model: {0}")]
+    Model(#[source] LlmError),
+    #[error("curator {what}: {source}")]
+    Curator {
+        what: &'static str,
+        #[source]
+        source: ApiError,
+    },
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::Invalid(i) => ApiError::Invalid(i),
+            PolicyError::Untrained(_) => ApiError::FailedPrecondition(e.to_string()),
+            PolicyError::NoSuchVersion { .. } | PolicyError::NoSuchDecision(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            PolicyError::Contention => ApiError::Unavailable {
+                message: e.to_string(),
+                source: None,
+            },
+            PolicyError::Store(s) => ApiError::internal("policy record", s),
+            PolicyError::Transitions(t) => ApiError::unavailable("exemplars", t),
+            PolicyError::Model(m) => ApiError::unavailable("model", m),
+            PolicyError::Curator { what, source } => match source {
+                ApiError::NotFound(m) => ApiError::NotFound(m),
+                other => ApiError::unavailable(format!("curator {what}"), other),
+            },
+        }
+    }
+}
+
+type Result<T, E = PolicyError> = std::result::Result<T, E>;
 
 pub struct Policy {
     store: Store,
     transitions: Transitions,
     model: Arc<dyn ChatModel>,
-    curator: CuratorClient<Channel>,
+    curator: Arc<dyn CuratorApi>,
     defaults: PolicySettings,
-}
-
-fn stage_name(v: i32, default: &str) -> Result<String, ServiceError> {
-    match pb::Stage::try_from(v) {
-        Ok(pb::Stage::Unspecified) => Ok(default.to_owned()),
-        Ok(pb::Stage::Shadow) => Ok("shadow".into()),
-        Ok(pb::Stage::Staging) => Ok("staging".into()),
-        Ok(pb::Stage::Production) => Ok("production".into()),
-        Ok(pb::Stage::Quarantined) => Err(ServiceError::invalid(
-            "min_stage",
-            "quarantined bullets are never used by a policy",
-        )),
-        Err(_) => Err(ServiceError::invalid(
-            "min_stage",
-            format!("unknown stage {v}"),
-        )),
-    }
-}
-
-fn stage_pb(s: &str) -> pb::Stage {
-    match s {
-        "staging" => pb::Stage::Staging,
-        "production" => pb::Stage::Production,
-        _ => pb::Stage::Shadow,
-    }
-}
-
-fn to_pb(m: &policy::Model) -> pb::PolicyVersion {
-    pb::PolicyVersion {
-        namespace: m.namespace.clone(),
-        version: m.version.to_string(),
-        instructions_template: m.instructions_template.clone(),
-        exemplars_k: m.exemplars_k.max(0) as u32,
-        min_stage: stage_pb(&m.min_stage) as i32,
-        token_budget: m.token_budget.max(0) as u32,
-        created_at: Some(prost_types::Timestamp {
-            seconds: m.created_at.timestamp(),
-            nanos: m.created_at.timestamp_subsec_nanos() as i32,
-        }),
-    }
 }
 
 impl Policy {
@@ -85,166 +98,119 @@ impl Policy {
         store: Store,
         transitions: Transitions,
         model: Arc<dyn ChatModel>,
-        curator: Channel,
+        curator: Arc<dyn CuratorApi>,
         defaults: PolicySettings,
     ) -> Self {
         Self {
             store,
             transitions,
             model,
-            curator: CuratorClient::new(curator),
+            curator,
             defaults,
         }
     }
 
-    pub async fn open(
-        settings: &Settings,
-        backends: &Backends,
-        model: Arc<dyn ChatModel>,
-        curator: Channel,
-    ) -> anyhow::Result<Arc<Self>> {
-        let t = Transitions::open(settings, backends)
-            .await
-            .map_err(|e| anyhow::anyhow!("policy start: {e}"))?;
-        Ok(Arc::new(Self::new(
-            backends.store.clone(),
-            t,
-            model,
-            curator,
-            settings.policy.clone(),
-        )))
-    }
-
-    pub async fn compile(&self, r: pb::CompileRequest) -> Result<pb::PolicyVersion, ServiceError> {
+    pub async fn compile(&self, r: CompileRequest) -> Result<PolicyVersion> {
         validate_namespace("namespace", &r.namespace)?;
-        let template = if r.instructions_template.trim().is_empty() {
-            self.defaults.instructions_template.clone()
-        } else {
-            r.instructions_template
-        };
+        let template = r
+            .instructions_template
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or_else(|| self.defaults.instructions_template.clone());
         if template.len() > MAX_TEMPLATE {
-            return Err(ServiceError::invalid(
+            return Err(InvalidInput::new(
                 "instructions_template",
                 format!("{} bytes is more than {MAX_TEMPLATE}", template.len()),
-            ));
+            )
+            .into());
         }
-        if r.exemplars_k > 20 {
-            return Err(ServiceError::invalid("exemplars_k", "must be at most 20"));
+        if r.exemplars_k.is_some_and(|k| k > 20) {
+            return Err(InvalidInput::new("exemplars_k", "must be at most 20").into());
         }
-        let min_stage = stage_name(r.min_stage, &self.defaults.min_stage)?;
-        let k = if r.exemplars_k == 0 {
-            self.defaults.exemplars_k
-        } else {
-            r.exemplars_k
-        };
-        let budget = if r.token_budget == 0 {
-            self.defaults.token_budget
-        } else {
-            r.token_budget
-        };
+        let min_stage = r.min_stage.unwrap_or(self.defaults.min_stage);
+        if min_stage == Stage::Quarantined {
+            return Err(InvalidInput::new(
+                "min_stage",
+                "quarantined bullets are never used by a policy",
+            )
+            .into());
+        }
+        let k = r
+            .exemplars_k
+            .filter(|k| *k > 0)
+            .unwrap_or(self.defaults.exemplars_k);
+        let budget = r
+            .token_budget
+            .filter(|b| *b > 0)
+            .unwrap_or(self.defaults.token_budget);
         // Versions count up per namespace; two compiles racing retry on the key conflict.
-        for _ in 0..5 {
-            let latest = self.latest(&r.namespace).await?;
-            let version = latest.map(|m| m.version).unwrap_or(0) + 1;
-            let m = policy::ActiveModel {
-                namespace: Set(r.namespace.clone()),
-                version: Set(version),
-                instructions_template: Set(template.clone()),
-                exemplars_k: Set(k as i32),
-                min_stage: Set(min_stage.clone()),
-                token_budget: Set(budget as i32),
-                created_at: Set(Utc::now()),
+        for _ in 0..COMPILE_ATTEMPTS {
+            let latest = self.store.latest_policy(&r.namespace).await?;
+            let p = PolicyVersion {
+                namespace: r.namespace.clone(),
+                version: latest.map(|m| m.version).unwrap_or(0) + 1,
+                instructions_template: template.clone(),
+                exemplars_k: k,
+                min_stage,
+                token_budget: budget,
+                created_at: Utc::now(),
             };
-            match m.insert(self.store.connection()).await {
-                Ok(m) => return Ok(to_pb(&m)),
-                Err(e)
-                    if e.to_string().to_lowercase().contains("unique")
-                        || e.to_string().contains("duplicate") =>
-                {
-                    continue;
-                }
+            match self.store.insert_policy(&p).await {
+                Ok(p) => return Ok(p),
+                Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ServiceError::Unavailable(
-            "policy version contention; retry".into(),
-        ))
+        Err(PolicyError::Contention)
     }
 
-    async fn latest(&self, ns: &str) -> Result<Option<policy::Model>, ServiceError> {
-        Ok(policy::Entity::find()
-            .filter(policy::Column::Namespace.eq(ns))
-            .order_by_desc(policy::Column::Version)
-            .one(self.store.connection())
-            .await?)
-    }
-
-    pub async fn get(&self, ns: &str, version: &str) -> Result<policy::Model, ServiceError> {
+    /// The given version, or the latest when `None`.
+    pub async fn get(&self, ns: &str, version: Option<i64>) -> Result<PolicyVersion> {
         validate_namespace("namespace", ns)?;
-        let found = if version.trim().is_empty() {
-            self.latest(ns).await?
-        } else {
-            let v: i64 = version.trim().parse().map_err(|_| {
-                ServiceError::invalid(
-                    "version",
-                    format!("{version:?} is not a policy version number"),
-                )
-            })?;
-            policy::Entity::find_by_id((ns.to_owned(), v))
-                .one(self.store.connection())
+        match version {
+            None => self
+                .store
+                .latest_policy(ns)
                 .await?
-        };
-        found.ok_or_else(|| {
-            if version.trim().is_empty() {
-                ServiceError::FailedPrecondition(format!(
-                    "namespace {ns} has no compiled policy: train it or call Compile"
-                ))
-            } else {
-                ServiceError::NotFound(format!("policy {ns} version {version} not found"))
-            }
-        })
+                .ok_or_else(|| PolicyError::Untrained(ns.to_owned())),
+            Some(v) => self
+                .store
+                .policy(ns, v)
+                .await?
+                .ok_or_else(|| PolicyError::NoSuchVersion {
+                    ns: ns.to_owned(),
+                    version: v,
+                }),
+        }
     }
 
-    pub async fn decide(&self, r: pb::DecideRequest) -> Result<pb::Decision, ServiceError> {
+    fn check_decide(r: &DecideRequest) -> Result<()> {
         validate_namespace("namespace", &r.namespace)?;
         if r.state.trim().is_empty() {
-            return Err(ServiceError::invalid("state", "must not be empty"));
+            return Err(InvalidInput::new("state", "must not be empty").into());
         }
         if r.state.len() > MAX_STATE {
-            return Err(ServiceError::invalid(
-                "state",
-                format!("more than {MAX_STATE} bytes"),
-            ));
+            return Err(InvalidInput::new("state", format!("more than {MAX_STATE} bytes")).into());
         }
         if r.valid_actions.len() > MAX_ACTIONS {
-            return Err(ServiceError::invalid(
-                "valid_actions",
-                format!("more than {MAX_ACTIONS}"),
-            ));
+            return Err(
+                InvalidInput::new("valid_actions", format!("more than {MAX_ACTIONS}")).into(),
+            );
         }
         if let Some(i) = r.valid_actions.iter().position(|a| a.trim().is_empty()) {
-            return Err(ServiceError::invalid(
-                format!("valid_actions[{i}]"),
-                "must not be empty",
-            ));
+            return Err(
+                InvalidInput::new(format!("valid_actions[{i}]"), "must not be empty").into(),
+            );
         }
-        let p = self.get(&r.namespace, &r.policy_version).await?;
-        let vector = self
-            .transitions
-            .embedder()
-            .embed(vec![r.state.clone()])
-            .await?
-            .pop()
-            .ok_or_else(|| ServiceError::internal("embedder returned no vector"))?;
+        Ok(())
+    }
+
+    pub async fn decide(&self, r: DecideRequest) -> Result<Decision> {
+        Self::check_decide(&r)?;
+        let p = self.get(&r.namespace, r.policy_version).await?;
+        let vector = self.transitions.embed_one(&r.state).await?;
         let exemplars = self
             .transitions
-            .nearest(
-                &r.namespace,
-                vector,
-                p.exemplars_k.max(0) as usize,
-                None,
-                None,
-            )
+            .nearest(&r.namespace, vector, p.exemplars_k as usize, None, None)
             .await?;
         let candidates: Vec<String> = if r.valid_actions.is_empty() {
             exemplars
@@ -257,25 +223,20 @@ impl Policy {
             r.valid_actions.clone()
         };
         if candidates.is_empty() {
-            return Err(ServiceError::invalid(
+            return Err(InvalidInput::new(
                 "valid_actions",
                 "empty, and the namespace has no exemplars to take actions from",
-            ));
+            )
+            .into());
         }
         let playbook = self
             .curator
-            .clone()
-            .render_context(pb::RenderContextRequest {
-                namespace: r.namespace.clone(),
-                state: r.state.clone(),
-                token_budget: p.token_budget.max(1) as u32,
-                min_stage: stage_pb(&p.min_stage) as i32,
-            })
+            .render_context(&r.namespace, &r.state, p.token_budget.max(1), p.min_stage)
             .await
-            .map_err(|s| {
-                ServiceError::Unavailable(format!("curator RenderContext: {}", s.message()))
-            })?
-            .into_inner();
+            .map_err(|source| PolicyError::Curator {
+                what: "RenderContext",
+                source,
+            })?;
         let exemplar_text = if exemplars.is_empty() {
             "(none)".to_owned()
         } else {
@@ -306,7 +267,15 @@ impl Policy {
             .choose(&[Message::user(prompt)], &candidates)
             .await
         {
-            Ok(c) => (c.option, c.reasoning, false, c.usage),
+            Ok(c) => (
+                c.option,
+                c.reasoning,
+                false,
+                TokenUsage {
+                    prompt_tokens: c.usage.prompt_tokens,
+                    completion_tokens: c.usage.completion_tokens,
+                },
+            ),
             Err(LlmError::InvalidOutput(why) | LlmError::Malformed(why)) => {
                 let nearest = exemplars
                     .iter()
@@ -319,143 +288,131 @@ impl Policy {
                         "fallback to the nearest exemplar's action: the model's answer was unusable ({why})"
                     ),
                     true,
-                    Default::default(),
+                    TokenUsage::default(),
                 )
             }
-            Err(e) => return Err(ServiceError::Unavailable(format!("model: {e}"))),
+            Err(e) => return Err(PolicyError::Model(e)),
         };
-        let id = Uuid::new_v4();
-        let exemplar_ids: Vec<String> = exemplars.iter().map(|e| e.id.to_string()).collect();
-        decision::ActiveModel {
-            id: Set(id.to_string()),
-            namespace: Set(r.namespace.clone()),
-            policy_version: Set(p.version),
-            state: Set(r.state.clone()),
-            action: Set(action.clone()),
-            reasoning: Set(reasoning.clone()),
-            bullet_ids: Set(
-                serde_json::to_string(&playbook.bullet_ids).unwrap_or_else(|_| "[]".into())
-            ),
-            exemplar_ids: Set(serde_json::to_string(&exemplar_ids).unwrap_or_else(|_| "[]".into())),
-            fallback: Set(fallback),
-            created_at: Set(Utc::now()),
-        }
-        .insert(self.store.connection())
-        .await?;
-        Ok(pb::Decision {
-            decision_id: id.to_string(),
+        let record = DecisionRecord {
+            id: Uuid::new_v4().to_string(),
+            namespace: r.namespace.clone(),
+            policy_version: p.version,
+            state: r.state.clone(),
             action,
             reasoning,
             bullet_ids: playbook.bullet_ids,
-            policy_version: p.version.to_string(),
-            exemplar_ids,
+            exemplar_ids: exemplars.iter().map(|e| e.id.to_string()).collect(),
             fallback,
-            usage: Some(pb::TokenUsage {
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-            }),
+            created_at: Utc::now(),
+        };
+        self.store.insert_decision(&record).await?;
+        Ok(Decision {
+            decision_id: record.id,
+            action: record.action,
+            reasoning: record.reasoning,
+            bullet_ids: record.bullet_ids,
+            policy_version: record.policy_version,
+            exemplar_ids: record.exemplar_ids,
+            fallback,
+            usage,
         })
     }
 
     /// Credits (or blames) the bullets a decision used; once per decision.
-    pub async fn feedback(&self, r: pb::FeedbackRequest) -> Result<Vec<String>, ServiceError> {
-        validate_namespace("namespace", &r.namespace)?;
-        if r.decision_id.trim().is_empty() {
-            return Err(ServiceError::invalid("decision_id", "must not be empty"));
+    pub async fn feedback(
+        &self,
+        ns: &str,
+        decision_id: &str,
+        helpful: bool,
+    ) -> Result<Vec<String>> {
+        validate_namespace("namespace", ns)?;
+        if decision_id.trim().is_empty() {
+            return Err(InvalidInput::new("decision_id", "must not be empty").into());
         }
-        let d = decision::Entity::find_by_id(r.decision_id.clone())
-            .one(self.store.connection())
+        let d = self
+            .store
+            .decision(decision_id)
             .await?
-            .filter(|d| d.namespace == r.namespace)
-            .ok_or_else(|| {
-                ServiceError::NotFound(format!("decision {} not found", r.decision_id))
-            })?;
-        let bullets: Vec<String> = serde_json::from_str(&d.bullet_ids).unwrap_or_default();
-        if bullets.is_empty() {
-            return Ok(bullets);
+            .filter(|d| d.namespace == ns)
+            .ok_or_else(|| PolicyError::NoSuchDecision(decision_id.to_owned()))?;
+        if d.bullet_ids.is_empty() {
+            return Ok(d.bullet_ids);
         }
-        let (helpful, harmful) = if r.helpful { (1, 0) } else { (0, 1) };
-        self.curator
-            .clone()
-            .record_feedback(pb::RecordFeedbackRequest {
-                namespace: r.namespace,
-                feedback: bullets
-                    .iter()
-                    .map(|b| pb::BulletFeedback {
-                        bullet_id: b.clone(),
-                        helpful,
-                        harmful,
-                    })
-                    .collect(),
-                // One vote per decision, however often the caller retries.
-                feedback_id: format!("decision:{}", d.id),
+        let (helpful, harmful) = if helpful { (1, 0) } else { (0, 1) };
+        let items = d
+            .bullet_ids
+            .iter()
+            .map(|b| FeedbackItem {
+                bullet_id: b.clone(),
+                helpful,
+                harmful,
             })
+            .collect();
+        // One vote per decision, however often the caller retries.
+        self.curator
+            .record_feedback(ns, &format!("decision:{}", d.id), items)
             .await
-            .map_err(ServiceError::from)?;
-        Ok(bullets)
-    }
-
-    pub fn mount(self: &Arc<Self>, server: &mut GrpcServer) {
-        let max = server.limits().max_message_bytes;
-        server.routes_mut().add_service(
-            PolicyServer::new(PolicyService(self.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        );
-        server.track(service_names::POLICY);
+            .map_err(|source| PolicyError::Curator {
+                what: "RecordFeedback",
+                source,
+            })?;
+        Ok(d.bullet_ids)
     }
 }
 
-pub struct PolicyService(pub Arc<Policy>);
-
-#[tonic::async_trait]
-impl PolicyRpc for PolicyService {
-    async fn compile(
-        &self,
-        req: Request<pb::CompileRequest>,
-    ) -> Result<Response<pb::PolicyVersion>, Status> {
-        Ok(Response::new(self.0.compile(req.into_inner()).await?))
+#[async_trait]
+impl PolicyApi for Policy {
+    async fn compile(&self, req: CompileRequest) -> Result<PolicyVersion, ApiError> {
+        Ok(Policy::compile(self, req).await?)
     }
 
-    async fn decide(
-        &self,
-        req: Request<pb::DecideRequest>,
-    ) -> Result<Response<pb::Decision>, Status> {
-        Ok(Response::new(self.0.decide(req.into_inner()).await?))
+    async fn decide(&self, req: DecideRequest) -> Result<Decision, ApiError> {
+        Ok(Policy::decide(self, req).await?)
     }
 
     async fn feedback(
         &self,
-        req: Request<pb::FeedbackRequest>,
-    ) -> Result<Response<pb::FeedbackResponse>, Status> {
-        let bullet_ids = self.0.feedback(req.into_inner()).await?;
-        Ok(Response::new(pb::FeedbackResponse { bullet_ids }))
+        ns: &str,
+        decision_id: &str,
+        helpful: bool,
+    ) -> Result<Vec<String>, ApiError> {
+        Ok(Policy::feedback(self, ns, decision_id, helpful).await?)
     }
 
-    async fn get_policy(
-        &self,
-        req: Request<pb::GetPolicyRequest>,
-    ) -> Result<Response<pb::PolicyVersion>, Status> {
-        let r = req.into_inner();
-        Ok(Response::new(to_pb(
-            &self.0.get(&r.namespace, &r.version).await?,
-        )))
+    async fn get_policy(&self, ns: &str, version: Option<i64>) -> Result<PolicyVersion, ApiError> {
+        Ok(self.get(ns, version).await?)
     }
 }
 
-/// Serves the policy alone (the standalone `policy` binary); the Curator is reached at
-/// `services.curator`.
-pub async fn serve(
-    settings: Settings,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let backends = agent_learning_runtime::open_backends(&settings).await?;
-    let model = agent_learning_llm::open_chat_model(&settings)?;
-    let peers = agent_learning_runtime::Peers::new(&settings, listener.local_addr()?)?;
-    let policy = Policy::open(&settings, &backends, model, peers.curator).await?;
-    let mut server = GrpcServer::new(agent_learning_runtime::limits(&settings))?;
-    policy.mount(&mut server);
-    agent_learning_runtime::serving_when_store_answers(&server, backends.store.clone());
-    agent_learning_runtime::serve_until(server, listener, shutdown, Default::default()).await
+impl Service for Policy {
+    const NAME: &'static str = "policy";
+
+    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+        let s = ctx.settings();
+        let store = ctx.store().await?;
+        let transitions = Transitions::new(
+            store.clone(),
+            ctx.index().await?,
+            ctx.embedder().await?,
+            &s.vector.collection_prefix,
+        );
+        transitions.start().await?;
+        Ok(Arc::new(Self::new(
+            store,
+            transitions,
+            ctx.model().await?,
+            ctx.peers().curator.clone(),
+            s.policy.clone(),
+        )))
+    }
+
+    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
+        grpc::mount(self.clone(), server);
+        let store = self.store.clone();
+        ctx.ready_when(move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        });
+        Ok(())
+    }
 }

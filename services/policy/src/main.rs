@@ -2,10 +2,8 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    agent_learning_runtime::run_standalone(
-        "policy",
+    agent_learning_runtime::run_standalone::<agent_learning_policy::Policy>(
         "agent-learning policy service (Compile, Decide, Feedback over gRPC)",
-        agent_learning_policy::serve,
     )
     .await
 }

@@ -5,27 +5,56 @@
 //! number of replicas share the work; a reflection's id is its branch point's id, so an entry
 //! delivered twice (a crashed replica's, claimed by another) is reflected once.
 
+pub mod grpc;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_learning_config::Settings;
-use agent_learning_domain::{clip_bytes, validate_namespace};
+use agent_learning_api::{ApiError, ReflectRequest, ReflectorApi};
+use agent_learning_domain::{
+    InvalidInput, Reflection, RolloutGroup, RolloutSource, TokenUsage, clip_bytes,
+    validate_namespace,
+};
 use agent_learning_llm::{ChatModel, LlmError, Message, prompts};
-use agent_learning_proto::service_names;
+use agent_learning_proto::convert::{group_from_pb, reflection_to_pb};
 use agent_learning_proto::v1 as pb;
-use agent_learning_proto::v1::reflector_server::{Reflector as ReflectorRpc, ReflectorServer};
-use agent_learning_queue::{ConsumerOptions, Queue, consume, streams};
-use agent_learning_runtime::ServiceError;
+use agent_learning_queue::{ConsumerOptions, Queue, QueueError, consume, streams};
+use agent_learning_runtime::{Context, Service, consumer_name};
 use agent_learning_server::GrpcServer;
-use agent_learning_store::Store;
-use agent_learning_store::entity::reflection;
-use chrono::Utc;
+use agent_learning_store::{Outbox, Store, StoreError};
+use async_trait::async_trait;
 use prost::Message as _;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReflectorError {
+    #[error("invalid argument: {0}")]
+    Invalid(#[from] InvalidInput),
+    #[error("model: {0}")]
+    Model(#[source] LlmError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl From<ReflectorError> for ApiError {
+    fn from(e: ReflectorError) -> Self {
+        match e {
+            ReflectorError::Invalid(i) => ApiError::Invalid(i),
+            ReflectorError::Model(m) => ApiError::unavailable("model", m),
+            ReflectorError::Queue(q) => ApiError::unavailable("reflections stream", q),
+            ReflectorError::Store(s) => ApiError::internal("reflector record", s),
+        }
+    }
+}
+
+type Result<T, E = ReflectorError> = std::result::Result<T, E>;
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ReflectorError {
+    InvalidInput::new(field, reason).into()
+}
 
 pub const SECTIONS: [&str; 4] = ["Situation", "Evaluation", "Alternatives", "Conclusion"];
 const DIRECT_NS: Uuid = Uuid::from_u128(0x1d4b_77e0_3a9f_4e21_b5c8_0f6e_2a3d_9c17);
@@ -33,6 +62,7 @@ const DIRECT_NS: Uuid = Uuid::from_u128(0x1d4b_77e0_3a9f_4e21_b5c8_0f6e_2a3d_9c1
 const STATE_IN_PROMPT: usize = 1500;
 const MAX_ALTERNATIVES: usize = 32;
 
+#[derive(Clone)]
 pub struct Reflector {
     store: Store,
     queue: Arc<dyn Queue>,
@@ -107,25 +137,6 @@ fn section(sections: &[(String, String)], name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn to_pb(m: &reflection::Model) -> pb::Reflection {
-    pb::Reflection {
-        id: m.id.clone(),
-        namespace: m.namespace.clone(),
-        situation: m.situation.clone(),
-        evaluation: m.evaluation.clone(),
-        alternatives: m.alternatives.clone(),
-        conclusion: m.conclusion.clone(),
-        valid: m.valid,
-        rollout_ids: serde_json::from_str(&m.rollout_ids).unwrap_or_default(),
-        usage: Some(pb::TokenUsage {
-            prompt_tokens: m.prompt_tokens.max(0) as u64,
-            completion_tokens: m.completion_tokens.max(0) as u64,
-        }),
-        run_id: m.run_id.clone(),
-        problem: m.problem.clone(),
-    }
-}
-
 impl Reflector {
     pub fn new(
         store: Store,
@@ -143,82 +154,40 @@ impl Reflector {
 
     /// The reflection of a branch point: the stored one if it exists (published if it was not
     /// yet), else a new one, stored and published.
-    pub async fn reflect_group(
-        &self,
-        g: &pb::RolloutGroup,
-    ) -> Result<pb::Reflection, ServiceError> {
+    pub async fn reflect_group(&self, g: &RolloutGroup) -> Result<Reflection> {
         validate_namespace("namespace", &g.namespace)?;
         if g.id.trim().is_empty() {
-            return Err(ServiceError::invalid("id", "must not be empty"));
+            return Err(invalid("id", "must not be empty"));
         }
-        if let Some(existing) = reflection::Entity::find_by_id(g.id.clone())
-            .one(self.store.connection())
-            .await?
-        {
-            let r = to_pb(&existing);
-            if !existing.published {
-                self.publish(&r).await?;
-            }
-            return Ok(r);
-        }
-        let r = self.write(g).await?;
-        let model = reflection::ActiveModel {
-            id: Set(r.id.clone()),
-            namespace: Set(r.namespace.clone()),
-            run_id: Set(r.run_id.clone()),
-            situation: Set(r.situation.clone()),
-            evaluation: Set(r.evaluation.clone()),
-            alternatives: Set(r.alternatives.clone()),
-            conclusion: Set(r.conclusion.clone()),
-            valid: Set(r.valid),
-            problem: Set(r.problem.clone()),
-            rollout_ids: Set(serde_json::to_string(&r.rollout_ids).unwrap_or_else(|_| "[]".into())),
-            prompt_tokens: Set(r.usage.map(|u| u.prompt_tokens as i64).unwrap_or(0)),
-            completion_tokens: Set(r.usage.map(|u| u.completion_tokens as i64).unwrap_or(0)),
-            published: Set(false),
-            created_at: Set(Utc::now()),
+        let stored = match self.store.reflection(&g.id).await? {
+            Some(existing) => existing,
+            // Two replicas may have raced on the same entry: the first insert wins.
+            None => self.store.insert_reflection(&self.write(g).await?).await?,
         };
-        // Two replicas may have raced on the same entry: the first insert wins, the second
-        // changes nothing.
-        reflection::Entity::insert(model)
-            .on_conflict(
-                OnConflict::column(reflection::Column::Id)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(self.store.connection())
-            .await?;
-        let stored = reflection::Entity::find_by_id(r.id.clone())
-            .one(self.store.connection())
-            .await?
-            .ok_or_else(|| ServiceError::internal("reflection vanished after insert"))?;
-        let r = to_pb(&stored);
-        if !stored.published {
-            self.publish(&r).await?;
-        }
-        Ok(r)
+        self.publish(&stored).await?;
+        Ok(stored)
     }
 
-    async fn publish(&self, r: &pb::Reflection) -> Result<(), ServiceError> {
-        if r.valid {
-            self.queue
-                .publish(streams::REFLECTIONS, &r.id, &r.encode_to_vec())
-                .await?;
-        }
-        reflection::ActiveModel {
-            id: Set(r.id.clone()),
-            published: Set(true),
-            ..Default::default()
-        }
-        .update(self.store.connection())
-        .await?;
+    /// Valid reflections go to the reflections stream, once.
+    async fn publish(&self, r: &Reflection) -> Result<()> {
+        self.store
+            .publish_once(Outbox::Reflection(&r.id), || async {
+                if r.valid {
+                    let payload = reflection_to_pb(r.clone()).encode_to_vec();
+                    self.queue
+                        .publish(streams::REFLECTIONS, &r.id, &payload)
+                        .await?;
+                }
+                Ok::<(), ReflectorError>(())
+            })
+            .await?;
         Ok(())
     }
 
     /// Asks the model; a model whose output stays unusable gives an invalid reflection (kept,
     /// counted, never curated); a model that cannot be reached is an error (retried).
-    async fn write(&self, g: &pb::RolloutGroup) -> Result<pb::Reflection, ServiceError> {
-        let alternatives: Vec<&pb::Rollout> = g
+    async fn write(&self, g: &RolloutGroup) -> Result<Reflection> {
+        let alternatives: Vec<&agent_learning_domain::Rollout> = g
             .rollouts
             .iter()
             .filter(|r| r.action != g.expert_action)
@@ -229,7 +198,7 @@ impl Reflector {
             alternatives
                 .iter()
                 .map(|r| {
-                    let how = if r.source == pb::RolloutSource::WorldModel as i32 {
+                    let how = if r.source == RolloutSource::WorldModel {
                         "predicted by the world model"
                     } else {
                         "observed"
@@ -257,7 +226,7 @@ impl Reflector {
             ],
         );
         let rollout_ids: Vec<String> = g.rollouts.iter().map(|r| r.id.clone()).collect();
-        let mut r = pb::Reflection {
+        let mut r = Reflection {
             id: g.id.clone(),
             namespace: g.namespace.clone(),
             run_id: g.run_id.clone(),
@@ -275,10 +244,10 @@ impl Reflector {
                 r.evaluation = section(&s.sections, "Evaluation");
                 r.alternatives = section(&s.sections, "Alternatives");
                 r.conclusion = section(&s.sections, "Conclusion");
-                r.usage = Some(pb::TokenUsage {
+                r.usage = TokenUsage {
                     prompt_tokens: s.usage.prompt_tokens,
                     completion_tokens: s.usage.completion_tokens,
-                });
+                };
                 let instructions = format!("{}\n{}", prompts::REFLECT.text, prompts::SECTIONS.text);
                 match check_structure(&s.sections, self.max_chars)
                     .and_then(|()| check_content(&s.sections, &instructions))
@@ -293,7 +262,7 @@ impl Reflector {
             Err(LlmError::InvalidRequest(p)) => {
                 r.problem = format!("the branch point could not be put to the model: {p}");
             }
-            Err(e) => return Err(ServiceError::unavailable(e)),
+            Err(e) => return Err(ReflectorError::Model(e)),
         }
         if !r.valid {
             tracing::warn!(reflection = %r.id, problem = %r.problem, "invalid reflection");
@@ -302,16 +271,16 @@ impl Reflector {
     }
 
     /// The direct Reflect RPC: the same reflection path, keyed by the request's content.
-    pub async fn reflect(&self, req: pb::ReflectRequest) -> Result<pb::Reflection, ServiceError> {
+    pub async fn reflect(&self, req: ReflectRequest) -> Result<Reflection> {
         validate_namespace("namespace", &req.namespace)?;
         if req.state.trim().is_empty() {
-            return Err(ServiceError::invalid("state", "must not be empty"));
+            return Err(invalid("state", "must not be empty"));
         }
         if req.expert_action.trim().is_empty() {
-            return Err(ServiceError::invalid("expert_action", "must not be empty"));
+            return Err(invalid("expert_action", "must not be empty"));
         }
         if req.alternatives.len() > MAX_ALTERNATIVES {
-            return Err(ServiceError::invalid(
+            return Err(invalid(
                 "alternatives",
                 format!("at most {MAX_ALTERNATIVES}"),
             ));
@@ -327,7 +296,7 @@ impl Reflector {
             key.push_str(&a.next_state);
         }
         let id = Uuid::new_v5(&DIRECT_NS, key.as_bytes()).to_string();
-        let g = pb::RolloutGroup {
+        let g = RolloutGroup {
             id,
             namespace: req.namespace,
             run_id: String::new(),
@@ -343,108 +312,98 @@ impl Reflector {
 
     /// Runs `n` consumers of the rollouts stream until `shutdown`.
     pub fn spawn_consumers(
-        self: &Arc<Self>,
+        &self,
+        ctx: &Context,
         n: u32,
         consumer: &str,
         block: Duration,
         shutdown: CancellationToken,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..n)
-            .map(|i| {
-                let me = self.clone();
-                let opts = ConsumerOptions {
-                    stream: streams::ROLLOUTS.into(),
-                    group: streams::REFLECTORS.into(),
-                    consumer: format!("{consumer}-{i}"),
-                    batch: 1,
-                    block,
-                };
-                let queue = self.queue.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    consume(queue, opts, shutdown, move |d| {
-                        let me = me.clone();
-                        async move {
-                            let g = match pb::RolloutGroup::decode(d.payload.as_slice()) {
-                                Ok(g) => g,
-                                Err(e) => {
-                                    tracing::warn!(key = %d.key, error = %e, "rollouts entry is not a RolloutGroup; skipped");
-                                    return Ok(());
-                                }
-                            };
-                            match me.reflect_group(&g).await {
-                                Ok(r) => {
-                                    tracing::info!(reflection = %r.id, valid = r.valid, deliveries = d.deliveries, "reflected");
-                                    Ok(())
-                                }
-                                Err(ServiceError::Invalid(e)) => {
-                                    tracing::warn!(key = %d.key, error = %e, "rollout group rejected; skipped");
-                                    Ok(())
-                                }
-                                Err(e) => Err(anyhow::anyhow!(e)),
-                            }
+    ) {
+        for i in 0..n {
+            let me = self.clone();
+            let opts = ConsumerOptions {
+                stream: streams::ROLLOUTS.into(),
+                group: streams::REFLECTORS.into(),
+                consumer: format!("{consumer}-{i}"),
+                batch: 1,
+                block,
+            };
+            let queue = self.queue.clone();
+            let shutdown = shutdown.clone();
+            ctx.spawn_worker(consume(queue, opts, shutdown, move |d| {
+                let me = me.clone();
+                async move {
+                    let g = match pb::RolloutGroup::decode(d.payload.as_slice())
+                        .map_err(|e| e.to_string())
+                        .and_then(|g| group_from_pb(g).map_err(|e| e.to_string()))
+                    {
+                        Ok(g) => g,
+                        Err(e) => {
+                            tracing::warn!(key = %d.key, error = %e, "rollouts entry is not a RolloutGroup; skipped");
+                            return Ok(());
                         }
-                    })
-                    .await
-                })
-            })
-            .collect()
+                    };
+                    match me.reflect_group(&g).await {
+                        Ok(r) => {
+                            tracing::info!(reflection = %r.id, valid = r.valid, deliveries = d.deliveries, "reflected");
+                            Ok(())
+                        }
+                        Err(ReflectorError::Invalid(e)) => {
+                            tracing::warn!(key = %d.key, error = %e, "rollout group rejected; skipped");
+                            Ok(())
+                        }
+                        Err(e) => Err(anyhow::anyhow!(e)),
+                    }
+                }
+            }));
+        }
+    }
+}
+
+#[async_trait]
+impl ReflectorApi for Reflector {
+    async fn reflect(&self, req: ReflectRequest) -> Result<Reflection, ApiError> {
+        Ok(Reflector::reflect(self, req).await?)
+    }
+}
+
+impl Service for Reflector {
+    const NAME: &'static str = "reflector";
+
+    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self::new(
+            ctx.store().await?,
+            ctx.queue().await?,
+            ctx.model().await?,
+            ctx.settings().pipeline.reflection_max_chars,
+        )))
     }
 
-    pub fn mount(self: &Arc<Self>, server: &mut GrpcServer) {
-        let max = server.limits().max_message_bytes;
-        server.routes_mut().add_service(
-            ReflectorServer::new(ReflectorService(self.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+    /// The Reflect RPC and `pipeline.reflectors` consumers of the rollouts stream (none
+    /// when 0: reflectors then run as their own processes).
+    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
+        grpc::mount(self.clone(), server);
+        let s = ctx.settings();
+        // A reflector process of its own always consumes; in a shared server 0 means none.
+        let n = if ctx.standalone() {
+            s.pipeline.reflectors.max(1)
+        } else {
+            s.pipeline.reflectors
+        };
+        self.spawn_consumers(
+            ctx,
+            n,
+            &consumer_name("reflector"),
+            Duration::from_millis(s.queue.block_ms),
+            ctx.stop_token(),
         );
-        server.track(service_names::REFLECTOR);
+        let store = self.store.clone();
+        ctx.ready_when(move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        });
+        Ok(())
     }
-}
-
-pub struct ReflectorService(pub Arc<Reflector>);
-
-#[tonic::async_trait]
-impl ReflectorRpc for ReflectorService {
-    async fn reflect(
-        &self,
-        req: Request<pb::ReflectRequest>,
-    ) -> Result<Response<pb::Reflection>, Status> {
-        Ok(Response::new(self.0.reflect(req.into_inner()).await?))
-    }
-}
-
-/// Serves the reflector alone (the standalone `reflector` binary): the Reflect RPC and
-/// `pipeline.reflectors` consumers of the rollouts stream.
-pub async fn serve(
-    settings: Settings,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let store = agent_learning_runtime::open_store(&settings).await?;
-    let queue = agent_learning_runtime::open_queue(&settings, &store).await?;
-    let model = agent_learning_llm::open_chat_model(&settings)?;
-    let reflector = Arc::new(Reflector::new(
-        store.clone(),
-        queue,
-        model,
-        settings.pipeline.reflection_max_chars,
-    ));
-    let mut server = GrpcServer::new(agent_learning_runtime::limits(&settings))?;
-    reflector.mount(&mut server);
-    let stop = CancellationToken::new();
-    let workers = reflector.spawn_consumers(
-        settings.pipeline.reflectors.max(1),
-        &agent_learning_runtime::consumer_name("reflector"),
-        Duration::from_millis(settings.queue.block_ms),
-        stop.clone(),
-    );
-    agent_learning_runtime::serving_when_store_answers(&server, store);
-    let served = agent_learning_runtime::serve_until(server, listener, shutdown, stop).await;
-    for w in workers {
-        let _ = w.await;
-    }
-    served
 }
 
 #[cfg(test)]

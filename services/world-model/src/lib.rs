@@ -4,22 +4,18 @@
 //! answered from the record, without the model); `Evaluate` measures predictions against
 //! held-out transitions by exact match and embedding similarity.
 
-pub mod transitions;
+pub mod grpc;
 
 use std::sync::Arc;
 
-use agent_learning_config::Settings;
-use agent_learning_domain::validate_namespace;
+use agent_learning_api::{Accuracy, ApiError, FitReport, Neighbour, Prediction, WorldModelApi};
+use agent_learning_domain::{InvalidInput, TokenUsage, Transition, validate_namespace};
 use agent_learning_embed::cosine;
-use agent_learning_llm::{ChatModel, ChatParams, Message, Usage, prompts};
-use agent_learning_proto::service_names;
-use agent_learning_proto::v1 as pb;
-use agent_learning_proto::v1::world_model_server::{WorldModel as WorldModelRpc, WorldModelServer};
-use agent_learning_runtime::{Backends, ServiceError};
+use agent_learning_llm::{ChatModel, ChatParams, LlmError, Message, prompts};
+use agent_learning_runtime::{Context, Service};
 use agent_learning_server::GrpcServer;
-use tonic::{Request, Response, Status};
-
-pub use transitions::{Found, NewTransition, Transitions, transition_id};
+use agent_learning_transitions::{Found, Transitions, TransitionsError};
+use async_trait::async_trait;
 
 /// Similarity at which a stored state counts as the same state.
 const SAME_STATE: f32 = 0.9995;
@@ -27,20 +23,39 @@ const MAX_TRANSITIONS: usize = 100_000;
 const MAX_TEXT: usize = 64 * 1024;
 const MAX_K: u32 = 50;
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Predicted {
-    pub next_state: String,
-    pub confidence: f32,
-    pub neighbours: Vec<Found>,
-    pub usage: Usage,
+#[derive(Debug, thiserror::Error)]
+pub enum WorldModelError {
+    #[error("invalid argument: {0}")]
+    Invalid(#[from] InvalidInput),
+    #[error("namespace {0} has no transitions: Fit the world model first")]
+    NoTransitions(String),
+    #[error(transparent)]
+    Transitions(#[from] TransitionsError),
+    #[error("model: {0}")]
+    Model(#[source] LlmError),
+    #[error("the model predicted an empty state")]
+    EmptyPrediction,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Accuracy {
-    pub evaluated: u64,
-    pub exact_match: f64,
-    pub mean_similarity: f64,
+impl From<WorldModelError> for ApiError {
+    fn from(e: WorldModelError) -> Self {
+        match e {
+            WorldModelError::Invalid(i) => ApiError::Invalid(i),
+            WorldModelError::NoTransitions(_) => ApiError::FailedPrecondition(e.to_string()),
+            WorldModelError::Transitions(TransitionsError::Store(s)) => {
+                ApiError::internal("world model record", s)
+            }
+            WorldModelError::Transitions(t) => ApiError::unavailable("world model index", t),
+            WorldModelError::Model(m) => ApiError::unavailable("world model", m),
+            WorldModelError::EmptyPrediction => ApiError::Unavailable {
+                message: e.to_string(),
+                source: None,
+            },
+        }
+    }
 }
+
+type Result<T, E = WorldModelError> = std::result::Result<T, E>;
 
 pub struct WorldModel {
     transitions: Transitions,
@@ -48,50 +63,51 @@ pub struct WorldModel {
     default_k: u32,
 }
 
-fn check_text(field: &str, s: &str) -> Result<(), ServiceError> {
+fn check_text(field: &str, s: &str) -> Result<()> {
     if s.trim().is_empty() {
-        return Err(ServiceError::invalid(field, "must not be empty"));
+        return Err(InvalidInput::new(field, "must not be empty").into());
     }
     if s.len() > MAX_TEXT {
-        return Err(ServiceError::invalid(
-            field,
-            format!("{} bytes is more than {MAX_TEXT}", s.len()),
-        ));
+        return Err(
+            InvalidInput::new(field, format!("{} bytes is more than {MAX_TEXT}", s.len())).into(),
+        );
     }
     Ok(())
 }
 
-fn check_transitions(
-    field: &str,
-    ts: &[pb::Transition],
-) -> Result<Vec<NewTransition>, ServiceError> {
+fn check_transitions(field: &str, ts: &[Transition]) -> Result<()> {
     if ts.is_empty() {
-        return Err(ServiceError::invalid(field, "must not be empty"));
+        return Err(InvalidInput::new(field, "must not be empty").into());
     }
     if ts.len() > MAX_TRANSITIONS {
-        return Err(ServiceError::invalid(
+        return Err(InvalidInput::new(
             field,
             format!("{} transitions is more than {MAX_TRANSITIONS}", ts.len()),
-        ));
+        )
+        .into());
     }
-    ts.iter()
-        .enumerate()
-        .map(|(i, t)| {
-            check_text(&format!("{field}[{i}].state"), &t.state)?;
-            check_text(&format!("{field}[{i}].action"), &t.action)?;
-            check_text(&format!("{field}[{i}].next_state"), &t.next_state)?;
-            Ok(NewTransition {
-                state: t.state.clone(),
-                action: t.action.clone(),
-                next_state: t.next_state.clone(),
-                done: t.done,
-            })
-        })
-        .collect()
+    for (i, t) in ts.iter().enumerate() {
+        check_text(&format!("{field}[{i}].state"), &t.state)?;
+        check_text(&format!("{field}[{i}].action"), &t.action)?;
+        check_text(&format!("{field}[{i}].next_state"), &t.next_state)?;
+    }
+    Ok(())
 }
 
 fn normalize(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn neighbour(f: Found) -> Neighbour {
+    Neighbour {
+        transition: Transition {
+            state: f.state,
+            action: f.action,
+            next_state: f.next_state,
+            done: f.done,
+        },
+        similarity: f.similarity,
+    }
 }
 
 impl WorldModel {
@@ -103,65 +119,27 @@ impl WorldModel {
         }
     }
 
-    pub async fn open(
-        settings: &Settings,
-        backends: &Backends,
-        model: Arc<dyn ChatModel>,
-    ) -> anyhow::Result<Arc<Self>> {
-        let t = Transitions::open(settings, backends)
-            .await
-            .map_err(|e| anyhow::anyhow!("world model start: {e}"))?;
-        Ok(Arc::new(Self::new(
-            t,
-            model,
-            settings.pipeline.world_model_k,
-        )))
-    }
-
-    pub fn transitions(&self) -> &Transitions {
-        &self.transitions
-    }
-
-    pub async fn fit(
-        &self,
-        ns: &str,
-        ts: &[pb::Transition],
-        source: &str,
-    ) -> Result<(u64, u64), ServiceError> {
+    pub async fn fit(&self, ns: &str, ts: &[Transition], source: &str) -> Result<FitReport> {
         validate_namespace("namespace", ns)?;
-        let items = check_transitions("transitions", ts)?;
+        check_transitions("transitions", ts)?;
         let source = if source.trim().is_empty() {
             "expert"
         } else {
             source
         };
-        self.transitions.add(ns, &items, source).await
+        let (stored, duplicates) = self.transitions.add(ns, ts, source).await?;
+        Ok(FitReport { stored, duplicates })
     }
 
-    pub async fn predict(
-        &self,
-        ns: &str,
-        state: &str,
-        action: &str,
-        k: u32,
-    ) -> Result<Predicted, ServiceError> {
+    pub async fn predict(&self, ns: &str, state: &str, action: &str, k: u32) -> Result<Prediction> {
         validate_namespace("namespace", ns)?;
         check_text("state", state)?;
         check_text("action", action)?;
         if k > MAX_K {
-            return Err(ServiceError::invalid(
-                "k",
-                format!("must be at most {MAX_K}"),
-            ));
+            return Err(InvalidInput::new("k", format!("must be at most {MAX_K}")).into());
         }
         let k = if k == 0 { self.default_k } else { k } as usize;
-        let vector = self
-            .transitions
-            .embedder()
-            .embed(vec![state.to_owned()])
-            .await?
-            .pop()
-            .ok_or_else(|| ServiceError::internal("embedder returned no vector"))?;
+        let vector = self.transitions.embed_one(state).await?;
         let mut neighbours = self
             .transitions
             .nearest(ns, vector.clone(), k, Some(action), None)
@@ -171,18 +149,16 @@ impl WorldModel {
             neighbours = self.transitions.nearest(ns, vector, k, None, None).await?;
         }
         let Some(top) = neighbours.first() else {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "namespace {ns} has no transitions: Fit the world model first"
-            )));
+            return Err(WorldModelError::NoTransitions(ns.to_owned()));
         };
         if top.action == action
             && (top.similarity >= SAME_STATE || normalize(&top.state) == normalize(state))
         {
-            return Ok(Predicted {
+            return Ok(Prediction {
                 next_state: top.next_state.clone(),
                 confidence: 1.0,
-                usage: Usage::default(),
-                neighbours,
+                usage: TokenUsage::default(),
+                neighbours: neighbours.into_iter().map(neighbour).collect(),
             });
         }
         let same_action: Vec<&Found> = neighbours.iter().filter(|n| n.action == action).collect();
@@ -216,31 +192,28 @@ impl WorldModel {
             .model
             .chat(&messages, &params)
             .await
-            .map_err(ServiceError::unavailable)?;
+            .map_err(WorldModelError::Model)?;
         let next_state = completion.text.trim().to_owned();
         if next_state.is_empty() {
-            return Err(ServiceError::Unavailable(
-                "the model predicted an empty state".into(),
-            ));
+            return Err(WorldModelError::EmptyPrediction);
         }
-        Ok(Predicted {
+        Ok(Prediction {
             next_state,
             confidence,
-            neighbours,
-            usage: completion.usage,
+            neighbours: neighbours.into_iter().map(neighbour).collect(),
+            usage: TokenUsage {
+                prompt_tokens: completion.usage.prompt_tokens,
+                completion_tokens: completion.usage.completion_tokens,
+            },
         })
     }
 
-    pub async fn evaluate(
-        &self,
-        ns: &str,
-        held_out: &[pb::Transition],
-    ) -> Result<Accuracy, ServiceError> {
+    pub async fn evaluate(&self, ns: &str, held_out: &[Transition]) -> Result<Accuracy> {
         validate_namespace("namespace", ns)?;
-        let items = check_transitions("held_out", held_out)?;
+        check_transitions("held_out", held_out)?;
         let mut exact = 0u64;
         let mut sims = 0f64;
-        for t in &items {
+        for t in held_out {
             let p = self.predict(ns, &t.state, &t.action, 0).await?;
             if normalize(&p.next_state) == normalize(&t.next_state) {
                 exact += 1;
@@ -249,99 +222,71 @@ impl WorldModel {
                 .transitions
                 .embedder()
                 .embed(vec![p.next_state, t.next_state.clone()])
-                .await?;
+                .await
+                .map_err(TransitionsError::from)?;
             sims += f64::from(cosine(&v[0], &v[1]));
         }
-        let n = items.len() as f64;
+        let n = held_out.len() as f64;
         Ok(Accuracy {
-            evaluated: items.len() as u64,
+            evaluated: held_out.len() as u64,
             exact_match: exact as f64 / n,
             mean_similarity: sims / n,
         })
     }
-
-    pub fn mount(self: &Arc<Self>, server: &mut GrpcServer) {
-        let max = server.limits().max_message_bytes;
-        server.routes_mut().add_service(
-            WorldModelServer::new(WorldModelService(self.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        );
-        server.track(service_names::WORLD_MODEL);
-    }
 }
 
-fn usage(u: Usage) -> pb::TokenUsage {
-    pb::TokenUsage {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-    }
-}
-
-pub struct WorldModelService(pub Arc<WorldModel>);
-
-#[tonic::async_trait]
-impl WorldModelRpc for WorldModelService {
-    async fn fit(&self, req: Request<pb::FitRequest>) -> Result<Response<pb::FitResponse>, Status> {
-        let r = req.into_inner();
-        let (stored, duplicates) = self.0.fit(&r.namespace, &r.transitions, &r.source).await?;
-        Ok(Response::new(pb::FitResponse { stored, duplicates }))
+#[async_trait]
+impl WorldModelApi for WorldModel {
+    async fn fit(
+        &self,
+        ns: &str,
+        transitions: Vec<Transition>,
+        source: &str,
+    ) -> Result<FitReport, ApiError> {
+        Ok(WorldModel::fit(self, ns, &transitions, source).await?)
     }
 
     async fn predict(
         &self,
-        req: Request<pb::PredictRequest>,
-    ) -> Result<Response<pb::Prediction>, Status> {
-        let r = req.into_inner();
-        let p = self
-            .0
-            .predict(&r.namespace, &r.state, &r.action, r.k)
-            .await?;
-        Ok(Response::new(pb::Prediction {
-            next_state: p.next_state,
-            confidence: p.confidence,
-            neighbours: p
-                .neighbours
-                .into_iter()
-                .map(|n| pb::Neighbour {
-                    transition: Some(pb::Transition {
-                        state: n.state,
-                        action: n.action,
-                        next_state: n.next_state,
-                        done: n.done,
-                    }),
-                    similarity: n.similarity,
-                })
-                .collect(),
-            usage: Some(usage(p.usage)),
-        }))
+        ns: &str,
+        state: &str,
+        action: &str,
+        k: u32,
+    ) -> Result<Prediction, ApiError> {
+        Ok(WorldModel::predict(self, ns, state, action, k).await?)
     }
 
-    async fn evaluate(
-        &self,
-        req: Request<pb::EvaluateRequest>,
-    ) -> Result<Response<pb::EvaluateResponse>, Status> {
-        let r = req.into_inner();
-        let a = self.0.evaluate(&r.namespace, &r.held_out).await?;
-        Ok(Response::new(pb::EvaluateResponse {
-            evaluated: a.evaluated,
-            exact_match: a.exact_match,
-            mean_similarity: a.mean_similarity,
-        }))
+    async fn evaluate(&self, ns: &str, held_out: Vec<Transition>) -> Result<Accuracy, ApiError> {
+        Ok(WorldModel::evaluate(self, ns, &held_out).await?)
     }
 }
 
-/// Serves the world model alone (the standalone `world-model` binary).
-pub async fn serve(
-    settings: Settings,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let backends = agent_learning_runtime::open_backends(&settings).await?;
-    let model = agent_learning_llm::open_chat_model(&settings)?;
-    let wm = WorldModel::open(&settings, &backends, model).await?;
-    let mut server = GrpcServer::new(agent_learning_runtime::limits(&settings))?;
-    wm.mount(&mut server);
-    agent_learning_runtime::serving_when_store_answers(&server, backends.store.clone());
-    agent_learning_runtime::serve_until(server, listener, shutdown, Default::default()).await
+impl Service for WorldModel {
+    const NAME: &'static str = "world-model";
+
+    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+        let s = ctx.settings();
+        let transitions = Transitions::new(
+            ctx.store().await?,
+            ctx.index().await?,
+            ctx.embedder().await?,
+            &s.vector.collection_prefix,
+        );
+        transitions.start().await?;
+        Ok(Arc::new(Self::new(
+            transitions,
+            ctx.model().await?,
+            s.pipeline.world_model_k,
+        )))
+    }
+
+    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
+        grpc::mount(self.clone(), server);
+        let transitions = self.transitions.clone();
+        ctx.ready_when(move || {
+            let t = transitions.clone();
+            async move { t.count("health").await.map(|_| ()) }
+        });
+        Ok(())
+    }
 }

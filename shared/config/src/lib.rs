@@ -96,16 +96,37 @@ pub struct PolicySettings {
     pub instructions_template: String,
     pub exemplars_k: u32,
     /// Lowest playbook stage a compiled policy uses: shadow, staging or production.
-    pub min_stage: String,
+    pub min_stage: agent_learning_domain::Stage,
     /// Token budget of the playbook part of a Decide prompt.
     pub token_budget: u32,
+}
+
+/// Where language model calls go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmProvider {
+    /// SmolLM2 in process.
+    Local,
+    /// Any OpenAI-compatible endpoint.
+    Openai,
+}
+
+/// How logs are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object a line, for collectors.
+    #[default]
+    Json,
+    /// For people at a terminal.
+    Pretty,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmSettings {
     /// `local` (SmolLM2 in process, the default) or `openai` (any OpenAI-compatible endpoint).
-    pub provider: String,
+    pub provider: LlmProvider,
     pub base_url: String,
     /// Model name for `openai`; ignored by `local`.
     pub model: String,
@@ -189,7 +210,7 @@ pub struct PromotionSettings {
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// `json` (the default) or `pretty`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG` overrides it.
     pub log_filter: String,
     /// OTLP/gRPC collector; `OTEL_EXPORTER_OTLP_ENDPOINT` also sets it.
@@ -431,16 +452,10 @@ impl Settings {
                 "must be at least 40",
             ));
         }
-        if !matches!(
-            self.policy.min_stage.as_str(),
-            "shadow" | "staging" | "production"
-        ) {
+        if self.policy.min_stage == agent_learning_domain::Stage::Quarantined {
             return Err(invalid(
                 "policy.min_stage",
-                format!(
-                    "{:?} is not one of shadow, staging, production",
-                    self.policy.min_stage
-                ),
+                "\"quarantined\" is not one of shadow, staging, production",
             ));
         }
         if self.policy.token_budget == 0 {
@@ -503,28 +518,19 @@ impl Settings {
                 "must be at least curator.promotion.staging_min_helpful",
             ));
         }
-        match self.llm.provider.as_str() {
-            "local" => {}
-            "openai" => {
-                if self.llm.model.trim().is_empty() {
-                    return Err(invalid(
-                        "llm.model",
-                        "must name a model when llm.provider is openai",
-                    ));
-                }
-                if !(self.llm.base_url.starts_with("http://")
-                    || self.llm.base_url.starts_with("https://"))
-                {
-                    return Err(invalid(
-                        "llm.base_url",
-                        format!("{:?} is not an http(s) URL", self.llm.base_url),
-                    ));
-                }
-            }
-            other => {
+        if self.llm.provider == LlmProvider::Openai {
+            if self.llm.model.trim().is_empty() {
                 return Err(invalid(
-                    "llm.provider",
-                    format!("{other:?} is neither \"local\" nor \"openai\""),
+                    "llm.model",
+                    "must name a model when llm.provider is openai",
+                ));
+            }
+            if !(self.llm.base_url.starts_with("http://")
+                || self.llm.base_url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    "llm.base_url",
+                    format!("{:?} is not an http(s) URL", self.llm.base_url),
                 ));
             }
         }
@@ -541,15 +547,6 @@ impl Settings {
                 "llm.api_key_file",
                 format!("{} is not a readable file", file.display()),
             ));
-        }
-        match self.telemetry.log_format.as_str() {
-            "json" | "pretty" => {}
-            other => {
-                return Err(invalid(
-                    "telemetry.log_format",
-                    format!("{other:?} is neither \"json\" nor \"pretty\""),
-                ));
-            }
         }
         Ok(())
     }

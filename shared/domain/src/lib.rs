@@ -1,10 +1,15 @@
 //! Domain types shared by every agent-learning service: playbook bullets, insights, stages,
 //! delta operations, and the rules that validate them. No transport types live here.
 
+mod pipeline;
 mod playbook;
 mod tokens;
 mod validate;
 
+pub use pipeline::{
+    DecisionRecord, PolicyVersion, Reflection, Rollout, RolloutGroup, RolloutSource, Run,
+    RunCounts, RunStage, RunState, StageProgress, TokenUsage, Transition, UnknownValue,
+};
 pub use playbook::{
     Bullet, BulletEvent, DeltaKind, DeltaOp, EventKind, Insight, PromotionGates, Stage,
 };

@@ -46,3 +46,15 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
         dot / (na.sqrt() * nb.sqrt())
     }
 }
+
+/// The embedder the configuration names: MiniLM from `models_dir`, loaded on a blocking thread.
+pub async fn open(
+    settings: &agent_learning_config::Settings,
+) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
+    let dir = MINILM.path(&settings.models_dir);
+    let batch = settings.embedding.batch_size;
+    let model = tokio::task::spawn_blocking(move || MiniLm::load(&dir, batch))
+        .await
+        .map_err(|e| EmbedError::Worker(e.to_string()))??;
+    Ok(std::sync::Arc::new(model))
+}

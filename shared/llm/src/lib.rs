@@ -169,8 +169,8 @@ pub fn open_chat_model(
     } else {
         TokenBudget::limited(llm.token_budget)
     };
-    match llm.provider.as_str() {
-        "openai" => {
+    match llm.provider {
+        agent_learning_config::LlmProvider::Openai => {
             let api_key = match (&llm.api_key, &llm.api_key_file) {
                 (_, Some(file)) => Some(
                     std::fs::read_to_string(file)
@@ -193,10 +193,12 @@ pub fn open_chat_model(
                 budget,
             })?))
         }
-        _ => Ok(std::sync::Arc::new(LocalModel::load(&LocalOptions {
-            dir: agent_learning_embed::SMOLLM2.path(&settings.models_dir),
-            threads: llm.threads,
-        })?)),
+        agent_learning_config::LlmProvider::Local => {
+            Ok(std::sync::Arc::new(LocalModel::load(&LocalOptions {
+                dir: agent_learning_embed::SMOLLM2.path(&settings.models_dir),
+                threads: llm.threads,
+            })?))
+        }
     }
 }
 

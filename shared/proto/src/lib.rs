@@ -1,5 +1,7 @@
 //! Generated code for the `agent_learning.v1` protobuf contract (`proto/`), clients and servers.
 
+pub mod convert;
+
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("agent_learning.v1");

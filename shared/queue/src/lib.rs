@@ -151,3 +151,25 @@ pub(crate) fn check_names(stream: &str, group: &str) -> Result<()> {
     }
     Ok(())
 }
+
+impl QueueOptions {
+    pub fn from_settings(settings: &agent_learning_config::Settings) -> Self {
+        Self {
+            visibility_timeout: Duration::from_secs(settings.queue.visibility_timeout_secs),
+            max_deliveries: settings.queue.max_deliveries,
+        }
+    }
+}
+
+/// The queue the configuration names: Redis Streams at `queue.redis_url`, else the embedded
+/// queue in `store`.
+pub async fn open(
+    settings: &agent_learning_config::Settings,
+    store: &agent_learning_store::Store,
+) -> Result<std::sync::Arc<dyn Queue>> {
+    let opts = QueueOptions::from_settings(settings);
+    Ok(match &settings.queue.redis_url {
+        Some(url) => std::sync::Arc::new(RedisQueue::connect(url, opts).await?),
+        None => std::sync::Arc::new(EmbeddedQueue::new(store.clone(), opts)),
+    })
+}

@@ -1,95 +1,37 @@
-//! What every service process needs: the backends the configuration names (embedded by
-//! default), lazily connected channels to the other services, and the standalone entry point
-//! each service binary shares.
+//! What every service process shares: a [`Context`] that opens the backends the configuration
+//! names (each once, only when a service asks for it), reaches the other services through their
+//! clients, and collects background workers and readiness probes; the [`Service`] trait each
+//! service implements to build itself from a context and mount itself on a server; and one
+//! path that serves a set of services, used by every standalone binary and the all-in-one
+//! server alike.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agent_learning_api::{
+    CuratorApi, CuratorClient, ExplorerApi, ExplorerClient, PolicyApi, PolicyClient, ReflectorApi,
+    ReflectorClient, WorldModelApi, WorldModelClient,
+};
 use agent_learning_config::{Settings, Sources};
-use agent_learning_embed::{Embedder, MINILM, MiniLm};
-use agent_learning_queue::{EmbeddedQueue, Queue, QueueOptions, RedisQueue};
-use agent_learning_server::ServerLimits;
+use agent_learning_embed::Embedder;
+use agent_learning_llm::ChatModel;
+use agent_learning_queue::Queue;
+use agent_learning_server::{GrpcServer, ServerLimits};
 use agent_learning_store::Store;
 use agent_learning_telemetry::TelemetryOptions;
-use agent_learning_vector::{EdgeIndex, RemoteIndex, VectorIndex};
+use agent_learning_vector::VectorIndex;
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
-use secrecy::ExposeSecret as _;
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
-
-/// The external systems a service needs, chosen by configuration: embedded by default.
-#[derive(Clone)]
-pub struct Backends {
-    pub store: Store,
-    pub index: Arc<dyn VectorIndex>,
-    pub embedder: Arc<dyn Embedder>,
-}
-
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("data_dir {}", settings.data_dir.display()))?;
-    Ok(match &settings.database.url {
-        Some(url) if !url.expose_secret().trim().is_empty() => {
-            Store::connect(url.expose_secret(), settings.database.max_connections)
-                .await
-                .context("database.url")?
-        }
-        _ => Store::open_sqlite(&settings.sqlite_path(), settings.database.max_connections)
-            .await
-            .with_context(|| format!("sqlite database {}", settings.sqlite_path().display()))?,
-    })
-}
-
-pub async fn open_backends(settings: &Settings) -> anyhow::Result<Backends> {
-    let store = open_store(settings).await?;
-    let index: Arc<dyn VectorIndex> = match &settings.vector.qdrant_url {
-        Some(url) => Arc::new(
-            RemoteIndex::connect(
-                url,
-                settings
-                    .vector
-                    .qdrant_api_key
-                    .as_ref()
-                    .map(|k| k.expose_secret().to_owned()),
-            )
-            .context("vector.qdrant_url")?,
-        ),
-        None => Arc::new(EdgeIndex::open(&settings.vector_dir()).context("vector index")?),
-    };
-    let dir = MINILM.path(&settings.models_dir);
-    let batch = settings.embedding.batch_size;
-    let embedder: Arc<dyn Embedder> =
-        Arc::new(tokio::task::spawn_blocking(move || MiniLm::load(&dir, batch)).await??);
-    Ok(Backends {
-        store,
-        index,
-        embedder,
-    })
-}
-
-pub fn queue_options(settings: &Settings) -> QueueOptions {
-    QueueOptions {
-        visibility_timeout: Duration::from_secs(settings.queue.visibility_timeout_secs),
-        max_deliveries: settings.queue.max_deliveries,
-    }
-}
-
-/// Redis Streams when `queue.redis_url` is set, else the embedded queue in `store`.
-pub async fn open_queue(settings: &Settings, store: &Store) -> anyhow::Result<Arc<dyn Queue>> {
-    let opts = queue_options(settings);
-    Ok(match &settings.queue.redis_url {
-        Some(url) => Arc::new(
-            RedisQueue::connect(url, opts)
-                .await
-                .with_context(|| format!("queue.redis_url {url}"))?,
-        ),
-        None => Arc::new(EmbeddedQueue::new(store.clone(), opts)),
-    })
-}
 
 pub fn limits(settings: &Settings) -> ServerLimits {
     ServerLimits {
@@ -100,15 +42,13 @@ pub fn limits(settings: &Settings) -> ServerLimits {
     }
 }
 
-/// Channels to the other services. Services reach each other through their gRPC clients
-/// also when they share a process; an empty endpoint means this process's own server.
-#[derive(Clone, Debug)]
-pub struct Peers {
-    pub world_model: Channel,
-    pub explorer: Channel,
-    pub reflector: Channel,
-    pub policy: Channel,
-    pub curator: Channel,
+/// A unique consumer name for this process on a stream.
+pub fn consumer_name(service: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into());
+    format!("{service}-{host}-{}", std::process::id())
 }
 
 fn channel(key: &str, url: &str, own: SocketAddr) -> anyhow::Result<Channel> {
@@ -129,26 +69,267 @@ fn channel(key: &str, url: &str, own: SocketAddr) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
+/// The other services, through their gRPC clients: services reach each other this way also
+/// when they share a process. An empty `services.*` endpoint means this process's own server.
+#[derive(Clone)]
+pub struct Peers {
+    pub world_model: Arc<dyn WorldModelApi>,
+    pub explorer: Arc<dyn ExplorerApi>,
+    pub reflector: Arc<dyn ReflectorApi>,
+    pub policy: Arc<dyn PolicyApi>,
+    pub curator: Arc<dyn CuratorApi>,
+}
+
 impl Peers {
     pub fn new(settings: &Settings, own: SocketAddr) -> anyhow::Result<Self> {
         let s = &settings.services;
         Ok(Self {
-            world_model: channel("world_model", &s.world_model, own)?,
-            explorer: channel("explorer", &s.explorer, own)?,
-            reflector: channel("reflector", &s.reflector, own)?,
-            policy: channel("policy", &s.policy, own)?,
-            curator: channel("curator", &s.curator, own)?,
+            world_model: Arc::new(WorldModelClient::new(channel(
+                "world_model",
+                &s.world_model,
+                own,
+            )?)),
+            explorer: Arc::new(ExplorerClient::new(channel("explorer", &s.explorer, own)?)),
+            reflector: Arc::new(ReflectorClient::new(channel(
+                "reflector",
+                &s.reflector,
+                own,
+            )?)),
+            policy: Arc::new(PolicyClient::new(channel("policy", &s.policy, own)?)),
+            curator: Arc::new(CuratorClient::new(channel("curator", &s.curator, own)?)),
         })
     }
 }
 
-/// A unique consumer name for this process on a stream.
-pub fn consumer_name(service: &str) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "local".into());
-    format!("{service}-{host}-{}", std::process::id())
+type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Everything a service is built from. Backends open on first use and are shared by every
+/// service built from the same context, so the all-in-one server opens each once and a
+/// standalone service opens only what it uses.
+pub struct Context {
+    settings: Settings,
+    own: SocketAddr,
+    peers: Peers,
+    store: OnceCell<Store>,
+    index: OnceCell<Arc<dyn VectorIndex>>,
+    embedder: OnceCell<Arc<dyn Embedder>>,
+    queue: OnceCell<Arc<dyn Queue>>,
+    model: OnceCell<Arc<dyn ChatModel>>,
+    stop: CancellationToken,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    probes: Mutex<Vec<Probe>>,
+    standalone: bool,
+}
+
+impl Context {
+    /// A context for a server listening on `own` (peers left empty in `services.*` are there).
+    pub fn new(settings: Settings, own: SocketAddr) -> anyhow::Result<Self> {
+        let peers = Peers::new(&settings, own)?;
+        Ok(Self {
+            settings,
+            own,
+            peers,
+            store: OnceCell::new(),
+            index: OnceCell::new(),
+            embedder: OnceCell::new(),
+            queue: OnceCell::new(),
+            model: OnceCell::new(),
+            stop: CancellationToken::new(),
+            workers: Mutex::new(Vec::new()),
+            probes: Mutex::new(Vec::new()),
+            standalone: false,
+        })
+    }
+
+    /// Uses `model` instead of opening the configured one (benchmarks, tests).
+    pub fn with_model(self, model: Arc<dyn ChatModel>) -> Self {
+        let _ = self.model.set(model);
+        self
+    }
+
+    /// Uses `peers` instead of the gRPC clients (tests with fakes).
+    pub fn with_peers(mut self, peers: Peers) -> Self {
+        self.peers = peers;
+        self
+    }
+
+    /// Whether the server built from this context hosts one service alone (its own process).
+    pub fn standalone(&self) -> bool {
+        self.standalone
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn own_addr(&self) -> SocketAddr {
+        self.own
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    pub async fn store(&self) -> anyhow::Result<Store> {
+        let s = &self.settings;
+        self.store
+            .get_or_try_init(|| async {
+                Store::open(s).await.with_context(|| match &s.database.url {
+                    Some(_) => "database.url".to_owned(),
+                    None => format!("sqlite database {}", s.sqlite_path().display()),
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    pub async fn index(&self) -> anyhow::Result<Arc<dyn VectorIndex>> {
+        self.index
+            .get_or_try_init(|| async {
+                agent_learning_vector::open(&self.settings).context("vector index (vector.*)")
+            })
+            .await
+            .cloned()
+    }
+
+    pub async fn embedder(&self) -> anyhow::Result<Arc<dyn Embedder>> {
+        self.embedder
+            .get_or_try_init(|| async {
+                agent_learning_embed::open(&self.settings)
+                    .await
+                    .context("embedding model")
+            })
+            .await
+            .cloned()
+    }
+
+    pub async fn queue(&self) -> anyhow::Result<Arc<dyn Queue>> {
+        let store = self.store().await?;
+        self.queue
+            .get_or_try_init(|| async {
+                agent_learning_queue::open(&self.settings, &store)
+                    .await
+                    .context("queue.redis_url")
+            })
+            .await
+            .cloned()
+    }
+
+    /// The configured language model, loaded on a blocking thread (the local one reads a file
+    /// of about 100 MB).
+    pub async fn model(&self) -> anyhow::Result<Arc<dyn ChatModel>> {
+        self.model
+            .get_or_try_init(|| async {
+                let s = self.settings.clone();
+                tokio::task::spawn_blocking(move || agent_learning_llm::open_chat_model(&s))
+                    .await?
+                    .context("language model (llm.*)")
+            })
+            .await
+            .cloned()
+    }
+
+    /// Cancelled when the process begins to shut down; background workers stop on it.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// A background task that runs until the stop token is cancelled; awaited at shutdown.
+    pub fn spawn_worker(&self, worker: impl Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(worker);
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+    }
+
+    /// Health stays NOT_SERVING until `probe` (and every other) answers `Ok`.
+    pub fn ready_when<F, Fut, E>(&self, probe: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let probe: Probe = Arc::new(move || {
+            let fut = probe();
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        });
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(probe);
+    }
+
+    /// Health follows the relational store.
+    pub async fn ready_when_store_answers(&self) -> anyhow::Result<()> {
+        let store = self.store().await?;
+        self.ready_when(move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        });
+        Ok(())
+    }
+}
+
+/// A service: built from a [`Context`], then mounted on a server.
+pub trait Service: Send + Sync + Sized + 'static {
+    /// The service's name in logs, consumer names and `agent-learning service NAME`.
+    const NAME: &'static str;
+
+    fn build(ctx: &Context) -> impl Future<Output = anyhow::Result<Arc<Self>>> + Send;
+
+    /// Adds the service's routes to `server`, and its background workers and readiness
+    /// probes to `ctx`.
+    fn mount(
+        self: &Arc<Self>,
+        server: &mut GrpcServer,
+        ctx: &Context,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Builds `S` from `ctx` and mounts it on `server`: the one way every service is wired.
+pub async fn add<S: Service>(ctx: &Context, server: &mut GrpcServer) -> anyhow::Result<Arc<S>> {
+    let service = S::build(ctx)
+        .await
+        .with_context(|| format!("{} start", S::NAME))?;
+    service.mount(server, ctx).await?;
+    Ok(service)
+}
+
+/// Serves `server` until `shutdown`; health turns SERVING once every probe of `ctx` answers.
+/// Background workers stop as soon as shutdown begins and are awaited before returning.
+pub async fn serve(
+    ctx: Context,
+    server: GrpcServer,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let probes: Vec<Probe> =
+        std::mem::take(&mut *ctx.probes.lock().unwrap_or_else(|e| e.into_inner()));
+    tokio::spawn(server.readiness().serve_when_ready(move || {
+        let probes = probes.clone();
+        async move {
+            for p in &probes {
+                p().await?;
+            }
+            Ok::<(), String>(())
+        }
+    }));
+    let stop = ctx.stop.clone();
+    let on_signal = stop.clone();
+    let served = server
+        .serve(listener, async move {
+            shutdown.await;
+            on_signal.cancel();
+        })
+        .await;
+    stop.cancel();
+    let workers = std::mem::take(&mut *ctx.workers.lock().unwrap_or_else(|e| e.into_inner()));
+    for w in workers {
+        let _ = w.await;
+    }
+    served?;
+    Ok(())
 }
 
 #[derive(Parser)]
@@ -164,17 +345,22 @@ struct Args {
     data_dir: Option<PathBuf>,
 }
 
+/// Serves `S` alone on `listener` until `shutdown`.
+pub async fn serve_one<S: Service>(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut ctx = Context::new(settings, listener.local_addr()?)?;
+    ctx.standalone = true;
+    let mut server = GrpcServer::new(limits(ctx.settings()))?;
+    add::<S>(&ctx, &mut server).await?;
+    serve(ctx, server, listener, shutdown).await
+}
+
 /// The `main` of a standalone service binary: flags, configuration, telemetry, listener, then
-/// `serve` until SIGTERM or Ctrl-C.
-pub async fn run_standalone<F, Fut>(
-    service: &str,
-    about: &'static str,
-    serve: F,
-) -> anyhow::Result<()>
-where
-    F: FnOnce(Settings, TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
+/// `S` until SIGTERM or Ctrl-C.
+pub async fn run_standalone<S: Service>(about: &'static str) -> anyhow::Result<()> {
     let matches = Args::command().about(about).get_matches();
     let args = Args::from_arg_matches(&matches)?;
     let mut overrides = Vec::new();
@@ -189,138 +375,20 @@ where
         overrides,
     })?;
     let _telemetry = agent_learning_telemetry::init(&TelemetryOptions {
-        service_name: format!("agent-learning-{service}"),
-        log_format: settings.telemetry.log_format.clone(),
+        service_name: format!("agent-learning-{}", S::NAME),
+        log_format: settings.telemetry.log_format,
         log_filter: settings.telemetry.log_filter.clone(),
         otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
     })?;
     let listener = TcpListener::bind(&settings.server.addr)
         .await
         .with_context(|| format!("server.addr {}", settings.server.addr))?;
-    tracing::info!(service, addr = %listener.local_addr()?, "listening");
-    serve(
+    tracing::info!(service = S::NAME, addr = %listener.local_addr()?, "listening");
+    serve_one::<S>(
         settings,
         listener,
-        Box::pin(agent_learning_server::shutdown_signal()),
+        Box::pin(agent_learning_server::shutdown_signal())
+            as Pin<Box<dyn Future<Output = ()> + Send>>,
     )
     .await
-}
-
-/// What a service's logic reports, mapped onto gRPC codes by [`ServiceError::into_status`].
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("{0}")]
-    Invalid(#[from] agent_learning_domain::InvalidInput),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// A dependency (model, index, another service) failed; retrying may help.
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl ServiceError {
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid(agent_learning_domain::InvalidInput::new(field, reason))
-    }
-
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        Self::Internal(e.to_string())
-    }
-
-    pub fn unavailable(e: impl std::fmt::Display) -> Self {
-        Self::Unavailable(e.to_string())
-    }
-}
-
-impl From<agent_learning_store::StoreError> for ServiceError {
-    fn from(e: agent_learning_store::StoreError) -> Self {
-        match e {
-            agent_learning_store::StoreError::NotFound { what, id } => {
-                Self::NotFound(format!("{what} {id} not found"))
-            }
-            other => Self::Internal(other.to_string()),
-        }
-    }
-}
-
-impl From<sea_orm::DbErr> for ServiceError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        Self::Internal(format!("database: {e}"))
-    }
-}
-
-impl From<agent_learning_vector::VectorError> for ServiceError {
-    fn from(e: agent_learning_vector::VectorError) -> Self {
-        Self::Unavailable(e.to_string())
-    }
-}
-
-impl From<agent_learning_embed::EmbedError> for ServiceError {
-    fn from(e: agent_learning_embed::EmbedError) -> Self {
-        Self::Unavailable(e.to_string())
-    }
-}
-
-impl From<agent_learning_queue::QueueError> for ServiceError {
-    fn from(e: agent_learning_queue::QueueError) -> Self {
-        Self::Unavailable(e.to_string())
-    }
-}
-
-impl From<tonic::Status> for ServiceError {
-    fn from(s: tonic::Status) -> Self {
-        match s.code() {
-            tonic::Code::InvalidArgument => Self::invalid("request", s.message()),
-            tonic::Code::NotFound => Self::NotFound(s.message().to_owned()),
-            tonic::Code::FailedPrecondition => Self::FailedPrecondition(s.message().to_owned()),
-            _ => Self::Unavailable(format!("{}: {}", s.code(), s.message())),
-        }
-    }
-}
-
-impl From<ServiceError> for tonic::Status {
-    fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::Invalid(i) => tonic::Status::invalid_argument(i.to_string()),
-            ServiceError::NotFound(m) => tonic::Status::not_found(m),
-            ServiceError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            ServiceError::Unavailable(m) => tonic::Status::unavailable(m),
-            ServiceError::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
-                tonic::Status::internal(m)
-            }
-        }
-    }
-}
-
-/// Health flips to SERVING once the relational store answers.
-pub fn serving_when_store_answers(server: &agent_learning_server::GrpcServer, store: Store) {
-    tokio::spawn(server.readiness().serve_when_ready(move || {
-        let store = store.clone();
-        async move { store.ping().await }
-    }));
-}
-
-/// Serves until `shutdown`; `stop` (the process's background workers) is cancelled as soon as
-/// shutdown begins and again when serving ends, whatever the reason.
-pub async fn serve_until(
-    server: agent_learning_server::GrpcServer,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    let on_signal = stop.clone();
-    let served = server
-        .serve(listener, async move {
-            shutdown.await;
-            on_signal.cancel();
-        })
-        .await;
-    stop.cancel();
-    served?;
-    Ok(())
 }

@@ -2,9 +2,16 @@
 //! PostgreSQL in production. The database is the source of truth; the vector index is derived
 //! from it and rebuilt from it.
 
+mod decisions;
 pub mod entity;
 mod migration;
+mod outbox;
 mod playbook;
+mod policies;
+mod reflections;
+mod rollouts;
+mod runs;
+mod transitions;
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,15 +19,21 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
+pub use outbox::Outbox;
 pub use playbook::{
     AppliedInsight, BulletPage, CurationChange, HealthCounts, IndexedBullet, ListFilter, NewBullet,
     decode_embedding, encode_embedding,
 };
+pub use runs::{NewRun, StageUpdate};
+pub use transitions::StoredTransition;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Db(#[from] DbErr),
+    Db(DbErr),
+    /// A row with the same key exists (a unique constraint refused the write).
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
@@ -29,6 +42,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database url: {0}")]
     Url(String),
+}
+
+impl From<DbErr> for StoreError {
+    fn from(e: DbErr) -> Self {
+        match e.sql_err() {
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(m)) => StoreError::Conflict(m),
+            _ => StoreError::Db(e),
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -91,6 +113,22 @@ impl Store {
             }
         }
         Ok(Self { db })
+    }
+
+    /// The store the configuration names: `database.url`, else the SQLite file in `data_dir`.
+    pub async fn open(settings: &agent_learning_config::Settings) -> Result<Self> {
+        use secrecy::ExposeSecret as _;
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+            StoreError::Url(format!("data_dir {}: {e}", settings.data_dir.display()))
+        })?;
+        match &settings.database.url {
+            Some(url) if !url.expose_secret().trim().is_empty() => {
+                Self::connect(url.expose_secret(), settings.database.max_connections).await
+            }
+            _ => {
+                Self::open_sqlite(&settings.sqlite_path(), settings.database.max_connections).await
+            }
+        }
     }
 
     /// The embedded default: a SQLite file.

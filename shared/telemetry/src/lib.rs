@@ -1,6 +1,7 @@
 //! One `init` for every agent-learning process: an env filter, JSON (default) or pretty logs on
 //! stderr, and OTLP/gRPC trace export through tracing-opentelemetry when an endpoint is set.
 
+pub use agent_learning_config::LogFormat;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -11,8 +12,7 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 #[derive(Debug, Clone)]
 pub struct TelemetryOptions {
     pub service_name: String,
-    /// `json` or `pretty`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// An `EnvFilter` directive used when `RUST_LOG` is unset.
     pub log_filter: String,
     pub otlp_endpoint: Option<String>,
@@ -56,7 +56,7 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
         directive.push_str(",qdrant_edge=error");
     }
     let filter = EnvFilter::try_new(directive)?;
-    let fmt = if opts.log_format == "pretty" {
+    let fmt = if opts.log_format == LogFormat::Pretty {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .boxed()

@@ -92,3 +92,20 @@ pub trait VectorIndex: Send + Sync {
     /// Builds search indexes over what was written; searches stay correct without it.
     async fn optimize(&self, collection: &str) -> Result<()>;
 }
+
+/// The index the configuration names: a Qdrant server at `vector.qdrant_url`, else the
+/// in-process engine under the data directory.
+pub fn open(settings: &agent_learning_config::Settings) -> Result<std::sync::Arc<dyn VectorIndex>> {
+    use secrecy::ExposeSecret as _;
+    Ok(match &settings.vector.qdrant_url {
+        Some(url) => std::sync::Arc::new(RemoteIndex::connect(
+            url,
+            settings
+                .vector
+                .qdrant_api_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+        )?),
+        None => std::sync::Arc::new(EdgeIndex::open(&settings.vector_dir())?),
+    })
+}

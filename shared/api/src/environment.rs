@@ -1,3 +1,6 @@
+//! [`RemoteEnvironment`]: an environment served over gRPC (in any language), behind the same
+//! synchronous `Environment` trait as the built-in ones.
+
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -250,5 +253,16 @@ impl Environment for RemoteEnvironment {
 
     fn outcome(&self) -> Option<Outcome> {
         self.outcome.clone()
+    }
+}
+
+/// An environment by name: a built-in one (`driving`, ...) or `grpc://HOST:PORT` for a remote
+/// Environment server.
+pub fn open_env(spec: &str) -> Result<Box<dyn Environment>, EnvError> {
+    match spec.strip_prefix("grpc://") {
+        Some(addr) => RemoteEnvironment::connect(&format!("http://{addr}"))
+            .map(|e| Box::new(e) as Box<dyn Environment>)
+            .map_err(|e| EnvError::Unknown(format!("{spec}: {e}"))),
+        None => agent_learning_envs::built_in(spec).map(|(env, _)| env),
     }
 }
