@@ -3,6 +3,8 @@
 
 mod fetch;
 mod minilm;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
 use async_trait::async_trait;
 

@@ -8,6 +8,8 @@ mod local;
 mod openai;
 pub mod prompts;
 mod structured;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

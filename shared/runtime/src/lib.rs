@@ -147,6 +147,12 @@ impl Context {
         self
     }
 
+    /// Uses `embedder` instead of loading the configured one (tests, benchmarks).
+    pub fn with_embedder(self, embedder: Arc<dyn Embedder>) -> Self {
+        let _ = self.embedder.set(embedder);
+        self
+    }
+
     /// Uses `peers` instead of the gRPC clients (tests with fakes).
     pub fn with_peers(mut self, peers: Peers) -> Self {
         self.peers = peers;

@@ -2,8 +2,12 @@
 //! PostgreSQL runs against `AGENT_LEARNING_TEST_PG_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`) in a fresh database per run.
 
-use agent_learning_domain::{DeltaKind, PromotionGates, Stage};
-use agent_learning_store::{CurationChange, ListFilter, NewBullet, Store, StoreError};
+use agent_learning_domain::{
+    DeltaKind, PolicyVersion, PromotionGates, Reflection, RunStage, RunState, Stage,
+};
+use agent_learning_store::{
+    CurationChange, ListFilter, NewBullet, NewRun, Outbox, Store, StoreError,
+};
 use sea_orm::{ConnectionTrait, Database};
 use uuid::Uuid;
 
@@ -362,7 +366,123 @@ async fn pagination_and_index_rebuild_pages(store: &Store) {
     assert_eq!(indexed.len(), 3);
 }
 
+/// Two writers of the same policy version: the second gets `Conflict` from the database's key,
+/// not from reading its error text; a stored `quarantined` minimum would be refused on read.
+async fn policy_versions_conflict_by_key(store: &Store) {
+    let p = PolicyVersion {
+        namespace: "contract-policy".into(),
+        version: 1,
+        instructions_template: "t".into(),
+        exemplars_k: 3,
+        min_stage: Stage::Staging,
+        token_budget: 100,
+        created_at: chrono::Utc::now(),
+    };
+    let stored = store.insert_policy(&p).await.unwrap();
+    assert_eq!(stored.min_stage, Stage::Staging);
+    let err = store.insert_policy(&p).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let latest = store
+        .latest_policy("contract-policy")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.version, 1);
+    assert!(store.policy("contract-policy", 2).await.unwrap().is_none());
+}
+
+/// A run moves through typed states and stages; an unknown stored stage is an error, not a
+/// default.
+async fn runs_keep_typed_states_and_stages(store: &Store) {
+    store
+        .create_run(NewRun {
+            id: "contract-run",
+            namespace: "contract-runs",
+            env: "driving",
+            config: "{}",
+            demos: "",
+        })
+        .await
+        .unwrap();
+    let (run, stages) = store.load_run("contract-run").await.unwrap();
+    assert_eq!(run.state, RunState::Pending);
+    assert_eq!(run.current_stage, None);
+    assert_eq!(
+        stages.iter().map(|s| s.stage).collect::<Vec<_>>(),
+        RunStage::ALL.to_vec()
+    );
+    store
+        .set_run_state(
+            "contract-run",
+            RunState::Running,
+            Some(RunStage::Reflect),
+            None,
+        )
+        .await
+        .unwrap();
+    let (run, _) = store.load_run("contract-run").await.unwrap();
+    assert_eq!(
+        (run.state, run.current_stage),
+        (RunState::Running, Some(RunStage::Reflect))
+    );
+    assert_eq!(store.unfinished_runs().await.unwrap(), ["contract-run"]);
+    store
+        .connection()
+        .execute_unprepared("UPDATE run_stages SET stage = 'compiel' WHERE stage = 'compile' AND run_id = 'contract-run'")
+        .await
+        .unwrap();
+    let err = store.load_run("contract-run").await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    assert!(err.to_string().contains("compiel"), "{err}");
+}
+
+/// Insert once, publish once: a failed publish leaves the row unpublished, so the next attempt
+/// publishes; after a success nothing publishes again.
+async fn the_outbox_publishes_once(store: &Store) {
+    let r = Reflection {
+        id: "contract-reflection".into(),
+        namespace: "contract-outbox".into(),
+        valid: true,
+        conclusion: "Brake early.".into(),
+        rollout_ids: vec!["a".into()],
+        ..Default::default()
+    };
+    let stored = store.insert_reflection(&r).await.unwrap();
+    assert_eq!(stored, r);
+    let again = store
+        .insert_reflection(&Reflection {
+            conclusion: "something else".into(),
+            ..r.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.conclusion, "Brake early.", "the first insert wins");
+    let item = Outbox::Reflection(&r.id);
+    let failed = store
+        .publish_once(item, || async {
+            Err::<(), _>(StoreError::Rejected("down".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert!(!store.is_published(item).await.unwrap());
+    let published = std::sync::atomic::AtomicUsize::new(0);
+    for _ in 0..3 {
+        store
+            .publish_once(item, || async {
+                published.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(published.into_inner(), 1);
+    assert!(store.is_published(item).await.unwrap());
+}
+
 async fn run_suite(store: Store) {
+    policy_versions_conflict_by_key(&store).await;
+    runs_keep_typed_states_and_stages(&store).await;
+    the_outbox_publishes_once(&store).await;
     curation_and_idempotency_records(&store).await;
     feedback_promotes_through_every_stage(&store).await;
     manual_stage_changes_respect_the_gates(&store).await;

@@ -9,52 +9,10 @@ use std::time::{Duration, Instant};
 
 use agent_learning_cli::all::serve_all_with;
 use agent_learning_config::{Settings, Sources};
-use agent_learning_llm::{ChatModel, ChatParams, Completion, LlmError, Message, Usage};
+use agent_learning_llm::testsuite::InstantModel;
 use agent_learning_proto::v1 as pb;
 use agent_learning_proto::v1::coordinator_client::CoordinatorClient;
-use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
-
-/// Answers every request at once, in the format it asks for.
-struct Instant0;
-
-#[async_trait]
-impl ChatModel for Instant0 {
-    fn name(&self) -> &str {
-        "zero-latency"
-    }
-
-    async fn chat(&self, messages: &[Message], _: &ChatParams) -> Result<Completion, LlmError> {
-        let last = messages.last().map(|m| m.content.as_str()).unwrap_or("");
-        let text = if last.contains("Answer in exactly these sections") {
-            let all: String = messages.iter().map(|m| m.content.as_str()).collect();
-            let action = all
-                .split("Expert action: ")
-                .nth(1)
-                .and_then(|r| r.lines().next())
-                .unwrap_or("keep");
-            format!(
-                "Situation: A state of the task.\nEvaluation: {action} fits it.\nAlternatives: The others were worse.\nConclusion: Prefer {action} in states like this one."
-            )
-        } else if last.contains("Answer as JSON") {
-            let choice = last
-                .split("Options:\n- ")
-                .nth(1)
-                .and_then(|r| r.lines().next())
-                .unwrap_or("");
-            format!("{{\"reasoning\": \"instant\", \"choice\": \"{choice}\"}}")
-        } else {
-            "speed=10 lane=1".into()
-        };
-        Ok(Completion {
-            text,
-            usage: Usage {
-                prompt_tokens: 1,
-                completion_tokens: 1,
-            },
-        })
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -86,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
             listener,
             token.cancelled_owned(),
             None,
-            Arc::new(Instant0),
+            Arc::new(InstantModel),
         )
         .await
     });

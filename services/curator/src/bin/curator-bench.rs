@@ -1,6 +1,6 @@
 //! Curate throughput and RenderContext latency at several playbook sizes.
 //!
-//! `cargo run --release -p agent-learning-curator --bin curator-bench -- [SIZES] [--real]`
+//! `cargo run --release -p agent-learning-curator --features bench --bin curator-bench -- [SIZES] [--real]`
 //!
 //! Without the embedder, vectors come from a deterministic hash of the text (the cost of
 //! curation itself: index search, decision, one transaction per batch). With `--real`, the
@@ -11,46 +11,10 @@ use std::time::Instant;
 
 use agent_learning_curator::{Curator, CuratorOptions, ThresholdJudge};
 use agent_learning_domain::{Insight, PromotionGates, Stage};
-use agent_learning_embed::{EmbedError, Embedder, MINILM, MiniLm};
+use agent_learning_embed::testsuite::HashEmbedder;
+use agent_learning_embed::{Embedder, MINILM, MiniLm};
 use agent_learning_store::Store;
 use agent_learning_vector::EdgeIndex;
-use async_trait::async_trait;
-
-const DIM: usize = 384;
-
-/// Deterministic pseudo-random unit vectors keyed by text: the same text, the same vector.
-struct HashEmbedder;
-
-#[async_trait]
-impl Embedder for HashEmbedder {
-    fn dim(&self) -> usize {
-        DIM
-    }
-    fn model_id(&self) -> &str {
-        "bench-hash"
-    }
-    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
-        Ok(texts.iter().map(|t| hash_vector(t)).collect())
-    }
-}
-
-fn hash_vector(text: &str) -> Vec<f32> {
-    let mut state: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        state = (state ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    let mut v: Vec<f32> = (0..DIM)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-        })
-        .collect();
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-    v
-}
 
 fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
     let sections = ["strategy", "mistakes", "facts"];

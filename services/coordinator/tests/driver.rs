@@ -1,0 +1,360 @@
+//! The coordinator's driver against fake peers, in one process: no servers, no models. The
+//! fakes write to the record what the real services would (rollouts, reflections), so the
+//! driver's progress checks see the same thing they see in production.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_learning_api::{
+    Accuracy, ApiError, CompileRequest, CuratorApi, DecideRequest, Decision, ExploreRequest,
+    ExplorerApi, FeedbackItem, FitReport, PolicyApi, Prediction, ReflectRequest, ReflectorApi,
+    RenderedContext, RolloutStream, WorldModelApi,
+};
+use agent_learning_config::{Settings, Sources};
+use agent_learning_coordinator::Coordinator;
+use agent_learning_domain::{
+    PolicyVersion, Reflection, Rollout, RolloutGroup, RolloutSource, Run, RunState, Stage,
+    Transition,
+};
+use agent_learning_queue::{EmbeddedQueue, QueueOptions};
+use agent_learning_runtime::Peers;
+use agent_learning_store::Store;
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+fn unused(what: &str) -> ApiError {
+    ApiError::Internal {
+        message: format!("{what} is not used by the driver"),
+        source: None,
+    }
+}
+
+#[derive(Default)]
+struct FakeWorldModel {
+    fitted: Mutex<Vec<Transition>>,
+    evaluated: AtomicUsize,
+    down: bool,
+}
+
+#[async_trait]
+impl WorldModelApi for FakeWorldModel {
+    async fn fit(&self, _: &str, ts: Vec<Transition>, source: &str) -> Result<FitReport, ApiError> {
+        if self.down {
+            return Err(ApiError::Unavailable {
+                message: "world model is down".into(),
+                source: None,
+            });
+        }
+        assert_eq!(source, "expert");
+        let n = ts.len() as u64;
+        self.fitted.lock().unwrap().extend(ts);
+        Ok(FitReport {
+            stored: n,
+            duplicates: 0,
+        })
+    }
+
+    async fn predict(&self, _: &str, _: &str, _: &str, _: u32) -> Result<Prediction, ApiError> {
+        Err(unused("Predict"))
+    }
+
+    async fn evaluate(&self, _: &str, held_out: Vec<Transition>) -> Result<Accuracy, ApiError> {
+        assert_eq!(held_out.len(), 1, "one held-out transition per call");
+        self.evaluated.fetch_add(1, Ordering::SeqCst);
+        Ok(Accuracy {
+            evaluated: 1,
+            exact_match: 1.0,
+            mean_similarity: 0.5,
+        })
+    }
+}
+
+/// Explores the first step of each demo with one alternative, stores the rollouts, and plays
+/// the reflectors' part: one (invalid, so never curated) reflection per branch point.
+struct FakeExplorer {
+    store: Store,
+    hang: bool,
+}
+
+#[async_trait]
+impl ExplorerApi for FakeExplorer {
+    async fn explore(&self, req: ExploreRequest) -> Result<RolloutStream, ApiError> {
+        if self.hang {
+            return Ok(Box::pin(futures::stream::pending()));
+        }
+        let mut out = Vec::new();
+        for d in &req.demos {
+            let step = &d.steps[0];
+            let group = format!("{}-{}", req.run_id, d.id);
+            let rollout = |action: &str, source| Rollout {
+                id: format!("{group}-{action}"),
+                run_id: req.run_id.clone(),
+                demo_id: d.id.clone(),
+                step_index: 0,
+                state: step.state.clone(),
+                expert_action: step.action.clone(),
+                action: action.to_owned(),
+                next_state: step.next_state.clone(),
+                done: false,
+                source,
+                group_id: group.clone(),
+            };
+            let g = RolloutGroup {
+                id: group.clone(),
+                namespace: req.namespace.clone(),
+                run_id: req.run_id.clone(),
+                demo_id: d.id.clone(),
+                step_index: 0,
+                state: step.state.clone(),
+                expert_action: step.action.clone(),
+                expert_next_state: step.next_state.clone(),
+                rollouts: vec![
+                    rollout(&step.action, RolloutSource::Expert),
+                    rollout("other", RolloutSource::Env),
+                ],
+            };
+            self.store.insert_rollouts(&g).await.unwrap();
+            self.store
+                .insert_reflection(&Reflection {
+                    id: group.clone(),
+                    namespace: req.namespace.clone(),
+                    run_id: req.run_id.clone(),
+                    problem: "fake".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            out.extend(g.rollouts.into_iter().map(Ok));
+        }
+        Ok(Box::pin(futures::stream::iter(out)))
+    }
+}
+
+#[derive(Default)]
+struct FakePolicy {
+    compiled: Mutex<Vec<CompileRequest>>,
+}
+
+#[async_trait]
+impl PolicyApi for FakePolicy {
+    async fn compile(&self, req: CompileRequest) -> Result<PolicyVersion, ApiError> {
+        let v = PolicyVersion {
+            namespace: req.namespace.clone(),
+            version: 7,
+            instructions_template: req.instructions_template.clone().unwrap_or_default(),
+            exemplars_k: req.exemplars_k.unwrap_or(0),
+            min_stage: req.min_stage.unwrap_or(Stage::Shadow),
+            token_budget: req.token_budget.unwrap_or(0),
+            created_at: chrono::Utc::now(),
+        };
+        self.compiled.lock().unwrap().push(req);
+        Ok(v)
+    }
+
+    async fn decide(&self, _: DecideRequest) -> Result<Decision, ApiError> {
+        Err(unused("Decide"))
+    }
+
+    async fn feedback(&self, _: &str, _: &str, _: bool) -> Result<Vec<String>, ApiError> {
+        Err(unused("Feedback"))
+    }
+
+    async fn get_policy(&self, _: &str, _: Option<i64>) -> Result<PolicyVersion, ApiError> {
+        Err(unused("GetPolicy"))
+    }
+}
+
+struct Unused;
+
+#[async_trait]
+impl ReflectorApi for Unused {
+    async fn reflect(&self, _: ReflectRequest) -> Result<Reflection, ApiError> {
+        Err(unused("Reflect"))
+    }
+}
+
+#[async_trait]
+impl CuratorApi for Unused {
+    async fn render_context(
+        &self,
+        _: &str,
+        _: &str,
+        _: u32,
+        _: Stage,
+    ) -> Result<RenderedContext, ApiError> {
+        Err(unused("RenderContext"))
+    }
+
+    async fn record_feedback(
+        &self,
+        _: &str,
+        _: &str,
+        _: Vec<FeedbackItem>,
+    ) -> Result<bool, ApiError> {
+        Err(unused("RecordFeedback"))
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    coordinator: Arc<Coordinator>,
+    world_model: Arc<FakeWorldModel>,
+    policy: Arc<FakePolicy>,
+}
+
+async fn harness(world_model: FakeWorldModel, hang: bool) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::load(&Sources {
+        file: None,
+        overrides: vec![
+            ("data_dir".into(), dir.path().display().to_string()),
+            ("pipeline.holdout".into(), "2".into()),
+        ],
+    })
+    .unwrap();
+    let store = Store::open_sqlite(&settings.sqlite_path(), 4)
+        .await
+        .unwrap();
+    let queue = Arc::new(EmbeddedQueue::new(store.clone(), QueueOptions::default()));
+    let world_model = Arc::new(world_model);
+    let policy = Arc::new(FakePolicy::default());
+    let peers = Peers {
+        world_model: world_model.clone(),
+        explorer: Arc::new(FakeExplorer {
+            store: store.clone(),
+            hang,
+        }),
+        reflector: Arc::new(Unused),
+        policy: policy.clone(),
+        curator: Arc::new(Unused),
+    };
+    let coordinator = Coordinator::new(store, queue, peers, settings, CancellationToken::new());
+    Harness {
+        _dir: dir,
+        coordinator,
+        world_model,
+        policy,
+    }
+}
+
+fn demos(n: usize) -> String {
+    let d = agent_learning_envs::generate_demos("driving", n, 11).unwrap();
+    let mut buf = Vec::new();
+    agent_learning_envs::write_demos(&mut buf, &d).unwrap();
+    String::from_utf8(buf).unwrap()
+}
+
+async fn until_ended(c: &Coordinator, id: &str) -> Run {
+    for _ in 0..600 {
+        let (run, _) = c.get_run(id).await.unwrap();
+        if run.state.terminal() {
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("run {id} did not end in 30 s");
+}
+
+#[tokio::test]
+async fn a_run_goes_through_every_stage_in_order() {
+    let h = harness(FakeWorldModel::default(), false).await;
+    let text = demos(3);
+    let transitions = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["steps"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum::<usize>();
+    let (run, stages) = h
+        .coordinator
+        .start_training(
+            "fake-peers",
+            &text,
+            "driving",
+            r#"{"min_stage": "staging"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stages.len(), 5);
+    let run = until_ended(&h.coordinator, &run.id).await;
+    assert_eq!(run.state, RunState::Succeeded, "{}", run.error);
+
+    // Fit: every transition but the two held out, then one evaluation per held-out one.
+    assert_eq!(h.world_model.fitted.lock().unwrap().len(), transitions - 2);
+    assert_eq!(h.world_model.evaluated.load(Ordering::SeqCst), 2);
+    // Compile: once, with the run's configuration.
+    let compiled = h.policy.compiled.lock().unwrap().clone();
+    assert_eq!(compiled.len(), 1);
+    assert_eq!(compiled[0].min_stage, Some(Stage::Staging));
+
+    let (run, stages) = h.coordinator.get_run(&run.id).await.unwrap();
+    assert!(stages.iter().all(|s| s.finished), "{stages:?}");
+    let summary: serde_json::Value = serde_json::from_str(&run.summary).unwrap();
+    assert_eq!(summary["rollouts"], 6);
+    assert_eq!(summary["branch_points"], 3);
+    assert_eq!(summary["reflections"], 3);
+    assert_eq!(summary["reflections_valid"], 0);
+    assert_eq!(summary["policy_version"], "7");
+    assert_eq!(summary["world_model"]["exact_match"], 1.0);
+    assert_eq!(summary["rollouts_by_source"]["env"], 3);
+}
+
+#[tokio::test]
+async fn a_failing_peer_fails_the_run_with_its_reason() {
+    let h = harness(
+        FakeWorldModel {
+            down: true,
+            ..Default::default()
+        },
+        false,
+    )
+    .await;
+    let (run, _) = h
+        .coordinator
+        .start_training("fake-peers", &demos(1), "driving", "")
+        .await
+        .unwrap();
+    let run = until_ended(&h.coordinator, &run.id).await;
+    assert_eq!(run.state, RunState::Failed);
+    assert!(run.error.contains("world model is down"), "{}", run.error);
+    assert!(
+        h.policy.compiled.lock().unwrap().is_empty(),
+        "no stage after a failure"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_run_stops_where_it_is() {
+    let h = harness(FakeWorldModel::default(), true).await;
+    let (run, _) = h
+        .coordinator
+        .start_training("fake-peers", &demos(1), "driving", "")
+        .await
+        .unwrap();
+    // The explorer never answers: wait until the driver is in that stage.
+    for _ in 0..200 {
+        let (r, _) = h.coordinator.get_run(&run.id).await.unwrap();
+        if r.current_stage == Some(agent_learning_domain::RunStage::Explore) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (cancelled, _) = h.coordinator.cancel_run(&run.id).await.unwrap();
+    assert_eq!(cancelled.state, RunState::Cancelled);
+    let run = until_ended(&h.coordinator, &run.id).await;
+    assert_eq!(run.state, RunState::Cancelled);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (after, _) = h.coordinator.get_run(&run.id).await.unwrap();
+    assert_eq!(
+        after.state,
+        RunState::Cancelled,
+        "the driver does not overwrite it"
+    );
+    assert!(h.policy.compiled.lock().unwrap().is_empty());
+    let err = h.coordinator.cancel_run(&run.id).await.unwrap_err();
+    assert_eq!(ApiError::from(err).code(), tonic::Code::FailedPrecondition);
+}
