@@ -57,5 +57,6 @@ async fn serve_all_in(
     if let Some(env) = environment {
         env.mount(&mut server);
     }
-    agent_learning_runtime::serve(ctx, server, listener, shutdown).await
+    agent_learning_runtime::serve(ctx, server, listener, shutdown).await?;
+    Ok(())
 }

@@ -7,8 +7,11 @@
 
 use std::time::Duration;
 
+use agent_learning_api::{
+    CuratorApi as _, DecideRequest, FeedbackItem, PolicyApi as _, PolicyClient,
+};
 use agent_learning_config::Settings;
-use agent_learning_proto::v1 as pb;
+use agent_learning_domain::{Insight, Stage};
 use anyhow::Context as _;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -126,7 +129,7 @@ async fn learn(settings: &Settings, url: &str) -> anyhow::Result<()> {
 
     println!("\nB. Decide on an episode none of the demos saw (seed {UNSEEN_SEED})");
     let (mut env, mut expert) = agent_learning_envs::built_in("driving")?;
-    let mut policy = pb::policy_client::PolicyClient::new(
+    let policy = PolicyClient::new(
         tonic::transport::Channel::from_shared(url.to_owned())?
             .connect()
             .await?,
@@ -138,14 +141,13 @@ async fn learn(settings: &Settings, url: &str) -> anyhow::Result<()> {
         let expert_action = expert.act(env.as_ref());
         if step % 15 == 5 {
             let d = policy
-                .decide(pb::DecideRequest {
+                .decide(DecideRequest {
                     namespace: "driving".into(),
                     state: state.clone(),
                     valid_actions: env.actions().unwrap_or_default(),
-                    policy_version: String::new(),
+                    policy_version: None,
                 })
-                .await?
-                .into_inner();
+                .await?;
             asked += 1;
             agree += usize::from(d.action == expert_action);
             let reasoning: String = d.reasoning.chars().take(120).collect();
@@ -172,29 +174,22 @@ async fn learn(settings: &Settings, url: &str) -> anyhow::Result<()> {
 
 /// The playbook's own life, on a namespace of its own.
 async fn curate(url: &str) -> anyhow::Result<()> {
-    let mut curator = crate::playbook::connect(url).await?;
+    let curator = crate::playbook::connect(url).await?;
 
     println!("\nC. curate {} insights", INSIGHTS.len());
-    let insights: Vec<pb::Insight> = INSIGHTS
+    let insights: Vec<Insight> = INSIGHTS
         .iter()
         .enumerate()
-        .map(|(i, (section, content))| pb::Insight {
+        .map(|(i, (section, content))| Insight {
             id: format!("demo-insight-{i}"),
             section: (*section).to_owned(),
             content: (*content).to_owned(),
             source: "demo".to_owned(),
         })
         .collect();
-    let ops = curator
-        .curate(pb::CurateRequest {
-            namespace: NAMESPACE.into(),
-            insights: insights.clone(),
-        })
-        .await?
-        .into_inner()
-        .ops;
+    let ops = curator.curate(NAMESPACE, insights.clone()).await?;
     for (op, insight) in ops.iter().zip(&insights) {
-        let kind = pb::DeltaKind::try_from(op.kind).map_or("?", |k| k.as_str_name());
+        let kind = crate::playbook::kind_name(op.kind);
         let replay = if op.replayed {
             " (already applied)"
         } else {
@@ -212,7 +207,7 @@ async fn curate(url: &str) -> anyhow::Result<()> {
     println!(
         "\nD. feedback: the following-distance bullet helped 5 times, the hard-braking one misled twice"
     );
-    let bullets = crate::playbook::all_bullets(&mut curator, NAMESPACE, None, None).await?;
+    let bullets = crate::playbook::all_bullets(&curator, NAMESPACE, None, None).await?;
     let helpful = bullets
         .iter()
         .find(|b| b.content.contains("following distance"));
@@ -221,32 +216,26 @@ async fn curate(url: &str) -> anyhow::Result<()> {
         .find(|b| b.content.starts_with("Braking hard"));
     let mut feedback = Vec::new();
     if let Some(b) = helpful {
-        feedback.push(pb::BulletFeedback {
-            bullet_id: b.id.clone(),
+        feedback.push(FeedbackItem {
+            bullet_id: b.id.to_string(),
             helpful: 5,
             harmful: 0,
         });
     }
     if let Some(b) = harmful {
-        feedback.push(pb::BulletFeedback {
-            bullet_id: b.id.clone(),
+        feedback.push(FeedbackItem {
+            bullet_id: b.id.to_string(),
             helpful: 1,
             harmful: 2,
         });
     }
     let updated = curator
-        .record_feedback(pb::RecordFeedbackRequest {
-            namespace: NAMESPACE.into(),
-            feedback,
-            feedback_id: "demo-feedback-1".into(),
-        })
-        .await?
-        .into_inner();
+        .record_feedback(NAMESPACE, "demo-feedback-1", feedback)
+        .await?;
     for b in &updated.bullets {
-        let stage = pb::Stage::try_from(b.stage).map_or("?", |s| s.as_str_name());
         println!(
             "   {:<17} +{} -{}  {}",
-            stage.trim_start_matches("STAGE_"),
+            b.stage.as_str().to_uppercase(),
             b.helpful,
             b.harmful,
             b.content
@@ -254,18 +243,12 @@ async fn curate(url: &str) -> anyhow::Result<()> {
     }
 
     for (step, label, min_stage) in [
-        ("E1", "any stage", pb::Stage::Shadow),
-        ("E2", "production only", pb::Stage::Production),
+        ("E1", "any stage", Stage::Shadow),
+        ("E2", "production only", Stage::Production),
     ] {
         let ctx = curator
-            .render_context(pb::RenderContextRequest {
-                namespace: NAMESPACE.into(),
-                state: STATE.into(),
-                token_budget: 120,
-                min_stage: min_stage as i32,
-            })
-            .await?
-            .into_inner();
+            .render_context(NAMESPACE, STATE, 120, min_stage)
+            .await?;
         println!(
             "\n{step}. context for the state, {label}, budget 120 tokens: {} bullets, {} tokens\n{}",
             ctx.bullet_ids.len(),
@@ -274,12 +257,7 @@ async fn curate(url: &str) -> anyhow::Result<()> {
         );
     }
 
-    let h = curator
-        .get_playbook_health(pb::GetPlaybookHealthRequest {
-            namespace: NAMESPACE.into(),
-        })
-        .await?
-        .into_inner();
+    let h = curator.health(NAMESPACE).await?;
     println!(
         "\nF. playbook health: {} bullets (shadow {}, staging {}, production {}, quarantined {}); \
          {} insights applied, merge rate {:.0}%",

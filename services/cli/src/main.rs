@@ -284,7 +284,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = bind(&settings).await?;
             let shutdown = agent_learning_server::shutdown_signal();
             use agent_learning_runtime::serve_one;
-            match name {
+            let served = match name {
                 ServiceName::Curator => {
                     serve_one::<agent_learning_curator::Curator>(settings, listener, shutdown).await
                 }
@@ -311,7 +311,8 @@ async fn main() -> anyhow::Result<()> {
                     )
                     .await
                 }
-            }
+            };
+            Ok(served?)
         }
         Command::Env {
             command: EnvCommand::Serve { env, addr },
@@ -326,7 +327,8 @@ async fn main() -> anyhow::Result<()> {
                 listener,
                 agent_learning_server::shutdown_signal(),
             )
-            .await
+            .await?;
+            Ok(())
         }
         Command::Demo => {
             let settings = settings(&cli, None)?;

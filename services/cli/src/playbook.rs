@@ -1,8 +1,8 @@
-//! `agent-learning playbook ...`: a gRPC client of a running Curator.
+//! `agent-learning playbook ...`: a client of a running Curator, through its API trait.
 
+use agent_learning_api::{CuratorApi, CuratorClient, FeedbackItem, PlaybookQuery};
 use agent_learning_config::Settings;
-use agent_learning_proto::v1 as pb;
-use agent_learning_proto::v1::curator_client::CuratorClient;
+use agent_learning_domain::{Bullet, DeltaKind, Insight, Stage};
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use tonic::transport::Channel;
@@ -28,12 +28,12 @@ pub enum StageArg {
 }
 
 impl StageArg {
-    fn pb(self) -> pb::Stage {
+    fn stage(self) -> Stage {
         match self {
-            StageArg::Shadow => pb::Stage::Shadow,
-            StageArg::Staging => pb::Stage::Staging,
-            StageArg::Production => pb::Stage::Production,
-            StageArg::Quarantined => pb::Stage::Quarantined,
+            StageArg::Shadow => Stage::Shadow,
+            StageArg::Staging => Stage::Staging,
+            StageArg::Production => Stage::Production,
+            StageArg::Quarantined => Stage::Quarantined,
         }
     }
 }
@@ -92,7 +92,7 @@ enum PlaybookCommand {
     },
 }
 
-pub async fn connect(url: &str) -> anyhow::Result<CuratorClient<Channel>> {
+pub async fn connect(url: &str) -> anyhow::Result<CuratorClient> {
     let channel = Channel::from_shared(url.to_owned())
         .with_context(|| format!("server url {url:?}"))?
         .connect()
@@ -101,29 +101,28 @@ pub async fn connect(url: &str) -> anyhow::Result<CuratorClient<Channel>> {
     Ok(CuratorClient::new(channel))
 }
 
-fn stage_name(v: i32) -> &'static str {
-    match pb::Stage::try_from(v) {
-        Ok(pb::Stage::Shadow) => "shadow",
-        Ok(pb::Stage::Staging) => "staging",
-        Ok(pb::Stage::Production) => "production",
-        Ok(pb::Stage::Quarantined) => "quarantined",
-        _ => "unspecified",
-    }
+fn stage_name(s: Option<Stage>) -> &'static str {
+    s.map_or("unspecified", Stage::as_str)
 }
 
-fn bullet_json(b: &pb::Bullet) -> serde_json::Value {
+/// How the contract spells a delta kind (`DELTA_KIND_ADD`).
+pub fn kind_name(k: DeltaKind) -> String {
+    format!("DELTA_KIND_{}", k.as_str().to_uppercase())
+}
+
+fn bullet_json(b: &Bullet) -> serde_json::Value {
     serde_json::json!({
-        "id": b.id, "section": b.section, "content": b.content, "stage": stage_name(b.stage),
-        "helpful": b.helpful, "harmful": b.harmful, "evidence": b.evidence,
-        "sources": b.sources, "deleted": b.deleted,
+        "id": b.id.to_string(), "section": b.section, "content": b.content,
+        "stage": b.stage.as_str(), "helpful": b.helpful, "harmful": b.harmful,
+        "evidence": b.evidence, "sources": b.sources, "deleted": b.deleted,
     })
 }
 
-fn print_bullet(b: &pb::Bullet) {
+fn print_bullet(b: &Bullet) {
     println!(
         "{}  {:<11} {:<9} +{} -{} x{}  {}",
         b.id,
-        stage_name(b.stage),
+        b.stage.as_str(),
         b.section,
         b.helpful,
         b.harmful,
@@ -134,25 +133,26 @@ fn print_bullet(b: &pb::Bullet) {
 
 /// Every bullet of a namespace, following page tokens.
 pub async fn all_bullets(
-    client: &mut CuratorClient<Channel>,
+    curator: &dyn CuratorApi,
     namespace: &str,
-    stage: Option<pb::Stage>,
+    stage: Option<Stage>,
     section: Option<String>,
-) -> anyhow::Result<Vec<pb::Bullet>> {
+) -> anyhow::Result<Vec<Bullet>> {
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
-        let page = client
-            .get_playbook(pb::GetPlaybookRequest {
-                namespace: namespace.to_owned(),
-                stage: stage.unwrap_or(pb::Stage::Unspecified) as i32,
-                section: section.clone().unwrap_or_default(),
-                page_size: 1000,
-                page_token: token,
-                include_deleted: false,
-            })
-            .await?
-            .into_inner();
+        let page = curator
+            .get_playbook(
+                namespace,
+                PlaybookQuery {
+                    stage,
+                    section: section.clone(),
+                    page_size: 1000,
+                    page_token: token,
+                    include_deleted: false,
+                },
+            )
+            .await?;
         out.extend(page.bullets);
         if page.next_page_token.is_empty() {
             return Ok(out);
@@ -161,7 +161,7 @@ pub async fn all_bullets(
     }
 }
 
-pub fn markdown(namespace: &str, bullets: &[pb::Bullet]) -> String {
+pub fn markdown(namespace: &str, bullets: &[Bullet]) -> String {
     let mut sections: Vec<&str> = bullets.iter().map(|b| b.section.as_str()).collect();
     sections.dedup();
     sections.sort_unstable();
@@ -173,7 +173,7 @@ pub fn markdown(namespace: &str, bullets: &[pb::Bullet]) -> String {
             out.push_str(&format!(
                 "- {} _({}, helpful {}, harmful {}, evidence {})_\n",
                 b.content,
-                stage_name(b.stage),
+                b.stage.as_str(),
                 b.helpful,
                 b.harmful,
                 b.evidence
@@ -188,7 +188,7 @@ pub async fn run(settings: &Settings, args: &PlaybookArgs) -> anyhow::Result<()>
         .server
         .clone()
         .unwrap_or_else(|| format!("http://{}", settings.server.addr));
-    let mut client = connect(&url).await?;
+    let client = connect(&url).await?;
     let ns = args.namespace.clone();
     match &args.command {
         PlaybookCommand::Add {
@@ -200,24 +200,21 @@ pub async fn run(settings: &Settings, args: &PlaybookArgs) -> anyhow::Result<()>
             let id = id
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            let res = client
-                .curate(pb::CurateRequest {
-                    namespace: ns,
-                    insights: vec![pb::Insight {
+            let ops = client
+                .curate(
+                    &ns,
+                    vec![Insight {
                         id,
                         section: section.clone(),
                         content: content.clone(),
                         source: source.clone(),
                     }],
-                })
-                .await?
-                .into_inner();
-            for op in res.ops {
-                let kind = pb::DeltaKind::try_from(op.kind)
-                    .map(|k| k.as_str_name())
-                    .unwrap_or("?");
+                )
+                .await?;
+            for op in ops {
                 println!(
-                    "{kind} bullet {} (similarity {:.3}{})",
+                    "{} bullet {} (similarity {:.3}{})",
+                    kind_name(op.kind),
                     op.bullet_id,
                     op.similarity,
                     if op.replayed { ", replayed" } else { "" }
@@ -226,7 +223,7 @@ pub async fn run(settings: &Settings, args: &PlaybookArgs) -> anyhow::Result<()>
         }
         PlaybookCommand::Show { stage, section } => {
             let bullets =
-                all_bullets(&mut client, &ns, stage.map(StageArg::pb), section.clone()).await?;
+                all_bullets(&client, &ns, stage.map(StageArg::stage), section.clone()).await?;
             for b in &bullets {
                 print_bullet(b);
             }
@@ -237,28 +234,14 @@ pub async fn run(settings: &Settings, args: &PlaybookArgs) -> anyhow::Result<()>
             k,
             min_stage,
         } => {
-            let res = client
-                .search_playbook(pb::SearchPlaybookRequest {
-                    namespace: ns,
-                    query: query.clone(),
-                    k: *k,
-                    min_stage: min_stage.map_or(pb::Stage::Unspecified, StageArg::pb) as i32,
-                    section: String::new(),
-                })
-                .await?
-                .into_inner();
-            for r in res.results {
-                if let Some(b) = r.bullet {
-                    print!("{:.3}  ", r.score);
-                    print_bullet(&b);
-                }
+            let min_stage = min_stage.map_or(Stage::Shadow, StageArg::stage);
+            for (b, score) in client.search(&ns, query, *k, min_stage, None).await? {
+                print!("{score:.3}  ");
+                print_bullet(&b);
             }
         }
         PlaybookCommand::Health => {
-            let h = client
-                .get_playbook_health(pb::GetPlaybookHealthRequest { namespace: ns })
-                .await?
-                .into_inner();
+            let h = client.health(&ns).await?;
             println!(
                 "bullets {}  shadow {}  staging {}  production {}  quarantined {}  deleted {}",
                 h.total, h.shadow, h.staging, h.production, h.quarantined, h.deleted
@@ -270,8 +253,8 @@ pub async fn run(settings: &Settings, args: &PlaybookArgs) -> anyhow::Result<()>
                 h.merge_rate * 100.0,
                 h.added_last_24h
             );
-            for s in h.sections {
-                println!("  {:<10} {}", s.section, s.count);
+            for (section, count) in h.sections {
+                println!("  {section:<10} {count}");
             }
         }
         PlaybookCommand::Feedback {
@@ -280,30 +263,22 @@ pub async fn run(settings: &Settings, args: &PlaybookArgs) -> anyhow::Result<()>
             harmful,
         } => {
             let res = client
-                .record_feedback(pb::RecordFeedbackRequest {
-                    namespace: ns,
-                    feedback: vec![pb::BulletFeedback {
+                .record_feedback(
+                    &ns,
+                    "",
+                    vec![FeedbackItem {
                         bullet_id: bullet_id.clone(),
                         helpful: *helpful,
                         harmful: *harmful,
                     }],
-                    feedback_id: String::new(),
-                })
-                .await?
-                .into_inner();
+                )
+                .await?;
             for b in &res.bullets {
                 print_bullet(b);
             }
         }
         PlaybookCommand::History { bullet_id } => {
-            let res = client
-                .get_bullet_history(pb::GetBulletHistoryRequest {
-                    namespace: ns,
-                    bullet_id: bullet_id.clone(),
-                })
-                .await?
-                .into_inner();
-            for e in res.events {
+            for e in client.history(&ns, bullet_id).await? {
                 println!(
                     "#{} {} {} -> {} {}",
                     e.seq,
@@ -315,7 +290,7 @@ pub async fn run(settings: &Settings, args: &PlaybookArgs) -> anyhow::Result<()>
             }
         }
         PlaybookCommand::Export { format } => {
-            let bullets = all_bullets(&mut client, &ns, None, None).await?;
+            let bullets = all_bullets(&client, &ns, None, None).await?;
             match format {
                 Format::Json => {
                     let v: Vec<_> = bullets.iter().map(bullet_json).collect();

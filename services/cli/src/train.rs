@@ -6,10 +6,11 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use agent_learning_api::{CoordinatorApi, CoordinatorClient, RunEvent, TrainingRequest};
 use agent_learning_config::Settings;
-use agent_learning_proto::v1 as pb;
-use agent_learning_proto::v1::coordinator_client::CoordinatorClient;
+use agent_learning_domain::RunState;
 use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -113,47 +114,45 @@ pub async fn drive(
     args: &TrainArgs,
 ) -> anyhow::Result<()> {
     let channel = connect(url, Duration::from_secs(120)).await?;
-    let mut client = CoordinatorClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    let run = client
-        .start_training(pb::StartTrainingRequest {
+    let coordinator = CoordinatorClient::with_max_message_bytes(channel, 64 << 20);
+    train_with(&coordinator, namespace, env, demos_jsonl, demos, args).await
+}
+
+/// The run through any coordinator: its progress bars, then its summary.
+pub async fn train_with(
+    coordinator: &dyn CoordinatorApi,
+    namespace: &str,
+    env: &str,
+    demos_jsonl: &str,
+    demos: usize,
+    args: &TrainArgs,
+) -> anyhow::Result<()> {
+    let run = coordinator
+        .start_training(TrainingRequest {
             namespace: namespace.to_owned(),
             demos_jsonl: demos_jsonl.to_owned(),
             env: env.to_owned(),
             config_json: args.config_json.clone(),
         })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
+        .await?;
     eprintln!(
         "run {} started: {demos} demos, env {env}, namespace {namespace}",
         run.id
     );
-    let mut events = client
-        .watch_run(pb::WatchRunRequest {
-            run_id: run.id.clone(),
-        })
-        .await?
-        .into_inner();
+    let mut events = coordinator.watch_run(&run.id).await?;
     let mut bars = Bars::new();
-    while let Some(e) = events.message().await? {
+    while let Some(e) = events.next().await {
+        let e = e?;
         bars.show(&e);
-        if matches!(
-            pb::RunState::try_from(e.state),
-            Ok(pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Cancelled)
-        ) {
+        if e.state.terminal() {
             break;
         }
     }
     bars.finish();
-    let run = client
-        .get_run(pb::GetRunRequest { run_id: run.id })
-        .await?
-        .into_inner();
-    match pb::RunState::try_from(run.state) {
-        Ok(pb::RunState::Succeeded) => {}
-        Ok(pb::RunState::Cancelled) => bail!("run {} was cancelled", run.id),
+    let run = coordinator.get_run(&run.id).await?;
+    match run.state {
+        RunState::Succeeded => {}
+        RunState::Cancelled => bail!("run {} was cancelled", run.id),
         _ => bail!("run {} failed: {}", run.id, run.error),
     }
     let summary: serde_json::Value =
@@ -186,16 +185,16 @@ impl Bars {
         }
     }
 
-    fn show(&mut self, e: &pb::RunEvent) {
-        if e.stage.is_empty() {
+    fn show(&mut self, e: &RunEvent) {
+        let Some(stage) = e.stage.map(|s| s.as_str()) else {
             return;
-        }
+        };
         let mut err = std::io::stderr();
-        if e.stage != self.stage {
+        if stage != self.stage {
             if self.tty && !self.stage.is_empty() {
                 let _ = writeln!(err);
             }
-            self.stage = e.stage.clone();
+            self.stage = stage.to_owned();
         }
         let width = 30usize;
         let filled = if e.total > 0 {
@@ -206,7 +205,7 @@ impl Bars {
         let bar = format!("{}{}", "#".repeat(filled), "-".repeat(width - filled));
         let line = format!(
             "{:<8} [{bar}] {:>5}/{:<5} {}",
-            e.stage, e.done, e.total, e.message
+            stage, e.done, e.total, e.message
         );
         if self.tty {
             let _ = write!(err, "\r{line:<100}");

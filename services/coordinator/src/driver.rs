@@ -1,13 +1,10 @@
 //! Driving a run through its stages.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_learning_api::{ApiError, CompileRequest, Demo, ExploreRequest};
+use agent_learning_api::{ApiError, CompileRequest, Demo, ExploreRequest, RunEvent};
 use agent_learning_domain::{RunStage, RunState, Transition};
 use agent_learning_envs::parse_demos;
-use agent_learning_proto::convert::{run_state_to_pb, timestamp};
-use agent_learning_proto::v1 as pb;
 use agent_learning_queue::{QueueError, streams};
 use agent_learning_store::{StageUpdate, StoreError};
 use chrono::Utc;
@@ -24,20 +21,20 @@ const FIT_CHUNK: usize = 1000;
 
 pub(crate) fn event(
     run_id: &str,
-    stage: &str,
+    stage: Option<RunStage>,
     done: u64,
     total: u64,
     state: RunState,
     message: impl Into<String>,
-) -> pb::RunEvent {
-    pb::RunEvent {
+) -> RunEvent {
+    RunEvent {
         run_id: run_id.to_owned(),
-        stage: stage.to_owned(),
+        stage,
         done,
         total,
-        state: run_state_to_pb(state) as i32,
+        state,
         message: message.into(),
-        at: Some(timestamp(Utc::now())),
+        at: Utc::now(),
     }
 }
 
@@ -88,14 +85,14 @@ struct Ctx<'a> {
     cfg: &'a TrainingConfig,
     demos: &'a [agent_learning_envs::Demo],
     cancel: &'a CancellationToken,
-    events: &'a broadcast::Sender<pb::RunEvent>,
+    events: &'a broadcast::Sender<RunEvent>,
 }
 
 impl Ctx<'_> {
     fn emit(&self, stage: RunStage, done: u64, total: u64, message: impl Into<String>) {
         let _ = self.events.send(event(
             self.run_id,
-            stage.as_str(),
+            Some(stage),
             done,
             total,
             RunState::Running,
@@ -113,7 +110,10 @@ impl Ctx<'_> {
 
 impl Coordinator {
     /// Starts driving `run_id` in the background (once per process).
-    pub(crate) async fn drive(self: &Arc<Self>, run_id: String) {
+    pub(crate) async fn drive(&self, run_id: String) {
+        let Some(me) = self.me.upgrade() else {
+            return; // the coordinator is being dropped
+        };
         let mut active = self.active.lock().await;
         if active.contains_key(&run_id) {
             return;
@@ -128,7 +128,6 @@ impl Coordinator {
             },
         );
         drop(active);
-        let me = self.clone();
         tokio::spawn(async move {
             let outcome = me.run_stages(&run_id, &cancel, &tx).await;
             let (state, error) = match outcome {
@@ -152,7 +151,7 @@ impl Coordinator {
                 Some(e) => tracing::warn!(run = %run_id, error = %e, "run failed"),
                 None => tracing::info!(run = %run_id, state = %state, "run ended"),
             }
-            let _ = tx.send(event(&run_id, "", 0, 0, state, error.unwrap_or_default()));
+            let _ = tx.send(event(&run_id, None, 0, 0, state, error.unwrap_or_default()));
             me.active.lock().await.remove(&run_id);
         });
     }
@@ -167,10 +166,7 @@ impl Coordinator {
         }
     }
 
-    pub(crate) async fn subscribe(
-        &self,
-        run_id: &str,
-    ) -> Option<broadcast::Receiver<pb::RunEvent>> {
+    pub(crate) async fn subscribe(&self, run_id: &str) -> Option<broadcast::Receiver<RunEvent>> {
         self.active
             .lock()
             .await
@@ -182,7 +178,7 @@ impl Coordinator {
         &self,
         run_id: &str,
         cancel: &CancellationToken,
-        events: &broadcast::Sender<pb::RunEvent>,
+        events: &broadcast::Sender<RunEvent>,
     ) -> Result<(), Stop> {
         let (run, stages) = self.store.load_run(run_id).await?;
         let cfg: TrainingConfig = serde_json::from_str(&run.config)

@@ -11,17 +11,21 @@ mod driver;
 pub mod grpc;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use agent_learning_api::ApiError;
+use agent_learning_api::{
+    ApiError, CoordinatorApi, RunEvent, RunEventStream, RunInfo, RunPage, StageInfo,
+    TrainingRequest,
+};
 use agent_learning_config::Settings;
 use agent_learning_domain::{InvalidInput, Run, RunState, StageProgress, validate_namespace};
 use agent_learning_envs::parse_demos;
-use agent_learning_proto::v1::RunEvent;
 use agent_learning_queue::{Queue, QueueError};
-use agent_learning_runtime::{Context, Peers, Service};
+use agent_learning_runtime::{Context, Peers, RuntimeError, Service};
 use agent_learning_server::GrpcServer;
 use agent_learning_store::{NewRun, Store, StoreError};
+use async_trait::async_trait;
+use futures::StreamExt as _;
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
@@ -70,7 +74,13 @@ struct Active {
     events: broadcast::Sender<RunEvent>,
 }
 
+/// Runs in a page of `ListRuns` when the caller does not say.
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+
 pub struct Coordinator {
+    /// This coordinator, for the drivers it spawns.
+    me: Weak<Coordinator>,
     store: Store,
     queue: Arc<dyn Queue>,
     peers: Peers,
@@ -87,7 +97,8 @@ impl Coordinator {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             store,
             queue,
             peers,
@@ -98,7 +109,7 @@ impl Coordinator {
     }
 
     /// Resumes every run a previous process left pending or running.
-    pub async fn resume_unfinished(self: &Arc<Self>) -> Result<usize> {
+    pub async fn resume_unfinished(&self) -> Result<usize> {
         let ids = self.store.unfinished_runs().await?;
         for id in &ids {
             tracing::info!(run = %id, "resuming run");
@@ -108,15 +119,9 @@ impl Coordinator {
     }
 
     /// Validates everything, then records the run in one transaction and starts it.
-    pub async fn start_training(
-        self: &Arc<Self>,
-        namespace: &str,
-        demos_jsonl: &str,
-        env: &str,
-        config_json: &str,
-    ) -> Result<(Run, Vec<StageProgress>)> {
-        validate_namespace("namespace", namespace)?;
-        let env = env.trim();
+    pub async fn start_training(&self, r: TrainingRequest) -> Result<RunInfo> {
+        validate_namespace("namespace", &r.namespace)?;
+        let env = r.env.trim();
         if env.is_empty() {
             return Err(InvalidInput::new("env", "must not be empty").into());
         }
@@ -124,10 +129,10 @@ impl Coordinator {
             agent_learning_envs::factory(env)
                 .map_err(|e| InvalidInput::new("env", e.to_string()))?;
         }
-        if demos_jsonl.trim().is_empty() {
+        if r.demos_jsonl.trim().is_empty() {
             return Err(InvalidInput::new("demos_jsonl", "must not be empty").into());
         }
-        let demos = parse_demos(demos_jsonl.as_bytes(), "demos_jsonl")
+        let demos = parse_demos(r.demos_jsonl.as_bytes(), "demos_jsonl")
             .map_err(|e| InvalidInput::new("demos_jsonl", e.to_string()))?;
         if !env.starts_with("grpc://") {
             let wrong: Vec<String> = demos
@@ -146,34 +151,80 @@ impl Coordinator {
                 return Err(InvalidInput::new("demos_jsonl", wrong.join("; ")).into());
             }
         }
-        let cfg = TrainingConfig::from_json(&self.settings, config_json)?;
+        let cfg = TrainingConfig::from_json(&self.settings, &r.config_json)?;
         let id = uuid::Uuid::new_v4().to_string();
         let config = serde_json::to_string(&cfg)
             .map_err(|e| InvalidInput::new("config_json", e.to_string()))?;
         self.store
             .create_run(NewRun {
                 id: &id,
-                namespace,
+                namespace: &r.namespace,
                 env,
                 config: &config,
-                demos: demos_jsonl,
+                demos: &r.demos_jsonl,
             })
             .await?;
-        tracing::info!(run = %id, namespace, demos = demos.len(), env, "training run recorded");
+        tracing::info!(run = %id, namespace = %r.namespace, demos = demos.len(), env, "training run recorded");
         self.drive(id.clone()).await;
-        Ok(self.store.load_run(&id).await?)
+        self.get_run(&id).await
     }
 
-    pub async fn get_run(&self, id: &str) -> Result<(Run, Vec<StageProgress>)> {
+    async fn load(&self, id: &str) -> Result<(Run, Vec<StageProgress>)> {
         if id.trim().is_empty() {
             return Err(InvalidInput::new("run_id", "must not be empty").into());
         }
         Ok(self.store.load_run(id).await?)
     }
 
+    pub async fn get_run(&self, id: &str) -> Result<RunInfo> {
+        let (run, stages) = self.load(id).await?;
+        Ok(run_info(run, stages))
+    }
+
+    /// The run's current state as an event, then its driver's events until it ends.
+    pub async fn watch_run(&self, id: &str) -> Result<RunEventStream> {
+        // Subscribe before reading the state, so nothing between the two is missed.
+        let live = if id.trim().is_empty() {
+            None
+        } else {
+            self.subscribe(id).await
+        };
+        let (run, stages) = self.load(id).await?;
+        let current = stages.iter().find(|s| Some(s.stage) == run.current_stage);
+        let snapshot = driver::event(
+            id,
+            run.current_stage,
+            current.map(|s| s.done).unwrap_or(0),
+            current.map(|s| s.total).unwrap_or(0),
+            run.state,
+            run.error.clone(),
+        );
+        let first = futures::stream::once(async move { Ok(snapshot) });
+        let (Some(live), false) = (live, run.state.terminal()) else {
+            return Ok(Box::pin(first));
+        };
+        // Events until the one that ends the run; a slow watcher skips what it missed.
+        let rest = futures::stream::unfold((live, false), |(mut live, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) => {
+                        let end = e.state.terminal();
+                        return Some((Ok(e), (live, end)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Box::pin(first.chain(rest)))
+    }
+
     /// Marks the run cancelled and stops its driver in this process.
-    pub async fn cancel_run(&self, id: &str) -> Result<(Run, Vec<StageProgress>)> {
-        let (run, _) = self.get_run(id).await?;
+    pub async fn cancel_run(&self, id: &str) -> Result<RunInfo> {
+        let (run, _) = self.load(id).await?;
         if run.state.terminal() {
             return Err(CoordinatorError::Ended {
                 id: id.to_owned(),
@@ -184,26 +235,99 @@ impl Coordinator {
             .set_run_state(id, RunState::Cancelled, None, Some("cancelled by request"))
             .await?;
         self.cancel(id).await;
-        Ok(self.store.load_run(id).await?)
+        self.get_run(id).await
     }
 
-    pub async fn list_runs(
-        &self,
-        ns: &str,
-        limit: u64,
-        offset: u64,
-    ) -> Result<(Vec<(Run, Vec<StageProgress>)>, bool)> {
+    /// Newest first; all namespaces when `ns` is empty. The page token is an offset this
+    /// coordinator issued.
+    pub async fn list_runs(&self, ns: &str, page_size: u32, page_token: &str) -> Result<RunPage> {
         if !ns.is_empty() {
             validate_namespace("namespace", ns)?;
         }
-        Ok(self.store.list_runs(ns, limit, offset).await?)
+        if page_size > MAX_PAGE {
+            return Err(
+                InvalidInput::new("page_size", format!("must be at most {MAX_PAGE}")).into(),
+            );
+        }
+        let limit = u64::from(if page_size == 0 {
+            DEFAULT_PAGE
+        } else {
+            page_size
+        });
+        let offset: u64 = if page_token.is_empty() {
+            0
+        } else {
+            page_token
+                .parse()
+                .map_err(|_| InvalidInput::new("page_token", "not a token this server issued"))?
+        };
+        let (runs, more) = self.store.list_runs(ns, limit, offset).await?;
+        Ok(RunPage {
+            runs: runs.into_iter().map(|(r, s)| run_info(r, s)).collect(),
+            next_page_token: if more {
+                (offset + limit).to_string()
+            } else {
+                String::new()
+            },
+        })
+    }
+}
+
+fn run_info(r: Run, stages: Vec<StageProgress>) -> RunInfo {
+    RunInfo {
+        id: r.id,
+        namespace: r.namespace,
+        kind: r.kind,
+        state: r.state,
+        current_stage: r.current_stage,
+        stages: stages
+            .into_iter()
+            .map(|s| StageInfo {
+                stage: s.stage,
+                done: s.done,
+                total: s.total,
+                seconds: s.seconds,
+            })
+            .collect(),
+        error: r.error,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        summary_json: r.summary,
+    }
+}
+
+#[async_trait]
+impl CoordinatorApi for Coordinator {
+    async fn start_training(&self, req: TrainingRequest) -> Result<RunInfo, ApiError> {
+        Ok(Coordinator::start_training(self, req).await?)
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<RunInfo, ApiError> {
+        Ok(Coordinator::get_run(self, run_id).await?)
+    }
+
+    async fn watch_run(&self, run_id: &str) -> Result<RunEventStream, ApiError> {
+        Ok(Coordinator::watch_run(self, run_id).await?)
+    }
+
+    async fn list_runs(
+        &self,
+        ns: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<RunPage, ApiError> {
+        Ok(Coordinator::list_runs(self, ns, page_size, page_token).await?)
+    }
+
+    async fn cancel_run(&self, run_id: &str) -> Result<RunInfo, ApiError> {
+        Ok(Coordinator::cancel_run(self, run_id).await?)
     }
 }
 
 impl Service for Coordinator {
     const NAME: &'static str = "coordinator";
 
-    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+    async fn build(ctx: &Context) -> Result<Arc<Self>, RuntimeError> {
         Ok(Coordinator::new(
             ctx.store().await?,
             ctx.queue().await?,
@@ -214,7 +338,11 @@ impl Service for Coordinator {
     }
 
     /// The RPCs, then every run a previous process left unfinished, resumed.
-    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
+    async fn mount(
+        self: &Arc<Self>,
+        server: &mut GrpcServer,
+        ctx: &Context,
+    ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
         let me = self.clone();
         ctx.spawn_worker(async move {

@@ -7,20 +7,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_learning_api::{
-    Accuracy, ApiError, CompileRequest, CuratorApi, DecideRequest, Decision, ExploreRequest,
-    ExplorerApi, FeedbackItem, FitReport, PolicyApi, Prediction, ReflectRequest, ReflectorApi,
-    RenderedContext, RolloutStream, WorldModelApi,
+    Accuracy, ApiError, CompileRequest, CoordinatorApi, CoordinatorClient, CuratorApi,
+    DecideRequest, Decision, ExploreRequest, ExplorerApi, FeedbackItem, FeedbackOutcome, FitReport,
+    Health, PlaybookPage, PlaybookQuery, PolicyApi, Prediction, ReflectRequest, ReflectorApi,
+    RenderedContext, RolloutStream, RunInfo, TrainingRequest, WorldModelApi,
 };
 use agent_learning_config::{Settings, Sources};
 use agent_learning_coordinator::Coordinator;
 use agent_learning_domain::{
-    PolicyVersion, Reflection, Rollout, RolloutGroup, RolloutSource, Run, RunState, Stage,
-    Transition,
+    Bullet, BulletEvent, DeltaOp, Insight, PolicyVersion, Reflection, Rollout, RolloutGroup,
+    RolloutSource, RunState, Stage, Transition,
 };
 use agent_learning_queue::{EmbeddedQueue, QueueOptions};
-use agent_learning_runtime::Peers;
+use agent_learning_runtime::testsuite::{self, TestServer};
+use agent_learning_runtime::{Context, Peers};
 use agent_learning_store::Store;
 use async_trait::async_trait;
+use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 fn unused(what: &str) -> ApiError {
@@ -191,13 +194,63 @@ impl CuratorApi for Unused {
         _: &str,
         _: &str,
         _: Vec<FeedbackItem>,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<FeedbackOutcome, ApiError> {
         Err(unused("RecordFeedback"))
+    }
+
+    async fn curate(&self, _: &str, _: Vec<Insight>) -> Result<Vec<DeltaOp>, ApiError> {
+        Err(unused("Curate"))
+    }
+
+    async fn get_playbook(&self, _: &str, _: PlaybookQuery) -> Result<PlaybookPage, ApiError> {
+        Err(unused("GetPlaybook"))
+    }
+
+    async fn search(
+        &self,
+        _: &str,
+        _: &str,
+        _: u32,
+        _: Stage,
+        _: Option<&str>,
+    ) -> Result<Vec<(Bullet, f32)>, ApiError> {
+        Err(unused("SearchPlaybook"))
+    }
+
+    async fn health(&self, _: &str) -> Result<Health, ApiError> {
+        Err(unused("GetPlaybookHealth"))
+    }
+
+    async fn history(&self, _: &str, _: &str) -> Result<Vec<BulletEvent>, ApiError> {
+        Err(unused("GetBulletHistory"))
+    }
+
+    async fn update_bullet(&self, _: &str, _: &str, _: &str) -> Result<DeltaOp, ApiError> {
+        Err(unused("UpdateBullet"))
+    }
+
+    async fn delete_bullet(&self, _: &str, _: &str, _: &str) -> Result<DeltaOp, ApiError> {
+        Err(unused("DeleteBullet"))
+    }
+
+    async fn merge_bullets(&self, _: &str, _: &str, _: &str) -> Result<DeltaOp, ApiError> {
+        Err(unused("MergeBullets"))
+    }
+
+    async fn set_stage(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<Stage>,
+        _: &str,
+    ) -> Result<Bullet, ApiError> {
+        Err(unused("SetBulletStage"))
     }
 }
 
 struct Harness {
     _dir: tempfile::TempDir,
+    store: Store,
     coordinator: Arc<Coordinator>,
     world_model: Arc<FakeWorldModel>,
     policy: Arc<FakePolicy>,
@@ -229,9 +282,16 @@ async fn harness(world_model: FakeWorldModel, hang: bool) -> Harness {
         policy: policy.clone(),
         curator: Arc::new(Unused),
     };
-    let coordinator = Coordinator::new(store, queue, peers, settings, CancellationToken::new());
+    let coordinator = Coordinator::new(
+        store.clone(),
+        queue,
+        peers,
+        settings,
+        CancellationToken::new(),
+    );
     Harness {
         _dir: dir,
+        store,
         coordinator,
         world_model,
         policy,
@@ -245,9 +305,18 @@ fn demos(n: usize) -> String {
     String::from_utf8(buf).unwrap()
 }
 
-async fn until_ended(c: &Coordinator, id: &str) -> Run {
+fn training(demos_jsonl: String, config_json: &str) -> TrainingRequest {
+    TrainingRequest {
+        namespace: "fake-peers".into(),
+        demos_jsonl,
+        env: "driving".into(),
+        config_json: config_json.into(),
+    }
+}
+
+async fn until_ended(c: &Coordinator, id: &str) -> RunInfo {
     for _ in 0..600 {
-        let (run, _) = c.get_run(id).await.unwrap();
+        let run = c.get_run(id).await.unwrap();
         if run.state.terminal() {
             return run;
         }
@@ -269,17 +338,12 @@ async fn a_run_goes_through_every_stage_in_order() {
                 .len()
         })
         .sum::<usize>();
-    let (run, stages) = h
+    let run = h
         .coordinator
-        .start_training(
-            "fake-peers",
-            &text,
-            "driving",
-            r#"{"min_stage": "staging"}"#,
-        )
+        .start_training(training(text, r#"{"min_stage": "staging"}"#))
         .await
         .unwrap();
-    assert_eq!(stages.len(), 5);
+    assert_eq!(run.stages.len(), 5);
     let run = until_ended(&h.coordinator, &run.id).await;
     assert_eq!(run.state, RunState::Succeeded, "{}", run.error);
 
@@ -291,9 +355,9 @@ async fn a_run_goes_through_every_stage_in_order() {
     assert_eq!(compiled.len(), 1);
     assert_eq!(compiled[0].min_stage, Some(Stage::Staging));
 
-    let (run, stages) = h.coordinator.get_run(&run.id).await.unwrap();
+    let (_, stages) = h.store.load_run(&run.id).await.unwrap();
     assert!(stages.iter().all(|s| s.finished), "{stages:?}");
-    let summary: serde_json::Value = serde_json::from_str(&run.summary).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&run.summary_json).unwrap();
     assert_eq!(summary["rollouts"], 6);
     assert_eq!(summary["branch_points"], 3);
     assert_eq!(summary["reflections"], 3);
@@ -313,9 +377,9 @@ async fn a_failing_peer_fails_the_run_with_its_reason() {
         false,
     )
     .await;
-    let (run, _) = h
+    let run = h
         .coordinator
-        .start_training("fake-peers", &demos(1), "driving", "")
+        .start_training(training(demos(1), ""))
         .await
         .unwrap();
     let run = until_ended(&h.coordinator, &run.id).await;
@@ -330,25 +394,38 @@ async fn a_failing_peer_fails_the_run_with_its_reason() {
 #[tokio::test]
 async fn a_cancelled_run_stops_where_it_is() {
     let h = harness(FakeWorldModel::default(), true).await;
-    let (run, _) = h
+    let run = h
         .coordinator
-        .start_training("fake-peers", &demos(1), "driving", "")
+        .start_training(training(demos(1), ""))
         .await
         .unwrap();
     // The explorer never answers: wait until the driver is in that stage.
     for _ in 0..200 {
-        let (r, _) = h.coordinator.get_run(&run.id).await.unwrap();
+        let r = h.coordinator.get_run(&run.id).await.unwrap();
         if r.current_stage == Some(agent_learning_domain::RunStage::Explore) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let (cancelled, _) = h.coordinator.cancel_run(&run.id).await.unwrap();
+    let mut events = h.coordinator.watch_run(&run.id).await.unwrap();
+    let first = events.next().await.unwrap().unwrap();
+    assert_eq!(first.state, RunState::Running);
+    assert_eq!(first.stage, Some(agent_learning_domain::RunStage::Explore));
+    let cancelled = h.coordinator.cancel_run(&run.id).await.unwrap();
     assert_eq!(cancelled.state, RunState::Cancelled);
     let run = until_ended(&h.coordinator, &run.id).await;
     assert_eq!(run.state, RunState::Cancelled);
+    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(10), events.collect::<Vec<_>>())
+        .await
+        .expect("the watch ends with the run");
+    let last = rest
+        .last()
+        .expect("an event that ends the run")
+        .as_ref()
+        .unwrap();
+    assert_eq!((last.state, last.stage), (RunState::Cancelled, None));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (after, _) = h.coordinator.get_run(&run.id).await.unwrap();
+    let after = h.coordinator.get_run(&run.id).await.unwrap();
     assert_eq!(
         after.state,
         RunState::Cancelled,
@@ -357,4 +434,79 @@ async fn a_cancelled_run_stops_where_it_is() {
     assert!(h.policy.compiled.lock().unwrap().is_empty());
     let err = h.coordinator.cancel_run(&run.id).await.unwrap_err();
     assert_eq!(ApiError::from(err).code(), tonic::Code::FailedPrecondition);
+}
+
+/// The same driver behind its gRPC adapter, through the client wrapper the CLI uses: the run's
+/// events arrive in stage order and end with its state, and runs list newest first.
+#[tokio::test]
+async fn the_client_sees_a_run_from_start_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = testsuite::settings_in(dir.path());
+    settings.pipeline.holdout = 0;
+    let store = Store::open(&settings).await.unwrap();
+    let (listener, addr) = testsuite::listener().await;
+    let ctx = Context::new(settings, addr).unwrap();
+    let peers = Peers {
+        world_model: Arc::new(FakeWorldModel::default()),
+        explorer: Arc::new(FakeExplorer { store, hang: false }),
+        reflector: Arc::new(Unused),
+        policy: Arc::new(FakePolicy::default()),
+        curator: Arc::new(Unused),
+    };
+    let server = TestServer::start::<Coordinator>(ctx.with_peers(peers), listener)
+        .await
+        .unwrap();
+    let client = CoordinatorClient::new(server.channel());
+
+    let bad = client
+        .start_training(training("{\"id\": 1}\n".into(), ""))
+        .await
+        .unwrap_err();
+    match bad {
+        ApiError::Invalid(i) => assert_eq!(i.field, "demos_jsonl"),
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+
+    let run = client.start_training(training(demos(2), "")).await.unwrap();
+    let events: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.watch_run(&run.id).await.unwrap().collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the watch ends with the run")
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    let last = events.last().unwrap();
+    assert_eq!(last.state, RunState::Succeeded, "{}", last.message);
+    let mut seen: Vec<_> = events.iter().filter_map(|e| e.stage).collect();
+    seen.dedup();
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "stages arrive in order: {seen:?}"
+    );
+    let done = client.get_run(&run.id).await.unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    assert_eq!(done.stages.len(), 5);
+    let summary: serde_json::Value = serde_json::from_str(&done.summary_json).unwrap();
+    assert_eq!(summary["rollouts"], 4);
+
+    let second = client.start_training(training(demos(1), "")).await.unwrap();
+    let page = client.list_runs("fake-peers", 1, "").await.unwrap();
+    assert_eq!(page.runs.len(), 1);
+    assert_eq!(page.runs[0].id, second.id, "newest first");
+    let next = client
+        .list_runs("fake-peers", 1, &page.next_page_token)
+        .await
+        .unwrap();
+    assert_eq!(next.runs[0].id, run.id);
+    let missing = client.get_run("no-such-run").await.unwrap_err();
+    assert!(matches!(missing, ApiError::NotFound(_)), "{missing:?}");
+    for _ in 0..600 {
+        if client.get_run(&second.id).await.unwrap().state.terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shut_down().await.unwrap();
 }

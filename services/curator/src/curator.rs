@@ -14,6 +14,8 @@ use agent_learning_vector::{Filter, Point, VectorError, VectorIndex};
 use tracing::{info, warn};
 use uuid::Uuid;
 
+pub use agent_learning_api::{FeedbackItem, Health, PlaybookPage, PlaybookQuery};
+
 use crate::judge::{Judgement, MergeJudge, Nearest};
 use crate::render;
 
@@ -69,44 +71,6 @@ pub struct CuratorOptions {
     /// Index writes after which the index's search structures are rebuilt in the background,
     /// so search cost stays flat as the playbook grows; 0 never rebuilds.
     pub optimize_after_writes: usize,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct PlaybookQuery {
-    pub stage: Option<Stage>,
-    pub section: Option<String>,
-    pub page_size: u32,
-    pub page_token: String,
-    pub include_deleted: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct PlaybookPage {
-    pub bullets: Vec<Bullet>,
-    pub next_page_token: String,
-    pub total: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct FeedbackItem {
-    pub bullet_id: String,
-    pub helpful: u32,
-    pub harmful: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Health {
-    pub total: u64,
-    pub shadow: u64,
-    pub staging: u64,
-    pub production: u64,
-    pub quarantined: u64,
-    pub deleted: u64,
-    pub sections: Vec<(String, u64)>,
-    pub insights_applied: u64,
-    pub merges: u64,
-    pub merge_rate: f64,
-    pub added_last_24h: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

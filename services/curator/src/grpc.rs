@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use agent_learning_domain::{Bullet, BulletEvent, DeltaKind, DeltaOp, Insight, Stage};
-use agent_learning_proto::convert::{self, stage_to_pb, timestamp};
+use agent_learning_domain::{Insight, Stage};
+use agent_learning_proto::convert::{self, bullet_to_pb, event_to_pb, op_to_pb};
 use agent_learning_proto::v1 as pb;
 use pb::curator_server::{Curator as CuratorRpc, CuratorServer};
 use tonic::{Request, Response, Status};
@@ -29,57 +29,6 @@ impl From<CuratorError> for Status {
 /// The stage a request names; an error naming `field` for a number outside the enum.
 fn stage_from_pb(field: &str, v: i32) -> Result<Option<Stage>, Status> {
     convert::stage_from_pb(field, v).map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-pub fn bullet_to_pb(b: Bullet) -> pb::Bullet {
-    pb::Bullet {
-        id: b.id.to_string(),
-        section: b.section,
-        content: b.content,
-        helpful: b.helpful,
-        harmful: b.harmful,
-        evidence: b.evidence,
-        stage: stage_to_pb(b.stage) as i32,
-        namespace: b.namespace,
-        sources: b.sources,
-        created_at: Some(timestamp(b.created_at)),
-        updated_at: Some(timestamp(b.updated_at)),
-        deleted: b.deleted,
-    }
-}
-
-fn op_to_pb(op: DeltaOp) -> pb::DeltaOp {
-    let kind = match op.kind {
-        DeltaKind::Add => pb::DeltaKind::Add,
-        DeltaKind::Merge => pb::DeltaKind::Merge,
-        DeltaKind::Update => pb::DeltaKind::Update,
-        DeltaKind::Delete => pb::DeltaKind::Delete,
-    };
-    pb::DeltaOp {
-        kind: kind as i32,
-        bullet_id: op.bullet_id.to_string(),
-        insight_id: op.insight_id,
-        similarity: op.similarity,
-        replayed: op.replayed,
-        merged_bullet_id: op
-            .merged_bullet_id
-            .map(|u| u.to_string())
-            .unwrap_or_default(),
-    }
-}
-
-fn event_to_pb(e: BulletEvent) -> pb::BulletEvent {
-    let stage = |s: Option<Stage>| s.map_or(pb::Stage::Unspecified, stage_to_pb) as i32;
-    pb::BulletEvent {
-        seq: e.seq,
-        bullet_id: e.bullet_id.to_string(),
-        kind: e.kind,
-        insight_id: e.insight_id.unwrap_or_default(),
-        from_stage: stage(e.from_stage),
-        to_stage: stage(e.to_stage),
-        detail: e.detail.to_string(),
-        at: Some(timestamp(e.at)),
-    }
 }
 
 /// Serves a [`Curator`] as `agent_learning.v1.Curator`.

@@ -5,5 +5,6 @@ async fn main() -> anyhow::Result<()> {
     agent_learning_runtime::run_standalone::<agent_learning_curator::Curator>(
         "agent-learning Curator service (ACE playbook curation over gRPC)",
     )
-    .await
+    .await?;
+    Ok(())
 }

@@ -89,7 +89,7 @@ pub async fn consume_reflections(
                     warn!(reflection = %r.id, error = %e, "reflection rejected by curation; skipped");
                     Ok(())
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => Err(e),
             }
         }
     })

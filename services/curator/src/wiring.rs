@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_learning_api::{ApiError, CuratorApi, RenderedContext};
+use agent_learning_api::{
+    ApiError, CuratorApi, FeedbackOutcome, Health, PlaybookPage, PlaybookQuery, RenderedContext,
+};
 use agent_learning_config::Settings;
-use agent_learning_domain::Stage;
+use agent_learning_domain::{Bullet, BulletEvent, DeltaOp, Insight, Stage};
 use agent_learning_proto::service_names;
-use agent_learning_runtime::{Context, Service, consumer_name};
+use agent_learning_runtime::{Context, RuntimeError, Service, WithWhat as _, consumer_name};
 use agent_learning_server::GrpcServer;
 use async_trait::async_trait;
 
@@ -48,6 +50,25 @@ impl From<CuratorError> for ApiError {
 
 #[async_trait]
 impl CuratorApi for Curator {
+    async fn curate(&self, ns: &str, insights: Vec<Insight>) -> Result<Vec<DeltaOp>, ApiError> {
+        Ok(Curator::curate(self, ns, &insights).await?)
+    }
+
+    async fn get_playbook(&self, ns: &str, q: PlaybookQuery) -> Result<PlaybookPage, ApiError> {
+        Ok(Curator::get_playbook(self, ns, &q).await?)
+    }
+
+    async fn search(
+        &self,
+        ns: &str,
+        query: &str,
+        k: u32,
+        min_stage: Stage,
+        section: Option<&str>,
+    ) -> Result<Vec<(Bullet, f32)>, ApiError> {
+        Ok(Curator::search(self, ns, query, k, min_stage, section).await?)
+    }
+
     async fn render_context(
         &self,
         ns: &str,
@@ -68,18 +89,50 @@ impl CuratorApi for Curator {
         &self,
         ns: &str,
         feedback_id: &str,
-        items: Vec<agent_learning_api::FeedbackItem>,
-    ) -> Result<bool, ApiError> {
-        let items: Vec<FeedbackItem> = items
-            .into_iter()
-            .map(|f| FeedbackItem {
-                bullet_id: f.bullet_id,
-                helpful: f.helpful,
-                harmful: f.harmful,
-            })
-            .collect();
-        let (_, replayed) = Curator::record_feedback(self, ns, feedback_id, &items).await?;
-        Ok(replayed)
+        items: Vec<FeedbackItem>,
+    ) -> Result<FeedbackOutcome, ApiError> {
+        let (bullets, replayed) = Curator::record_feedback(self, ns, feedback_id, &items).await?;
+        Ok(FeedbackOutcome { bullets, replayed })
+    }
+
+    async fn health(&self, ns: &str) -> Result<Health, ApiError> {
+        Ok(Curator::health(self, ns).await?)
+    }
+
+    async fn history(&self, ns: &str, bullet_id: &str) -> Result<Vec<BulletEvent>, ApiError> {
+        Ok(Curator::history(self, ns, bullet_id).await?)
+    }
+
+    async fn update_bullet(
+        &self,
+        ns: &str,
+        bullet_id: &str,
+        content: &str,
+    ) -> Result<DeltaOp, ApiError> {
+        Ok(Curator::update_bullet(self, ns, bullet_id, content).await?)
+    }
+
+    async fn delete_bullet(
+        &self,
+        ns: &str,
+        bullet_id: &str,
+        reason: &str,
+    ) -> Result<DeltaOp, ApiError> {
+        Ok(Curator::delete_bullet(self, ns, bullet_id, reason).await?)
+    }
+
+    async fn merge_bullets(&self, ns: &str, into: &str, from: &str) -> Result<DeltaOp, ApiError> {
+        Ok(Curator::merge_bullets(self, ns, into, from).await?)
+    }
+
+    async fn set_stage(
+        &self,
+        ns: &str,
+        bullet_id: &str,
+        stage: Option<Stage>,
+        reason: &str,
+    ) -> Result<Bullet, ApiError> {
+        Ok(Curator::set_stage(self, ns, bullet_id, stage, reason).await?)
     }
 }
 
@@ -87,7 +140,7 @@ impl Service for Curator {
     const NAME: &'static str = "curator";
 
     /// A curator over the context's backends, with the index reconciled.
-    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+    async fn build(ctx: &Context) -> Result<Arc<Self>, RuntimeError> {
         let opts = curator_options(ctx.settings());
         let judge = Arc::new(ThresholdJudge {
             threshold: opts.merge_threshold,
@@ -99,12 +152,16 @@ impl Service for Curator {
             judge,
             opts,
         ));
-        curator.start().await?;
+        curator.start().await.what("playbook index")?;
         Ok(curator)
     }
 
     /// The RPCs and the consumer of the reflections stream; health follows every dependency.
-    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
+    async fn mount(
+        self: &Arc<Self>,
+        server: &mut GrpcServer,
+        ctx: &Context,
+    ) -> Result<(), RuntimeError> {
         let max = server.limits().max_message_bytes;
         server
             .routes_mut()

@@ -8,13 +8,21 @@ mod server;
 pub use agent_learning_api::{RemoteEnvironment, RemoteError, open_env};
 pub use server::{EnvFactory, EnvService};
 
+#[derive(Debug, thiserror::Error)]
+pub enum EnvServeError {
+    #[error(transparent)]
+    Env(#[from] agent_learning_envs::EnvError),
+    #[error(transparent)]
+    Serve(#[from] agent_learning_server::ServeError),
+}
+
 /// Serves one built-in environment until `shutdown` resolves.
 pub async fn serve_environment(
     name: &str,
     limits: agent_learning_server::ServerLimits,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), EnvServeError> {
     let mut server = agent_learning_server::GrpcServer::new(limits)?;
     EnvService::built_in(name)?.mount(&mut server);
     let readiness = server.readiness();

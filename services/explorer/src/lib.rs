@@ -21,7 +21,7 @@ use agent_learning_envs::Rng;
 use agent_learning_llm::{ChatModel, ChatParams, Message};
 use agent_learning_proto::convert::group_to_pb;
 use agent_learning_queue::{Queue, QueueError, streams};
-use agent_learning_runtime::{Context, Service};
+use agent_learning_runtime::{Context, RuntimeError, Service};
 use agent_learning_server::GrpcServer;
 use agent_learning_store::{Outbox, Store, StoreError};
 use async_trait::async_trait;
@@ -412,7 +412,7 @@ impl ExplorerApi for Explorer {
 impl Service for Explorer {
     const NAME: &'static str = "explorer";
 
-    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+    async fn build(ctx: &Context) -> Result<Arc<Self>, RuntimeError> {
         let s = ctx.settings();
         Ok(Arc::new(Self::new(
             ctx.store().await?,
@@ -426,7 +426,11 @@ impl Service for Explorer {
         )))
     }
 
-    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
+    async fn mount(
+        self: &Arc<Self>,
+        server: &mut GrpcServer,
+        ctx: &Context,
+    ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
         let store = self.store.clone();
         ctx.ready_when(move || {

@@ -18,7 +18,7 @@ use agent_learning_domain::{
     DecisionRecord, InvalidInput, PolicyVersion, Stage, TokenUsage, clip_bytes, validate_namespace,
 };
 use agent_learning_llm::{ChatModel, LlmError, Message, prompts};
-use agent_learning_runtime::{Context, Service};
+use agent_learning_runtime::{Context, RuntimeError, Service, WithWhat as _};
 use agent_learning_server::GrpcServer;
 use agent_learning_store::{Store, StoreError};
 use agent_learning_transitions::{Transitions, TransitionsError};
@@ -387,7 +387,7 @@ impl PolicyApi for Policy {
 impl Service for Policy {
     const NAME: &'static str = "policy";
 
-    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+    async fn build(ctx: &Context) -> Result<Arc<Self>, RuntimeError> {
         let s = ctx.settings();
         let store = ctx.store().await?;
         let transitions = Transitions::new(
@@ -396,7 +396,7 @@ impl Service for Policy {
             ctx.embedder().await?,
             &s.vector.collection_prefix,
         );
-        transitions.start().await?;
+        transitions.start().await.what("transition index")?;
         Ok(Arc::new(Self::new(
             store,
             transitions,
@@ -406,7 +406,11 @@ impl Service for Policy {
         )))
     }
 
-    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
+    async fn mount(
+        self: &Arc<Self>,
+        server: &mut GrpcServer,
+        ctx: &Context,
+    ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
         let store = self.store.clone();
         ctx.ready_when(move || {

@@ -5,5 +5,6 @@ async fn main() -> anyhow::Result<()> {
     agent_learning_runtime::run_standalone::<agent_learning_policy::Policy>(
         "agent-learning policy service (Compile, Decide, Feedback over gRPC)",
     )
-    .await
+    .await?;
+    Ok(())
 }

@@ -5,19 +5,23 @@
 use std::sync::{Arc, Mutex};
 
 use agent_learning_api::{
-    ApiError, CompileRequest, CuratorApi, DecideRequest, FeedbackItem, PolicyApi, PolicyClient,
-    RenderedContext,
+    ApiError, CompileRequest, CuratorApi, DecideRequest, FeedbackItem, FeedbackOutcome, Health,
+    PlaybookPage, PlaybookQuery, PolicyApi, PolicyClient, RenderedContext,
 };
-use agent_learning_config::{Settings, Sources};
-use agent_learning_domain::Stage;
+use agent_learning_domain::{Bullet, BulletEvent, DeltaOp, Insight, Stage};
 use agent_learning_embed::testsuite::HashEmbedder;
 use agent_learning_llm::testsuite::InstantModel;
 use agent_learning_policy::Policy;
-use agent_learning_runtime::{Context, add, limits, serve};
-use agent_learning_server::GrpcServer;
+use agent_learning_runtime::Context;
+use agent_learning_runtime::testsuite::{self, TestServer};
 use async_trait::async_trait;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+
+fn unused(what: &str) -> ApiError {
+    ApiError::Internal {
+        message: format!("{what} is not used by the policy"),
+        source: None,
+    }
+}
 
 #[derive(Default)]
 struct FakeCurator {
@@ -50,12 +54,64 @@ impl CuratorApi for FakeCurator {
         _: &str,
         feedback_id: &str,
         items: Vec<FeedbackItem>,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<FeedbackOutcome, ApiError> {
         self.votes
             .lock()
             .unwrap()
             .push((feedback_id.to_owned(), items));
-        Ok(false)
+        Ok(FeedbackOutcome {
+            bullets: Vec::new(),
+            replayed: false,
+        })
+    }
+
+    async fn curate(&self, _: &str, _: Vec<Insight>) -> Result<Vec<DeltaOp>, ApiError> {
+        Err(unused("Curate"))
+    }
+
+    async fn get_playbook(&self, _: &str, _: PlaybookQuery) -> Result<PlaybookPage, ApiError> {
+        Err(unused("GetPlaybook"))
+    }
+
+    async fn search(
+        &self,
+        _: &str,
+        _: &str,
+        _: u32,
+        _: Stage,
+        _: Option<&str>,
+    ) -> Result<Vec<(Bullet, f32)>, ApiError> {
+        Err(unused("SearchPlaybook"))
+    }
+
+    async fn health(&self, _: &str) -> Result<Health, ApiError> {
+        Err(unused("GetPlaybookHealth"))
+    }
+
+    async fn history(&self, _: &str, _: &str) -> Result<Vec<BulletEvent>, ApiError> {
+        Err(unused("GetBulletHistory"))
+    }
+
+    async fn update_bullet(&self, _: &str, _: &str, _: &str) -> Result<DeltaOp, ApiError> {
+        Err(unused("UpdateBullet"))
+    }
+
+    async fn delete_bullet(&self, _: &str, _: &str, _: &str) -> Result<DeltaOp, ApiError> {
+        Err(unused("DeleteBullet"))
+    }
+
+    async fn merge_bullets(&self, _: &str, _: &str, _: &str) -> Result<DeltaOp, ApiError> {
+        Err(unused("MergeBullets"))
+    }
+
+    async fn set_stage(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<Stage>,
+        _: &str,
+    ) -> Result<Bullet, ApiError> {
+        Err(unused("SetBulletStage"))
     }
 }
 
@@ -63,47 +119,31 @@ struct Served {
     _dir: tempfile::TempDir,
     client: PolicyClient,
     curator: Arc<FakeCurator>,
-    stop: CancellationToken,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: TestServer,
 }
 
 impl Served {
-    /// Stops the server and waits for it, so the data directory outlives the index.
     async fn shut_down(self) {
-        self.stop.cancel();
-        self.server.await.unwrap().unwrap();
+        self.server.shut_down().await.unwrap();
     }
 }
 
 async fn serve_policy() -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::load(&Sources {
-        file: None,
-        overrides: vec![("data_dir".into(), dir.path().display().to_string())],
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = testsuite::listener().await;
     let curator = Arc::new(FakeCurator::default());
-    let ctx = Context::new(settings, addr).unwrap();
+    let ctx = Context::new(testsuite::settings_in(dir.path()), addr).unwrap();
     let mut peers = ctx.peers().clone();
     peers.curator = curator.clone();
     let ctx = ctx
         .with_peers(peers)
         .with_model(Arc::new(InstantModel))
         .with_embedder(Arc::new(HashEmbedder));
-    let mut server = GrpcServer::new(limits(ctx.settings())).unwrap();
-    add::<Policy>(&ctx, &mut server).await.unwrap();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(serve(ctx, server, listener, stop.clone().cancelled_owned()));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
+    let server = TestServer::start::<Policy>(ctx, listener).await.unwrap();
     Served {
         _dir: dir,
-        client: PolicyClient::new(channel),
+        client: PolicyClient::new(server.channel()),
         curator,
-        stop,
         server,
     }
 }

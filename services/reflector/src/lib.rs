@@ -19,7 +19,7 @@ use agent_learning_llm::{ChatModel, LlmError, Message, prompts};
 use agent_learning_proto::convert::{group_from_pb, reflection_to_pb};
 use agent_learning_proto::v1 as pb;
 use agent_learning_queue::{ConsumerOptions, Queue, QueueError, consume, streams};
-use agent_learning_runtime::{Context, Service, consumer_name};
+use agent_learning_runtime::{Context, RuntimeError, Service, consumer_name};
 use agent_learning_server::GrpcServer;
 use agent_learning_store::{Outbox, Store, StoreError};
 use async_trait::async_trait;
@@ -352,7 +352,7 @@ impl Reflector {
                             tracing::warn!(key = %d.key, error = %e, "rollout group rejected; skipped");
                             Ok(())
                         }
-                        Err(e) => Err(anyhow::anyhow!(e)),
+                        Err(e) => Err(e),
                     }
                 }
             }));
@@ -370,7 +370,7 @@ impl ReflectorApi for Reflector {
 impl Service for Reflector {
     const NAME: &'static str = "reflector";
 
-    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+    async fn build(ctx: &Context) -> Result<Arc<Self>, RuntimeError> {
         Ok(Arc::new(Self::new(
             ctx.store().await?,
             ctx.queue().await?,
@@ -381,7 +381,11 @@ impl Service for Reflector {
 
     /// The Reflect RPC and `pipeline.reflectors` consumers of the rollouts stream (none
     /// when 0: reflectors then run as their own processes).
-    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
+    async fn mount(
+        self: &Arc<Self>,
+        server: &mut GrpcServer,
+        ctx: &Context,
+    ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
         let s = ctx.settings();
         // A reflector process of its own always consumes; in a shared server 0 means none.

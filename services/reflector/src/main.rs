@@ -5,5 +5,6 @@ async fn main() -> anyhow::Result<()> {
     agent_learning_runtime::run_standalone::<agent_learning_reflector::Reflector>(
         "agent-learning reflector service (four-section reflections over gRPC and the rollouts stream)",
     )
-    .await
+    .await?;
+    Ok(())
 }

@@ -12,7 +12,7 @@ use agent_learning_api::{Accuracy, ApiError, FitReport, Neighbour, Prediction, W
 use agent_learning_domain::{InvalidInput, TokenUsage, Transition, validate_namespace};
 use agent_learning_embed::cosine;
 use agent_learning_llm::{ChatModel, ChatParams, LlmError, Message, prompts};
-use agent_learning_runtime::{Context, Service};
+use agent_learning_runtime::{Context, RuntimeError, Service, WithWhat as _};
 use agent_learning_server::GrpcServer;
 use agent_learning_transitions::{Found, Transitions, TransitionsError};
 use async_trait::async_trait;
@@ -264,7 +264,7 @@ impl WorldModelApi for WorldModel {
 impl Service for WorldModel {
     const NAME: &'static str = "world-model";
 
-    async fn build(ctx: &Context) -> anyhow::Result<Arc<Self>> {
+    async fn build(ctx: &Context) -> Result<Arc<Self>, RuntimeError> {
         let s = ctx.settings();
         let transitions = Transitions::new(
             ctx.store().await?,
@@ -272,7 +272,7 @@ impl Service for WorldModel {
             ctx.embedder().await?,
             &s.vector.collection_prefix,
         );
-        transitions.start().await?;
+        transitions.start().await.what("transition index")?;
         Ok(Arc::new(Self::new(
             transitions,
             ctx.model().await?,
@@ -280,7 +280,11 @@ impl Service for WorldModel {
         )))
     }
 
-    async fn mount(self: &Arc<Self>, server: &mut GrpcServer, ctx: &Context) -> anyhow::Result<()> {
+    async fn mount(
+        self: &Arc<Self>,
+        server: &mut GrpcServer,
+        ctx: &Context,
+    ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
         let transitions = self.transitions.clone();
         ctx.ready_when(move || {

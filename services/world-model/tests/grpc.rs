@@ -5,55 +5,38 @@
 use std::sync::Arc;
 
 use agent_learning_api::{ApiError, WorldModelApi, WorldModelClient};
-use agent_learning_config::{Settings, Sources};
 use agent_learning_domain::Transition;
 use agent_learning_embed::testsuite::HashEmbedder;
 use agent_learning_llm::testsuite::InstantModel;
-use agent_learning_runtime::{Context, add, limits, serve};
-use agent_learning_server::GrpcServer;
+use agent_learning_runtime::Context;
+use agent_learning_runtime::testsuite::{self, TestServer};
 use agent_learning_world_model::WorldModel;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 struct Served {
     _dir: tempfile::TempDir,
     client: WorldModelClient,
-    stop: CancellationToken,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: TestServer,
 }
 
 impl Served {
-    /// Stops the server and waits for it, so the data directory outlives the index.
     async fn shut_down(self) {
-        self.stop.cancel();
-        self.server.await.unwrap().unwrap();
+        self.server.shut_down().await.unwrap();
     }
 }
 
 async fn serve_world_model() -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::load(&Sources {
-        file: None,
-        overrides: vec![("data_dir".into(), dir.path().display().to_string())],
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let ctx = Context::new(settings, addr)
+    let (listener, addr) = testsuite::listener().await;
+    let ctx = Context::new(testsuite::settings_in(dir.path()), addr)
         .unwrap()
         .with_model(Arc::new(InstantModel))
         .with_embedder(Arc::new(HashEmbedder));
-    let mut server = GrpcServer::new(limits(ctx.settings())).unwrap();
-    add::<WorldModel>(&ctx, &mut server).await.unwrap();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(serve(ctx, server, listener, stop.clone().cancelled_owned()));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
+    let server = TestServer::start::<WorldModel>(ctx, listener)
+        .await
+        .unwrap();
     Served {
         _dir: dir,
-        client: WorldModelClient::new(channel),
-        stop,
+        client: WorldModelClient::new(server.channel()),
         server,
     }
 }

@@ -1,8 +1,10 @@
-//! The curator, as the policy reaches it: the playbook context for a state, and votes on the
-//! bullets a decision used.
+//! The curator: ACE curation of insights into a staged, de-duplicated playbook, its reads,
+//! votes and hand edits.
 
-use agent_learning_domain::Stage;
-use agent_learning_proto::convert::stage_to_pb;
+use agent_learning_domain::{Bullet, BulletEvent, DeltaOp, Insight, Stage};
+use agent_learning_proto::convert::{
+    Malformed, bullet_from_pb, event_from_pb, op_from_pb, stage_to_pb,
+};
 use agent_learning_proto::v1 as pb;
 use async_trait::async_trait;
 use tonic::transport::Channel;
@@ -17,6 +19,13 @@ pub struct FeedbackItem {
     pub harmful: u32,
 }
 
+/// The bullets after a vote, and whether the vote had been applied before (a retry).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackOutcome {
+    pub bullets: Vec<Bullet>,
+    pub replayed: bool,
+}
+
 /// The playbook text a policy puts in its prompt, and the bullets it holds.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RenderedContext {
@@ -25,8 +34,51 @@ pub struct RenderedContext {
     pub tokens: u32,
 }
 
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlaybookQuery {
+    pub stage: Option<Stage>,
+    pub section: Option<String>,
+    pub page_size: u32,
+    pub page_token: String,
+    pub include_deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaybookPage {
+    pub bullets: Vec<Bullet>,
+    pub next_page_token: String,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Health {
+    pub total: u64,
+    pub shadow: u64,
+    pub staging: u64,
+    pub production: u64,
+    pub quarantined: u64,
+    pub deleted: u64,
+    pub sections: Vec<(String, u64)>,
+    pub insights_applied: u64,
+    pub merges: u64,
+    pub merge_rate: f64,
+    pub added_last_24h: u64,
+}
+
 #[async_trait]
 pub trait CuratorApi: Send + Sync {
+    /// Insights in, delta operations out; all or nothing, idempotent by insight id.
+    async fn curate(&self, ns: &str, insights: Vec<Insight>) -> Result<Vec<DeltaOp>, ApiError>;
+    async fn get_playbook(&self, ns: &str, q: PlaybookQuery) -> Result<PlaybookPage, ApiError>;
+    /// Bullets nearest `query`, at or above `min_stage`, with their similarity.
+    async fn search(
+        &self,
+        ns: &str,
+        query: &str,
+        k: u32,
+        min_stage: Stage,
+        section: Option<&str>,
+    ) -> Result<Vec<(Bullet, f32)>, ApiError>;
     /// The bullets most relevant to `state`, at or above `min_stage`, within `token_budget`.
     async fn render_context(
         &self,
@@ -35,14 +87,36 @@ pub trait CuratorApi: Send + Sync {
         token_budget: u32,
         min_stage: Stage,
     ) -> Result<RenderedContext, ApiError>;
-
-    /// Applies the votes once per `feedback_id`; returns whether it was a replay.
+    /// Applies the votes once per `feedback_id` (empty: no idempotency key).
     async fn record_feedback(
         &self,
         ns: &str,
         feedback_id: &str,
         items: Vec<FeedbackItem>,
-    ) -> Result<bool, ApiError>;
+    ) -> Result<FeedbackOutcome, ApiError>;
+    async fn health(&self, ns: &str) -> Result<Health, ApiError>;
+    async fn history(&self, ns: &str, bullet_id: &str) -> Result<Vec<BulletEvent>, ApiError>;
+    async fn update_bullet(
+        &self,
+        ns: &str,
+        bullet_id: &str,
+        content: &str,
+    ) -> Result<DeltaOp, ApiError>;
+    async fn delete_bullet(
+        &self,
+        ns: &str,
+        bullet_id: &str,
+        reason: &str,
+    ) -> Result<DeltaOp, ApiError>;
+    async fn merge_bullets(&self, ns: &str, into: &str, from: &str) -> Result<DeltaOp, ApiError>;
+    /// A stage set by hand; `None` is refused by the curator (the field must be set).
+    async fn set_stage(
+        &self,
+        ns: &str,
+        bullet_id: &str,
+        stage: Option<Stage>,
+        reason: &str,
+    ) -> Result<Bullet, ApiError>;
 }
 
 #[derive(Clone)]
@@ -52,10 +126,106 @@ impl CuratorClient {
     pub fn new(channel: Channel) -> Self {
         Self(pb::curator_client::CuratorClient::new(channel))
     }
+
+    /// With explicit message-size limits, for callers that read whole playbooks.
+    pub fn with_max_message_bytes(channel: Channel, max: usize) -> Self {
+        Self(
+            pb::curator_client::CuratorClient::new(channel)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+    }
+
+    fn client(&self) -> pb::curator_client::CuratorClient<Channel> {
+        self.0.clone()
+    }
+}
+
+fn answer(e: Malformed) -> ApiError {
+    ApiError::internal("curator answer", e)
+}
+
+fn bullets(bs: Vec<pb::Bullet>) -> Result<Vec<Bullet>, ApiError> {
+    bs.into_iter()
+        .map(|b| bullet_from_pb(b).map_err(answer))
+        .collect()
+}
+
+fn stage_pb(s: Option<Stage>) -> i32 {
+    s.map_or(pb::Stage::Unspecified, stage_to_pb) as i32
 }
 
 #[async_trait]
 impl CuratorApi for CuratorClient {
+    async fn curate(&self, ns: &str, insights: Vec<Insight>) -> Result<Vec<DeltaOp>, ApiError> {
+        let r = self
+            .client()
+            .curate(pb::CurateRequest {
+                namespace: ns.to_owned(),
+                insights: insights
+                    .into_iter()
+                    .map(|i| pb::Insight {
+                        id: i.id,
+                        section: i.section,
+                        content: i.content,
+                        source: i.source,
+                    })
+                    .collect(),
+            })
+            .await?
+            .into_inner();
+        r.ops
+            .into_iter()
+            .map(|o| op_from_pb(o).map_err(answer))
+            .collect()
+    }
+
+    async fn get_playbook(&self, ns: &str, q: PlaybookQuery) -> Result<PlaybookPage, ApiError> {
+        let r = self
+            .client()
+            .get_playbook(pb::GetPlaybookRequest {
+                namespace: ns.to_owned(),
+                stage: stage_pb(q.stage),
+                section: q.section.unwrap_or_default(),
+                page_size: q.page_size,
+                page_token: q.page_token,
+                include_deleted: q.include_deleted,
+            })
+            .await?
+            .into_inner();
+        Ok(PlaybookPage {
+            bullets: bullets(r.bullets)?,
+            next_page_token: r.next_page_token,
+            total: r.total,
+        })
+    }
+
+    async fn search(
+        &self,
+        ns: &str,
+        query: &str,
+        k: u32,
+        min_stage: Stage,
+        section: Option<&str>,
+    ) -> Result<Vec<(Bullet, f32)>, ApiError> {
+        let r = self
+            .client()
+            .search_playbook(pb::SearchPlaybookRequest {
+                namespace: ns.to_owned(),
+                query: query.to_owned(),
+                k,
+                min_stage: stage_to_pb(min_stage) as i32,
+                section: section.unwrap_or_default().to_owned(),
+            })
+            .await?
+            .into_inner();
+        r.results
+            .into_iter()
+            .filter_map(|s| s.bullet.map(|b| (b, s.score)))
+            .map(|(b, score)| Ok((bullet_from_pb(b).map_err(answer)?, score)))
+            .collect()
+    }
+
     async fn render_context(
         &self,
         ns: &str,
@@ -64,8 +234,7 @@ impl CuratorApi for CuratorClient {
         min_stage: Stage,
     ) -> Result<RenderedContext, ApiError> {
         let r = self
-            .0
-            .clone()
+            .client()
             .render_context(pb::RenderContextRequest {
                 namespace: ns.to_owned(),
                 state: state.to_owned(),
@@ -86,10 +255,9 @@ impl CuratorApi for CuratorClient {
         ns: &str,
         feedback_id: &str,
         items: Vec<FeedbackItem>,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<FeedbackOutcome, ApiError> {
         let r = self
-            .0
-            .clone()
+            .client()
             .record_feedback(pb::RecordFeedbackRequest {
                 namespace: ns.to_owned(),
                 feedback: items
@@ -104,6 +272,120 @@ impl CuratorApi for CuratorClient {
             })
             .await?
             .into_inner();
-        Ok(r.replayed)
+        Ok(FeedbackOutcome {
+            bullets: bullets(r.bullets)?,
+            replayed: r.replayed,
+        })
+    }
+
+    async fn health(&self, ns: &str) -> Result<Health, ApiError> {
+        let h = self
+            .client()
+            .get_playbook_health(pb::GetPlaybookHealthRequest {
+                namespace: ns.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(Health {
+            total: h.total,
+            shadow: h.shadow,
+            staging: h.staging,
+            production: h.production,
+            quarantined: h.quarantined,
+            deleted: h.deleted,
+            sections: h
+                .sections
+                .into_iter()
+                .map(|s| (s.section, s.count))
+                .collect(),
+            insights_applied: h.insights_applied,
+            merges: h.merges,
+            merge_rate: h.merge_rate,
+            added_last_24h: h.added_last_24h,
+        })
+    }
+
+    async fn history(&self, ns: &str, bullet_id: &str) -> Result<Vec<BulletEvent>, ApiError> {
+        let r = self
+            .client()
+            .get_bullet_history(pb::GetBulletHistoryRequest {
+                namespace: ns.to_owned(),
+                bullet_id: bullet_id.to_owned(),
+            })
+            .await?
+            .into_inner();
+        r.events
+            .into_iter()
+            .map(|e| event_from_pb(e).map_err(answer))
+            .collect()
+    }
+
+    async fn update_bullet(
+        &self,
+        ns: &str,
+        bullet_id: &str,
+        content: &str,
+    ) -> Result<DeltaOp, ApiError> {
+        let op = self
+            .client()
+            .update_bullet(pb::UpdateBulletRequest {
+                namespace: ns.to_owned(),
+                bullet_id: bullet_id.to_owned(),
+                content: content.to_owned(),
+            })
+            .await?
+            .into_inner();
+        op_from_pb(op).map_err(answer)
+    }
+
+    async fn delete_bullet(
+        &self,
+        ns: &str,
+        bullet_id: &str,
+        reason: &str,
+    ) -> Result<DeltaOp, ApiError> {
+        let op = self
+            .client()
+            .delete_bullet(pb::DeleteBulletRequest {
+                namespace: ns.to_owned(),
+                bullet_id: bullet_id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?
+            .into_inner();
+        op_from_pb(op).map_err(answer)
+    }
+
+    async fn merge_bullets(&self, ns: &str, into: &str, from: &str) -> Result<DeltaOp, ApiError> {
+        let op = self
+            .client()
+            .merge_bullets(pb::MergeBulletsRequest {
+                namespace: ns.to_owned(),
+                into_bullet_id: into.to_owned(),
+                from_bullet_id: from.to_owned(),
+            })
+            .await?
+            .into_inner();
+        op_from_pb(op).map_err(answer)
+    }
+
+    async fn set_stage(
+        &self,
+        ns: &str,
+        bullet_id: &str,
+        stage: Option<Stage>,
+        reason: &str,
+    ) -> Result<Bullet, ApiError> {
+        let b = self
+            .client()
+            .set_bullet_stage(pb::SetBulletStageRequest {
+                namespace: ns.to_owned(),
+                bullet_id: bullet_id.to_owned(),
+                stage: stage_pb(stage),
+                reason: reason.to_owned(),
+            })
+            .await?
+            .into_inner();
+        bullet_from_pb(b).map_err(answer)
     }
 }

@@ -2,6 +2,7 @@
 //! implements the same trait. A caller holds an `Arc<dyn ...Api>` and cannot tell the service's
 //! own logic (in its crate) from the remote one; tests can hand it either, or a fake.
 
+mod coordinator;
 mod curator;
 mod environment;
 mod error;
@@ -10,7 +11,14 @@ mod policy;
 mod reflector;
 mod world_model;
 
-pub use curator::{CuratorApi, CuratorClient, FeedbackItem, RenderedContext};
+pub use coordinator::{
+    CoordinatorApi, CoordinatorClient, RunEvent, RunEventStream, RunInfo, RunPage, StageInfo,
+    TrainingRequest, run_event_from_pb, run_event_to_pb, run_info_from_pb, run_info_to_pb,
+};
+pub use curator::{
+    CuratorApi, CuratorClient, FeedbackItem, FeedbackOutcome, Health, PlaybookPage, PlaybookQuery,
+    RenderedContext,
+};
 pub use environment::{RemoteEnvironment, RemoteError, open_env};
 pub use error::ApiError;
 pub use explorer::{Demo, ExploreRequest, ExplorerApi, ExplorerClient, RolloutStream};

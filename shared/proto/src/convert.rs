@@ -3,10 +3,12 @@
 //! fail name the field that is wrong.
 
 use agent_learning_domain::{
-    InvalidInput, PolicyVersion, Reflection, Rollout, RolloutGroup, RolloutSource, Run, RunState,
-    Stage, StageProgress, TokenUsage, Transition,
+    Bullet, BulletEvent, DeltaKind, DeltaOp, InvalidInput, PolicyVersion, Reflection, Rollout,
+    RolloutGroup, RolloutSource, Run, RunStage, RunState, Stage, StageProgress, TokenUsage,
+    Transition,
 };
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::v1 as pb;
 
@@ -15,6 +17,30 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
     }
+}
+
+pub fn timestamp_from_pb(t: Option<prost_types::Timestamp>) -> DateTime<Utc> {
+    t.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .unwrap_or_default()
+}
+
+/// A wire message that does not hold what its contract promises: a peer's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {what}: {reason}")]
+pub struct Malformed {
+    pub what: &'static str,
+    pub reason: String,
+}
+
+fn malformed(what: &'static str, reason: impl Into<String>) -> Malformed {
+    Malformed {
+        what,
+        reason: reason.into(),
+    }
+}
+
+fn uuid(what: &'static str, s: &str) -> Result<Uuid, Malformed> {
+    Uuid::parse_str(s).map_err(|_| malformed(what, format!("{s:?} is not a UUID")))
 }
 
 pub fn stage_to_pb(s: Stage) -> pb::Stage {
@@ -209,10 +235,7 @@ pub fn policy_from_pb(p: pb::PolicyVersion) -> Result<PolicyVersion, InvalidInpu
     })?;
     let min_stage = stage_from_pb("min_stage", p.min_stage)?
         .ok_or_else(|| InvalidInput::new("min_stage", "unspecified"))?;
-    let created_at = p
-        .created_at
-        .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-        .unwrap_or_default();
+    let created_at = timestamp_from_pb(p.created_at);
     Ok(PolicyVersion {
         namespace: p.namespace,
         version,
@@ -259,6 +282,137 @@ pub fn run_to_pb(r: &Run, stages: &[StageProgress]) -> pb::Run {
         updated_at: Some(timestamp(r.updated_at)),
         summary_json: r.summary.clone(),
     }
+}
+
+pub fn run_state_from_pb(v: i32) -> Result<RunState, Malformed> {
+    match pb::RunState::try_from(v) {
+        Ok(pb::RunState::Pending) => Ok(RunState::Pending),
+        Ok(pb::RunState::Running) => Ok(RunState::Running),
+        Ok(pb::RunState::Succeeded) => Ok(RunState::Succeeded),
+        Ok(pb::RunState::Failed) => Ok(RunState::Failed),
+        Ok(pb::RunState::Cancelled) => Ok(RunState::Cancelled),
+        _ => Err(malformed("run state", v.to_string())),
+    }
+}
+
+/// `None` for an empty stage name (a run that has not started a stage).
+pub fn run_stage_from_pb(s: &str) -> Result<Option<RunStage>, Malformed> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    RunStage::parse(s)
+        .map(Some)
+        .map_err(|e| malformed("run stage", e.to_string()))
+}
+
+pub fn delta_kind_to_pb(k: DeltaKind) -> pb::DeltaKind {
+    match k {
+        DeltaKind::Add => pb::DeltaKind::Add,
+        DeltaKind::Merge => pb::DeltaKind::Merge,
+        DeltaKind::Update => pb::DeltaKind::Update,
+        DeltaKind::Delete => pb::DeltaKind::Delete,
+    }
+}
+
+pub fn op_to_pb(op: DeltaOp) -> pb::DeltaOp {
+    pb::DeltaOp {
+        kind: delta_kind_to_pb(op.kind) as i32,
+        bullet_id: op.bullet_id.to_string(),
+        insight_id: op.insight_id,
+        similarity: op.similarity,
+        replayed: op.replayed,
+        merged_bullet_id: op
+            .merged_bullet_id
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn op_from_pb(op: pb::DeltaOp) -> Result<DeltaOp, Malformed> {
+    let kind = match pb::DeltaKind::try_from(op.kind) {
+        Ok(pb::DeltaKind::Add) => DeltaKind::Add,
+        Ok(pb::DeltaKind::Merge) => DeltaKind::Merge,
+        Ok(pb::DeltaKind::Update) => DeltaKind::Update,
+        Ok(pb::DeltaKind::Delete) => DeltaKind::Delete,
+        _ => return Err(malformed("delta kind", op.kind.to_string())),
+    };
+    Ok(DeltaOp {
+        kind,
+        bullet_id: uuid("bullet id", &op.bullet_id)?,
+        insight_id: op.insight_id,
+        similarity: op.similarity,
+        replayed: op.replayed,
+        merged_bullet_id: match op.merged_bullet_id.as_str() {
+            "" => None,
+            s => Some(uuid("merged bullet id", s)?),
+        },
+    })
+}
+
+pub fn bullet_to_pb(b: Bullet) -> pb::Bullet {
+    pb::Bullet {
+        id: b.id.to_string(),
+        section: b.section,
+        content: b.content,
+        helpful: b.helpful,
+        harmful: b.harmful,
+        evidence: b.evidence,
+        stage: stage_to_pb(b.stage) as i32,
+        namespace: b.namespace,
+        sources: b.sources,
+        created_at: Some(timestamp(b.created_at)),
+        updated_at: Some(timestamp(b.updated_at)),
+        deleted: b.deleted,
+    }
+}
+
+pub fn bullet_from_pb(b: pb::Bullet) -> Result<Bullet, Malformed> {
+    Ok(Bullet {
+        id: uuid("bullet id", &b.id)?,
+        stage: stage_from_pb("stage", b.stage)
+            .ok()
+            .flatten()
+            .ok_or_else(|| malformed("bullet stage", b.stage.to_string()))?,
+        namespace: b.namespace,
+        section: b.section,
+        content: b.content,
+        helpful: b.helpful,
+        harmful: b.harmful,
+        evidence: b.evidence,
+        sources: b.sources,
+        deleted: b.deleted,
+        created_at: timestamp_from_pb(b.created_at),
+        updated_at: timestamp_from_pb(b.updated_at),
+    })
+}
+
+pub fn event_to_pb(e: BulletEvent) -> pb::BulletEvent {
+    let stage = |s: Option<Stage>| s.map_or(pb::Stage::Unspecified, stage_to_pb) as i32;
+    pb::BulletEvent {
+        seq: e.seq,
+        bullet_id: e.bullet_id.to_string(),
+        kind: e.kind,
+        insight_id: e.insight_id.unwrap_or_default(),
+        from_stage: stage(e.from_stage),
+        to_stage: stage(e.to_stage),
+        detail: e.detail.to_string(),
+        at: Some(timestamp(e.at)),
+    }
+}
+
+pub fn event_from_pb(e: pb::BulletEvent) -> Result<BulletEvent, Malformed> {
+    let stage =
+        |v: i32| stage_from_pb("stage", v).map_err(|_| malformed("event stage", v.to_string()));
+    Ok(BulletEvent {
+        seq: e.seq,
+        bullet_id: uuid("bullet id", &e.bullet_id)?,
+        from_stage: stage(e.from_stage)?,
+        to_stage: stage(e.to_stage)?,
+        detail: serde_json::from_str(&e.detail).unwrap_or(serde_json::Value::String(e.detail)),
+        kind: e.kind,
+        insight_id: Some(e.insight_id).filter(|s| !s.is_empty()),
+        at: timestamp_from_pb(e.at),
+    })
 }
 
 #[cfg(test)]

@@ -28,14 +28,15 @@ pub struct ConsumerOptions {
 /// Runs until `shutdown`: every entry is handed to `handler` and acknowledged when it returns
 /// `Ok`. An `Err` leaves the entry pending: it is delivered again after the visibility
 /// timeout (to this or another consumer) and dead-lettered after `max_deliveries`.
-pub async fn consume<H, Fut>(
+pub async fn consume<H, Fut, E>(
     queue: Arc<dyn Queue>,
     opts: ConsumerOptions,
     shutdown: CancellationToken,
     handler: H,
 ) where
     H: Fn(Delivery) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut backoff = Duration::from_millis(100);
     loop {

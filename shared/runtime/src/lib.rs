@@ -5,6 +5,9 @@
 //! path that serves a set of services, used by every standalone binary and the all-in-one
 //! server alike.
 
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +27,6 @@ use agent_learning_server::{GrpcServer, ServerLimits};
 use agent_learning_store::Store;
 use agent_learning_telemetry::TelemetryOptions;
 use agent_learning_vector::VectorIndex;
-use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
@@ -32,6 +34,40 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a process could not start or serve: what failed (a configuration key, a dependency, a
+/// service) and the error underneath.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct RuntimeError {
+    pub what: String,
+    #[source]
+    pub source: BoxError,
+}
+
+impl RuntimeError {
+    pub fn new(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Attaches what failed to an error, as `anyhow::Context` would, without anyhow.
+pub trait WithWhat<T> {
+    fn what(self, what: impl Into<String>) -> Result<T, RuntimeError>;
+}
+
+impl<T, E: Into<BoxError>> WithWhat<T> for Result<T, E> {
+    fn what(self, what: impl Into<String>) -> Result<T, RuntimeError> {
+        self.map_err(|e| RuntimeError::new(what, e))
+    }
+}
+
+type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
 pub fn limits(settings: &Settings) -> ServerLimits {
     ServerLimits {
@@ -51,7 +87,7 @@ pub fn consumer_name(service: &str) -> String {
     format!("{service}-{host}-{}", std::process::id())
 }
 
-fn channel(key: &str, url: &str, own: SocketAddr) -> anyhow::Result<Channel> {
+fn channel(key: &str, url: &str, own: SocketAddr) -> Result<Channel> {
     let url = if url.is_empty() {
         let host = if own.ip().is_unspecified() {
             "127.0.0.1".to_owned()
@@ -63,7 +99,7 @@ fn channel(key: &str, url: &str, own: SocketAddr) -> anyhow::Result<Channel> {
         url.to_owned()
     };
     Ok(Endpoint::from_shared(url.clone())
-        .with_context(|| format!("services.{key}: {url:?}"))?
+        .what(format!("services.{key}: {url:?}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .connect_lazy())
@@ -81,7 +117,7 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(settings: &Settings, own: SocketAddr) -> anyhow::Result<Self> {
+    pub fn new(settings: &Settings, own: SocketAddr) -> Result<Self> {
         let s = &settings.services;
         Ok(Self {
             world_model: Arc::new(WorldModelClient::new(channel(
@@ -123,7 +159,7 @@ pub struct Context {
 
 impl Context {
     /// A context for a server listening on `own` (peers left empty in `services.*` are there).
-    pub fn new(settings: Settings, own: SocketAddr) -> anyhow::Result<Self> {
+    pub fn new(settings: Settings, own: SocketAddr) -> Result<Self> {
         let peers = Peers::new(&settings, own)?;
         Ok(Self {
             settings,
@@ -176,11 +212,11 @@ impl Context {
         &self.peers
     }
 
-    pub async fn store(&self) -> anyhow::Result<Store> {
+    pub async fn store(&self) -> Result<Store> {
         let s = &self.settings;
         self.store
             .get_or_try_init(|| async {
-                Store::open(s).await.with_context(|| match &s.database.url {
+                Store::open(s).await.what(match &s.database.url {
                     Some(_) => "database.url".to_owned(),
                     None => format!("sqlite database {}", s.sqlite_path().display()),
                 })
@@ -189,33 +225,33 @@ impl Context {
             .cloned()
     }
 
-    pub async fn index(&self) -> anyhow::Result<Arc<dyn VectorIndex>> {
+    pub async fn index(&self) -> Result<Arc<dyn VectorIndex>> {
         self.index
             .get_or_try_init(|| async {
-                agent_learning_vector::open(&self.settings).context("vector index (vector.*)")
+                agent_learning_vector::open(&self.settings).what("vector index (vector.*)")
             })
             .await
             .cloned()
     }
 
-    pub async fn embedder(&self) -> anyhow::Result<Arc<dyn Embedder>> {
+    pub async fn embedder(&self) -> Result<Arc<dyn Embedder>> {
         self.embedder
             .get_or_try_init(|| async {
                 agent_learning_embed::open(&self.settings)
                     .await
-                    .context("embedding model")
+                    .what("embedding model")
             })
             .await
             .cloned()
     }
 
-    pub async fn queue(&self) -> anyhow::Result<Arc<dyn Queue>> {
+    pub async fn queue(&self) -> Result<Arc<dyn Queue>> {
         let store = self.store().await?;
         self.queue
             .get_or_try_init(|| async {
                 agent_learning_queue::open(&self.settings, &store)
                     .await
-                    .context("queue.redis_url")
+                    .what("queue.redis_url")
             })
             .await
             .cloned()
@@ -223,13 +259,14 @@ impl Context {
 
     /// The configured language model, loaded on a blocking thread (the local one reads a file
     /// of about 100 MB).
-    pub async fn model(&self) -> anyhow::Result<Arc<dyn ChatModel>> {
+    pub async fn model(&self) -> Result<Arc<dyn ChatModel>> {
         self.model
             .get_or_try_init(|| async {
                 let s = self.settings.clone();
                 tokio::task::spawn_blocking(move || agent_learning_llm::open_chat_model(&s))
-                    .await?
-                    .context("language model (llm.*)")
+                    .await
+                    .what("language model loader")?
+                    .what("language model (llm.*)")
             })
             .await
             .cloned()
@@ -267,7 +304,7 @@ impl Context {
     }
 
     /// Health follows the relational store.
-    pub async fn ready_when_store_answers(&self) -> anyhow::Result<()> {
+    pub async fn ready_when_store_answers(&self) -> Result<()> {
         let store = self.store().await?;
         self.ready_when(move || {
             let store = store.clone();
@@ -282,7 +319,7 @@ pub trait Service: Send + Sync + Sized + 'static {
     /// The service's name in logs, consumer names and `agent-learning service NAME`.
     const NAME: &'static str;
 
-    fn build(ctx: &Context) -> impl Future<Output = anyhow::Result<Arc<Self>>> + Send;
+    fn build(ctx: &Context) -> impl Future<Output = Result<Arc<Self>>> + Send;
 
     /// Adds the service's routes to `server`, and its background workers and readiness
     /// probes to `ctx`.
@@ -290,14 +327,12 @@ pub trait Service: Send + Sync + Sized + 'static {
         self: &Arc<Self>,
         server: &mut GrpcServer,
         ctx: &Context,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Builds `S` from `ctx` and mounts it on `server`: the one way every service is wired.
-pub async fn add<S: Service>(ctx: &Context, server: &mut GrpcServer) -> anyhow::Result<Arc<S>> {
-    let service = S::build(ctx)
-        .await
-        .with_context(|| format!("{} start", S::NAME))?;
+pub async fn add<S: Service>(ctx: &Context, server: &mut GrpcServer) -> Result<Arc<S>> {
+    let service = S::build(ctx).await.what(format!("{} start", S::NAME))?;
     service.mount(server, ctx).await?;
     Ok(service)
 }
@@ -309,7 +344,7 @@ pub async fn serve(
     server: GrpcServer,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let probes: Vec<Probe> =
         std::mem::take(&mut *ctx.probes.lock().unwrap_or_else(|e| e.into_inner()));
     tokio::spawn(server.readiness().serve_when_ready(move || {
@@ -334,8 +369,7 @@ pub async fn serve(
     for w in workers {
         let _ = w.await;
     }
-    served?;
-    Ok(())
+    served.what("server")
 }
 
 #[derive(Parser)]
@@ -356,19 +390,20 @@ pub async fn serve_one<S: Service>(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let mut ctx = Context::new(settings, listener.local_addr()?)?;
+) -> Result<()> {
+    let own = listener.local_addr().what("listener")?;
+    let mut ctx = Context::new(settings, own)?;
     ctx.standalone = true;
-    let mut server = GrpcServer::new(limits(ctx.settings()))?;
+    let mut server = GrpcServer::new(limits(ctx.settings())).what("server")?;
     add::<S>(&ctx, &mut server).await?;
     serve(ctx, server, listener, shutdown).await
 }
 
 /// The `main` of a standalone service binary: flags, configuration, telemetry, listener, then
 /// `S` until SIGTERM or Ctrl-C.
-pub async fn run_standalone<S: Service>(about: &'static str) -> anyhow::Result<()> {
+pub async fn run_standalone<S: Service>(about: &'static str) -> Result<()> {
     let matches = Args::command().about(about).get_matches();
-    let args = Args::from_arg_matches(&matches)?;
+    let args = Args::from_arg_matches(&matches).what("arguments")?;
     let mut overrides = Vec::new();
     if let Some(addr) = args.addr {
         overrides.push(("server.addr".to_owned(), addr));
@@ -379,17 +414,21 @@ pub async fn run_standalone<S: Service>(about: &'static str) -> anyhow::Result<(
     let settings = Settings::load(&Sources {
         file: args.config,
         overrides,
-    })?;
+    })
+    .what("configuration")?;
     let _telemetry = agent_learning_telemetry::init(&TelemetryOptions {
         service_name: format!("agent-learning-{}", S::NAME),
         log_format: settings.telemetry.log_format,
         log_filter: settings.telemetry.log_filter.clone(),
         otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
-    })?;
+    })
+    .what("telemetry")?;
     let listener = TcpListener::bind(&settings.server.addr)
         .await
-        .with_context(|| format!("server.addr {}", settings.server.addr))?;
-    tracing::info!(service = S::NAME, addr = %listener.local_addr()?, "listening");
+        .what(format!("server.addr {}", settings.server.addr))?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(service = S::NAME, %addr, "listening");
+    }
     serve_one::<S>(
         settings,
         listener,

@@ -65,7 +65,8 @@ fn main() -> anyhow::Result<()> {
                 request_timeout: Duration::from_secs(30),
                 shutdown_grace: Duration::from_secs(1),
             };
-            serve_environment("driving", limits, listener, std::future::pending()).await
+            serve_environment("driving", limits, listener, std::future::pending()).await?;
+            Ok(())
         })
     });
     let addr = rx.recv()?;
