@@ -115,18 +115,6 @@ pub async fn drive(
 ) -> anyhow::Result<()> {
     let channel = connect(url, Duration::from_secs(120)).await?;
     let coordinator = CoordinatorClient::with_max_message_bytes(channel, 64 << 20);
-    train_with(&coordinator, namespace, env, demos_jsonl, demos, args).await
-}
-
-/// The run through any coordinator: its progress bars, then its summary.
-pub async fn train_with(
-    coordinator: &dyn CoordinatorApi,
-    namespace: &str,
-    env: &str,
-    demos_jsonl: &str,
-    demos: usize,
-    args: &TrainArgs,
-) -> anyhow::Result<()> {
     let run = coordinator
         .start_training(TrainingRequest {
             namespace: namespace.to_owned(),

@@ -352,11 +352,6 @@ impl Service for Coordinator {
                 Err(e) => tracing::error!(error = %e, "could not resume unfinished runs"),
             }
         });
-        let store = self.store.clone();
-        ctx.ready_when(move || {
-            let store = store.clone();
-            async move { store.ping().await }
-        });
-        Ok(())
+        ctx.ready_when_store_answers().await
     }
 }

@@ -412,11 +412,6 @@ impl Service for Policy {
         ctx: &Context,
     ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
-        let store = self.store.clone();
-        ctx.ready_when(move || {
-            let store = store.clone();
-            async move { store.ping().await }
-        });
-        Ok(())
+        ctx.ready_when_store_answers().await
     }
 }

@@ -401,12 +401,7 @@ impl Service for Reflector {
             Duration::from_millis(s.queue.block_ms),
             ctx.stop_token(),
         );
-        let store = self.store.clone();
-        ctx.ready_when(move || {
-            let store = store.clone();
-            async move { store.ping().await }
-        });
-        Ok(())
+        ctx.ready_when_store_answers().await
     }
 }
 

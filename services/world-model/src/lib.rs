@@ -286,11 +286,6 @@ impl Service for WorldModel {
         ctx: &Context,
     ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
-        let transitions = self.transitions.clone();
-        ctx.ready_when(move || {
-            let t = transitions.clone();
-            async move { t.count("health").await.map(|_| ()) }
-        });
-        Ok(())
+        ctx.ready_when_store_answers().await
     }
 }

@@ -4,8 +4,7 @@
 
 use agent_learning_domain::{
     Bullet, BulletEvent, DeltaKind, DeltaOp, InvalidInput, PolicyVersion, Reflection, Rollout,
-    RolloutGroup, RolloutSource, Run, RunStage, RunState, Stage, StageProgress, TokenUsage,
-    Transition,
+    RolloutGroup, RolloutSource, RunStage, RunState, Stage, TokenUsage, Transition,
 };
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -254,33 +253,6 @@ pub fn run_state_to_pb(s: RunState) -> pb::RunState {
         RunState::Succeeded => pb::RunState::Succeeded,
         RunState::Failed => pb::RunState::Failed,
         RunState::Cancelled => pb::RunState::Cancelled,
-    }
-}
-
-pub fn run_to_pb(r: &Run, stages: &[StageProgress]) -> pb::Run {
-    pb::Run {
-        id: r.id.clone(),
-        namespace: r.namespace.clone(),
-        kind: r.kind.clone(),
-        state: run_state_to_pb(r.state) as i32,
-        current_stage: r
-            .current_stage
-            .map(|s| s.as_str())
-            .unwrap_or_default()
-            .to_owned(),
-        stages: stages
-            .iter()
-            .map(|s| pb::StageProgress {
-                stage: s.stage.as_str().to_owned(),
-                done: s.done,
-                total: s.total,
-                seconds: s.seconds,
-            })
-            .collect(),
-        error: r.error.clone(),
-        created_at: Some(timestamp(r.created_at)),
-        updated_at: Some(timestamp(r.updated_at)),
-        summary_json: r.summary.clone(),
     }
 }
 

@@ -217,10 +217,6 @@ impl Transitions {
             })
             .collect())
     }
-
-    pub async fn count(&self, ns: &str) -> Result<u64> {
-        Ok(self.store.count_transitions(Some(ns)).await?)
-    }
 }
 
 fn point(id: Uuid, ns: &str, action: &str, source: &str, vector: Vec<f32>) -> Point {
