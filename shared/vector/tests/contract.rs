@@ -1,5 +1,6 @@
 //! One contract suite for every `VectorIndex`: the in-process engine always, a Qdrant server
-//! when `QDRANT_URL` names one.
+//! when `AGENT_LEARNING_TEST_QDRANT_URL` names one (`.ci/run` starts `../shared/bin/qdrant`
+//! with an API key in `AGENT_LEARNING_TEST_QDRANT_API_KEY`).
 
 use std::collections::BTreeMap;
 
@@ -177,12 +178,23 @@ async fn edge_contract_and_persistence() {
 
 #[tokio::test]
 async fn remote_contract() {
-    let Ok(url) = std::env::var("QDRANT_URL") else {
+    let Ok(url) = std::env::var("AGENT_LEARNING_TEST_QDRANT_URL") else {
         eprintln!(
-            "remote_contract skipped: QDRANT_URL is unset (no Qdrant server on this machine)"
+            "remote_contract skipped: it needs a Qdrant server's gRPC URL in \
+             AGENT_LEARNING_TEST_QDRANT_URL (.ci/run starts ../shared/bin/qdrant)"
         );
         return;
     };
-    let index = RemoteIndex::connect(&url, std::env::var("QDRANT_API_KEY").ok()).unwrap();
-    contract(&index, &format!("contract_{}", Uuid::new_v4().simple())).await;
+    let key = std::env::var("AGENT_LEARNING_TEST_QDRANT_API_KEY").ok();
+    let index = RemoteIndex::connect(&url, key.clone()).unwrap();
+    let c = format!("contract_{}", Uuid::new_v4().simple());
+    contract(&index, &c).await;
+    if key.is_some() {
+        // A server with an API key refuses a client without it, with an error, not a panic.
+        let anonymous = RemoteIndex::connect(&url, None).unwrap();
+        let err = anonymous.count(&c).await.unwrap_err();
+        assert!(!err.to_string().is_empty());
+        let wrong = RemoteIndex::connect(&url, Some("not-the-key".into())).unwrap();
+        assert!(wrong.count(&c).await.is_err());
+    }
 }
