@@ -1,5 +1,7 @@
 //! Driving a run through its stages.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_learning_api::{ApiError, CompileRequest, Demo, ExploreRequest, RunEvent};
@@ -109,14 +111,27 @@ impl Ctx<'_> {
 }
 
 impl Coordinator {
-    /// Starts driving `run_id` in the background (once per process).
-    pub(crate) async fn drive(&self, run_id: String) {
+    /// Takes the run's lease and drives it in the background, unless this coordinator drives
+    /// it already or another one holds an unexpired lease on it. Returns whether it drives.
+    pub(crate) async fn drive(&self, run_id: String) -> bool {
         let Some(me) = self.me.upgrade() else {
-            return; // the coordinator is being dropped
+            return false; // the coordinator is being dropped
         };
         let mut active = self.active.lock().await;
         if active.contains_key(&run_id) {
-            return;
+            return true;
+        }
+        match self
+            .store
+            .claim_run(&run_id, &self.holder, self.lease)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::warn!(run = %run_id, error = %e, "could not take the run's lease");
+                return false;
+            }
         }
         let (tx, _) = broadcast::channel(1024);
         let cancel = self.shutdown.child_token();
@@ -128,32 +143,125 @@ impl Coordinator {
             },
         );
         drop(active);
+        tracing::info!(run = %run_id, holder = %self.holder, "driving run");
+        let lost = Arc::new(AtomicBool::new(false));
+        let keeper = tokio::spawn(me.clone().keep_lease(
+            run_id.clone(),
+            cancel.clone(),
+            lost.clone(),
+        ));
         tokio::spawn(async move {
             let outcome = me.run_stages(&run_id, &cancel, &tx).await;
+            keeper.abort();
             let (state, error) = match outcome {
+                _ if lost.load(Ordering::SeqCst) => {
+                    // Another coordinator drives it now; this one writes nothing more.
+                    tracing::warn!(run = %run_id, "lost the run's lease; stopped driving it");
+                    me.active.lock().await.remove(&run_id);
+                    return;
+                }
                 Ok(()) => (RunState::Succeeded, None),
                 Err(_) if me.shutdown.is_cancelled() => {
-                    // The process is stopping: the run stays running and resumes on restart.
+                    // The process is stopping: the run stays running and its lease expires, so
+                    // another coordinator (or this one restarted) takes it over.
                     me.active.lock().await.remove(&run_id);
                     return;
                 }
                 Err(Stop::Cancelled) => (RunState::Cancelled, None),
                 Err(Stop::Failed(e)) => (RunState::Failed, Some(e)),
             };
-            if let Err(e) = me
+            // Conditional: a run cancelled elsewhere stays cancelled.
+            let state = match me
                 .store
-                .set_run_state(&run_id, state, None, error.as_deref())
+                .advance_run(&run_id, state, None, error.as_deref())
                 .await
             {
-                tracing::error!(run = %run_id, error = %e, "could not record the run's end");
-            }
+                Ok(true) => state,
+                Ok(false) => me
+                    .store
+                    .run_state(&run_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(state),
+                Err(e) => {
+                    tracing::error!(run = %run_id, error = %e, "could not record the run's end");
+                    state
+                }
+            };
             match &error {
                 Some(e) => tracing::warn!(run = %run_id, error = %e, "run failed"),
                 None => tracing::info!(run = %run_id, state = %state, "run ended"),
             }
             let _ = tx.send(event(&run_id, None, 0, 0, state, error.unwrap_or_default()));
+            if let Err(e) = me.store.release_run(&run_id, &me.holder).await {
+                tracing::warn!(run = %run_id, error = %e, "could not release the run's lease");
+            }
             me.active.lock().await.remove(&run_id);
         });
+        true
+    }
+
+    /// Renews the lease while the run is driven. Stops the driver when the lease is lost (it
+    /// expired and another coordinator took it) or when the run was ended elsewhere (a
+    /// CancelRun answered by another coordinator).
+    async fn keep_lease(
+        self: Arc<Self>,
+        run_id: String,
+        cancel: CancellationToken,
+        lost: Arc<AtomicBool>,
+    ) {
+        let every = self.lease / 3;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.store.run_state(&run_id).await {
+                Ok(Some(s)) if s.terminal() => {
+                    tracing::info!(run = %run_id, state = %s, "run ended elsewhere; stopping");
+                    cancel.cancel();
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(run = %run_id, error = %e, "could not read the run's state")
+                }
+            }
+            match self
+                .store
+                .claim_run(&run_id, &self.holder, self.lease)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    lost.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                    return;
+                }
+                // The database may come back before the lease runs out; if it does not,
+                // the next renewal finds the lease taken.
+                Err(e) => {
+                    tracing::warn!(run = %run_id, error = %e, "could not renew the run's lease")
+                }
+            }
+        }
+    }
+
+    /// Drives every unfinished run that no live coordinator holds: those of a coordinator that
+    /// died, and those left when this one stopped. Returns how many it took.
+    pub(crate) async fn sweep(&self) -> Result<usize, StoreError> {
+        let mut taken = 0;
+        for id in self.store.unfinished_runs().await? {
+            if self.active.lock().await.contains_key(&id) {
+                continue;
+            }
+            if self.drive(id.clone()).await {
+                tracing::info!(run = %id, "took over unfinished run");
+                taken += 1;
+            }
+        }
+        Ok(taken)
     }
 
     pub(crate) async fn cancel(&self, run_id: &str) -> bool {
@@ -202,9 +310,13 @@ impl Coordinator {
             if cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
-            self.store
-                .set_run_state(run_id, RunState::Running, Some(stage), None)
-                .await?;
+            if !self
+                .store
+                .advance_run(run_id, RunState::Running, Some(stage), None)
+                .await?
+            {
+                return Err(Stop::Cancelled); // ended elsewhere
+            }
             ctx.emit(stage, 0, 0, format!("{stage} started"));
             let base = row.map(|r| r.seconds).unwrap_or(0.0);
             let started = Instant::now();

@@ -12,6 +12,7 @@ pub mod grpc;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use agent_learning_api::{
     ApiError, CoordinatorApi, RunEvent, RunEventStream, RunInfo, RunPage, StageInfo,
@@ -21,7 +22,7 @@ use agent_learning_config::Settings;
 use agent_learning_domain::{InvalidInput, Run, RunState, StageProgress, validate_namespace};
 use agent_learning_envs::parse_demos;
 use agent_learning_queue::{Queue, QueueError};
-use agent_learning_runtime::{Context, Peers, RuntimeError, Service};
+use agent_learning_runtime::{Context, Peers, RuntimeError, Service, consumer_name};
 use agent_learning_server::GrpcServer;
 use agent_learning_store::{NewRun, Store, StoreError};
 use async_trait::async_trait;
@@ -81,6 +82,10 @@ const MAX_PAGE: u32 = 500;
 pub struct Coordinator {
     /// This coordinator, for the drivers it spawns.
     me: Weak<Coordinator>,
+    /// Names this coordinator in run leases; unique per instance.
+    holder: String,
+    /// How long a lease lasts without renewal.
+    lease: Duration,
     store: Store,
     queue: Arc<dyn Queue>,
     peers: Peers,
@@ -97,8 +102,16 @@ impl Coordinator {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let lease = Duration::from_secs(settings.pipeline.run_lease_secs);
+        let holder = format!(
+            "{}-{}",
+            consumer_name("coordinator"),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
+            holder,
+            lease,
             store,
             queue,
             peers,
@@ -108,14 +121,15 @@ impl Coordinator {
         })
     }
 
-    /// Resumes every run a previous process left pending or running.
+    /// Drives every unfinished run no live coordinator holds; at start and then every third
+    /// of a lease, so a run whose coordinator died is taken over.
     pub async fn resume_unfinished(&self) -> Result<usize> {
-        let ids = self.store.unfinished_runs().await?;
-        for id in &ids {
-            tracing::info!(run = %id, "resuming run");
-            self.drive(id.clone()).await;
-        }
-        Ok(ids.len())
+        Ok(self.sweep().await?)
+    }
+
+    /// The name this coordinator holds run leases under.
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     /// Validates everything, then records the run in one transaction and starts it.
@@ -231,9 +245,19 @@ impl Coordinator {
                 state: run.state,
             });
         }
-        self.store
-            .set_run_state(id, RunState::Cancelled, None, Some("cancelled by request"))
-            .await?;
+        // Conditional, so a run that ended meanwhile keeps its end. The coordinator driving it,
+        // this one or another, sees the state on its next lease renewal and stops.
+        if !self
+            .store
+            .advance_run(id, RunState::Cancelled, None, Some("cancelled by request"))
+            .await?
+        {
+            let state = self.store.run_state(id).await?.unwrap_or(run.state);
+            return Err(CoordinatorError::Ended {
+                id: id.to_owned(),
+                state,
+            });
+        }
         self.cancel(id).await;
         self.get_run(id).await
     }
@@ -345,11 +369,16 @@ impl Service for Coordinator {
     ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
         let me = self.clone();
+        let stop = ctx.stop_token();
         ctx.spawn_worker(async move {
-            match me.resume_unfinished().await {
-                Ok(0) => {}
-                Ok(resumed) => tracing::info!(resumed, "resumed unfinished runs"),
-                Err(e) => tracing::error!(error = %e, "could not resume unfinished runs"),
+            loop {
+                if let Err(e) = me.resume_unfinished().await {
+                    tracing::warn!(error = %e, "could not look for unfinished runs");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(me.lease / 3) => {}
+                }
             }
         });
         ctx.ready_when_store_answers().await

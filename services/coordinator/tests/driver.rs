@@ -510,3 +510,138 @@ async fn the_client_sees_a_run_from_start_to_end() {
     }
     server.shut_down().await.unwrap();
 }
+
+/// A coordinator on a shared record, with its own fakes and its own "process" (stop token).
+struct Member {
+    coordinator: Arc<Coordinator>,
+    policy: Arc<FakePolicy>,
+    stop: CancellationToken,
+}
+
+fn member(store: &Store, settings: &agent_learning_config::Settings, hang: bool) -> Member {
+    let queue = Arc::new(EmbeddedQueue::new(store.clone(), QueueOptions::default()));
+    let policy = Arc::new(FakePolicy::default());
+    let peers = Peers {
+        world_model: Arc::new(FakeWorldModel::default()),
+        explorer: Arc::new(FakeExplorer {
+            store: store.clone(),
+            hang,
+        }),
+        reflector: Arc::new(Unused),
+        policy: policy.clone(),
+        curator: Arc::new(Unused),
+    };
+    let stop = CancellationToken::new();
+    let coordinator = Coordinator::new(store.clone(), queue, peers, settings.clone(), stop.clone());
+    Member {
+        coordinator,
+        policy,
+        stop,
+    }
+}
+
+async fn shared_record() -> (tempfile::TempDir, Store, agent_learning_config::Settings) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = testsuite::settings_in(dir.path());
+    settings.pipeline.holdout = 0;
+    settings.pipeline.run_lease_secs = 3;
+    let store = Store::open(&settings).await.unwrap();
+    (dir, store, settings)
+}
+
+async fn until_stage(c: &Coordinator, id: &str, stage: agent_learning_domain::RunStage) {
+    for _ in 0..400 {
+        if c.get_run(id).await.unwrap().current_stage == Some(stage) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("run {id} never reached {stage}");
+}
+
+#[tokio::test]
+async fn a_run_whose_coordinator_died_is_taken_over_once_its_lease_expires() {
+    let (_dir, store, settings) = shared_record().await;
+    let a = member(&store, &settings, true);
+    let b = member(&store, &settings, false);
+    let run = a
+        .coordinator
+        .start_training(training(demos(2), ""))
+        .await
+        .unwrap();
+    until_stage(
+        &a.coordinator,
+        &run.id,
+        agent_learning_domain::RunStage::Explore,
+    )
+    .await;
+    let (holder, _) = store.run_lease(&run.id).await.unwrap().unwrap();
+    assert_eq!(holder, a.coordinator.holder());
+    assert_eq!(
+        b.coordinator.resume_unfinished().await.unwrap(),
+        0,
+        "a live lease is not taken"
+    );
+
+    // The driving coordinator dies: its driver stops and its lease is no longer renewed.
+    a.stop.cancel();
+    let mut taken = 0;
+    for _ in 0..100 {
+        taken = b.coordinator.resume_unfinished().await.unwrap();
+        if taken > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(taken, 1, "the run is taken over once the lease expires");
+    let done = until_ended(&b.coordinator, &run.id).await;
+    assert_eq!(done.state, RunState::Succeeded, "{}", done.error);
+    assert_eq!(b.policy.compiled.lock().unwrap().len(), 1);
+    assert!(
+        a.policy.compiled.lock().unwrap().is_empty(),
+        "the dead one never drove on"
+    );
+    assert_eq!(
+        store.run_lease(&run.id).await.unwrap(),
+        None,
+        "released at the end"
+    );
+}
+
+#[tokio::test]
+async fn cancel_through_another_coordinator_stops_the_driver() {
+    let (_dir, store, settings) = shared_record().await;
+    let a = member(&store, &settings, true);
+    let b = member(&store, &settings, false);
+    let run = a
+        .coordinator
+        .start_training(training(demos(1), ""))
+        .await
+        .unwrap();
+    until_stage(
+        &a.coordinator,
+        &run.id,
+        agent_learning_domain::RunStage::Explore,
+    )
+    .await;
+    let events = a.coordinator.watch_run(&run.id).await.unwrap();
+    let cancelled = b.coordinator.cancel_run(&run.id).await.unwrap();
+    assert_eq!(cancelled.state, RunState::Cancelled);
+    // The driver in the other coordinator sees it on its next lease renewal and stops.
+    let seen: Vec<_> = tokio::time::timeout(Duration::from_secs(10), events.collect::<Vec<_>>())
+        .await
+        .expect("the driver stops and the watch ends");
+    let last = seen.last().unwrap().as_ref().unwrap();
+    assert_eq!(last.state, RunState::Cancelled);
+    let after = a.coordinator.get_run(&run.id).await.unwrap();
+    assert_eq!(after.state, RunState::Cancelled);
+    assert!(a.policy.compiled.lock().unwrap().is_empty());
+    let again = b.coordinator.cancel_run(&run.id).await.unwrap_err();
+    assert_eq!(
+        ApiError::from(again).code(),
+        tonic::Code::FailedPrecondition
+    );
+    assert_eq!(b.coordinator.resume_unfinished().await.unwrap(), 0);
+    a.stop.cancel();
+    b.stop.cancel();
+}

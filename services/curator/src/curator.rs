@@ -158,6 +158,11 @@ impl Curator {
         Ok(report)
     }
 
+    /// Whether `run_id` names a run that was cancelled.
+    pub async fn run_cancelled(&self, run_id: &str) -> Result<bool> {
+        Ok(self.store.run_state(run_id).await? == Some(agent_learning_domain::RunState::Cancelled))
+    }
+
     /// Checks that every dependency answers.
     pub async fn ready(&self) -> Result<()> {
         self.store.ping().await?;

@@ -75,6 +75,11 @@ pub async fn consume_reflections(
                     return Ok(());
                 }
             };
+            // A cancelled run's reflections are dropped, not curated.
+            if !r.run_id.is_empty() && curator.run_cancelled(&r.run_id).await? {
+                info!(reflection = %r.id, run = %r.run_id, "run cancelled; reflection skipped");
+                return Ok(());
+            }
             let o = curator.options();
             let Some(insight) = insight_from_reflection(&r, &o.sections, o.max_content_bytes)
             else {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use agent_learning_api::{ApiError, ReflectRequest, ReflectorApi};
 use agent_learning_domain::{
-    InvalidInput, Reflection, RolloutGroup, RolloutSource, TokenUsage, clip_bytes,
+    InvalidInput, Reflection, RolloutGroup, RolloutSource, RunState, TokenUsage, clip_bytes,
     validate_namespace,
 };
 use agent_learning_llm::{ChatModel, LlmError, Message, prompts};
@@ -343,6 +343,13 @@ impl Reflector {
                             return Ok(());
                         }
                     };
+                    // A cancelled run's branch points are dropped, not reflected.
+                    if !g.run_id.is_empty()
+                        && me.store.run_state(&g.run_id).await? == Some(RunState::Cancelled)
+                    {
+                        tracing::info!(group = %g.id, run = %g.run_id, "run cancelled; branch point skipped");
+                        return Ok(());
+                    }
                     match me.reflect_group(&g).await {
                         Ok(r) => {
                             tracing::info!(reflection = %r.id, valid = r.valid, deliveries = d.deliveries, "reflected");

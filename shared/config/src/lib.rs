@@ -88,6 +88,9 @@ pub struct PipelineSettings {
     pub reflectors: u32,
     /// Longest accepted section of a reflection, in characters.
     pub reflection_max_chars: usize,
+    /// How long a coordinator's lease on the run it drives lasts without renewal; another
+    /// coordinator takes the run over once it expires.
+    pub run_lease_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +290,7 @@ holdout = 8
 stall_timeout_secs = 1800
 reflectors = 1
 reflection_max_chars = 800
+run_lease_secs = 15
 
 [policy]
 instructions_template = "You act in the {env} environment. Choose the next action for the current state. Use the playbook's advice and the expert examples."
@@ -445,6 +449,9 @@ impl Settings {
         }
         if self.pipeline.world_model_k == 0 || self.pipeline.world_model_k > 50 {
             return Err(invalid("pipeline.world_model_k", "must be in 1..=50"));
+        }
+        if self.pipeline.run_lease_secs < 3 {
+            return Err(invalid("pipeline.run_lease_secs", "must be at least 3"));
         }
         if self.pipeline.reflection_max_chars < 40 {
             return Err(invalid(

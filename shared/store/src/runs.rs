@@ -1,13 +1,16 @@
 //! Training runs and their stage progress.
 
+use std::time::Duration;
+
 use agent_learning_domain::{RunCounts, RunStage, RunState, StageProgress};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait as _, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 
-use crate::entity::{applied_insight, bullet, reflection, rollout, run, run_stage};
+use crate::entity::{applied_insight, bullet, reflection, rollout, run, run_lease, run_stage};
 use crate::{Result, Store, StoreError};
 
 pub use agent_learning_domain::Run;
@@ -144,6 +147,99 @@ impl Store {
         }
         m.update(self.connection()).await?;
         Ok(())
+    }
+
+    /// Moves a run that has not ended to `state`; false when it had ended (cancelled by
+    /// someone else, or finished), so a driver never overwrites an end it did not make.
+    pub async fn advance_run(
+        &self,
+        id: &str,
+        state: RunState,
+        stage: Option<RunStage>,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let mut q = run::Entity::update_many()
+            .col_expr(run::Column::State, Expr::value(state.as_str()))
+            .col_expr(run::Column::UpdatedAt, Expr::value(Utc::now()));
+        if let Some(s) = stage {
+            q = q.col_expr(run::Column::CurrentStage, Expr::value(s.as_str()));
+        }
+        if let Some(e) = error {
+            q = q.col_expr(run::Column::Error, Expr::value(e));
+        }
+        let done = q
+            .filter(run::Column::Id.eq(id))
+            .filter(
+                run::Column::State.is_in([RunState::Pending.as_str(), RunState::Running.as_str()]),
+            )
+            .exec(self.connection())
+            .await?;
+        Ok(done.rows_affected > 0)
+    }
+
+    /// The run's state, `None` when there is no such run.
+    pub async fn run_state(&self, id: &str) -> Result<Option<RunState>> {
+        let state: Option<String> = run::Entity::find_by_id(id.to_owned())
+            .select_only()
+            .column(run::Column::State)
+            .into_tuple()
+            .one(self.connection())
+            .await?;
+        state
+            .map(|s| RunState::parse(&s).map_err(corrupt))
+            .transpose()
+    }
+
+    /// Takes the lease on `run_id` for `holder` until `ttl` from now, or renews it: true when
+    /// `holder` now holds it, false while another holder's lease has not expired. One
+    /// statement (an upsert whose update is conditional), so two coordinators racing for the
+    /// same run cannot both win.
+    pub async fn claim_run(&self, run_id: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        // Scoped here: its `max` would shadow `Ord::max` on integers elsewhere in this module.
+        use sea_orm::sea_query::ExprTrait as _;
+        let now = Utc::now();
+        let until = now
+            + chrono::Duration::from_std(ttl)
+                .map_err(|e| StoreError::Rejected(format!("lease of {ttl:?}: {e}")))?;
+        let stmt = Query::insert()
+            .into_table(run_lease::Entity)
+            .columns([
+                run_lease::Column::RunId,
+                run_lease::Column::Holder,
+                run_lease::Column::ExpiresAt,
+            ])
+            .values_panic([run_id.into(), holder.into(), until.into()])
+            .on_conflict(
+                OnConflict::column(run_lease::Column::RunId)
+                    .update_columns([run_lease::Column::Holder, run_lease::Column::ExpiresAt])
+                    .action_and_where(
+                        Expr::col((run_lease::Entity, run_lease::Column::ExpiresAt))
+                            .lt(now)
+                            .or(Expr::col((run_lease::Entity, run_lease::Column::Holder))
+                                .eq(holder)),
+                    )
+                    .to_owned(),
+            )
+            .to_owned();
+        Ok(self.connection().execute(&stmt).await?.rows_affected() > 0)
+    }
+
+    /// Gives the lease up, if `holder` holds it.
+    pub async fn release_run(&self, run_id: &str, holder: &str) -> Result<()> {
+        run_lease::Entity::delete_many()
+            .filter(run_lease::Column::RunId.eq(run_id))
+            .filter(run_lease::Column::Holder.eq(holder))
+            .exec(self.connection())
+            .await?;
+        Ok(())
+    }
+
+    /// Who holds the lease on `run_id`, until when.
+    pub async fn run_lease(&self, run_id: &str) -> Result<Option<(String, DateTime<Utc>)>> {
+        Ok(run_lease::Entity::find_by_id(run_id.to_owned())
+            .one(self.connection())
+            .await?
+            .map(|l| (l.holder, l.expires_at)))
     }
 
     pub async fn set_run_summary(&self, id: &str, summary: &str) -> Result<()> {

@@ -479,7 +479,60 @@ async fn the_outbox_publishes_once(store: &Store) {
     assert!(store.is_published(item).await.unwrap());
 }
 
+/// One holder per run lease; an expired lease goes to whoever claims it next; an ended run
+/// keeps its end against a late driver.
+async fn leases_and_conditional_ends(store: &Store) {
+    use std::time::Duration;
+    let minute = Duration::from_secs(60);
+    assert!(store.claim_run("lease-1", "a", minute).await.unwrap());
+    assert!(
+        !store.claim_run("lease-1", "b", minute).await.unwrap(),
+        "held by a"
+    );
+    assert!(
+        store.claim_run("lease-1", "a", minute).await.unwrap(),
+        "a renews"
+    );
+    store.release_run("lease-1", "b").await.unwrap();
+    assert_eq!(store.run_lease("lease-1").await.unwrap().unwrap().0, "a");
+    store.release_run("lease-1", "a").await.unwrap();
+    assert_eq!(store.run_lease("lease-1").await.unwrap(), None);
+    assert!(
+        store
+            .claim_run("lease-2", "a", Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        store.claim_run("lease-2", "b", minute).await.unwrap(),
+        "expired: taken"
+    );
+    assert!(!store.claim_run("lease-2", "a", minute).await.unwrap());
+
+    store
+        .create_run(NewRun {
+            id: "contract-end",
+            namespace: "contract-runs",
+            env: "driving",
+            config: "{}",
+            demos: "",
+        })
+        .await
+        .unwrap();
+    let advance = |state| store.advance_run("contract-end", state, None, None);
+    assert!(advance(RunState::Running).await.unwrap());
+    assert!(advance(RunState::Cancelled).await.unwrap());
+    assert!(!advance(RunState::Succeeded).await.unwrap(), "ended: kept");
+    assert_eq!(
+        store.run_state("contract-end").await.unwrap(),
+        Some(RunState::Cancelled)
+    );
+    assert_eq!(store.run_state("no-such-run").await.unwrap(), None);
+}
+
 async fn run_suite(store: Store) {
+    leases_and_conditional_ends(&store).await;
     policy_versions_conflict_by_key(&store).await;
     runs_keep_typed_states_and_stages(&store).await;
     the_outbox_publishes_once(&store).await;

@@ -13,5 +13,6 @@ pub mod queue_pending;
 pub mod reflection;
 pub mod rollout;
 pub mod run;
+pub mod run_lease;
 pub mod run_stage;
 pub mod transition;

@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 
 mod m0001_playbook;
 mod m0002_pipeline;
+mod m0003_run_leases;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_playbook::Migration),
             Box::new(m0002_pipeline::Migration),
+            Box::new(m0003_run_leases::Migration),
         ]
     }
 }
