@@ -196,8 +196,14 @@ async fn ensure_namespace(txn: &DatabaseTransaction, ns: &str) -> Result<()> {
 }
 
 async fn load_live(txn: &impl ConnectionTrait, ns: &str, id: Uuid) -> Result<bullet::Model> {
-    // By primary key alone (see `bullets_by_ids`), then the namespace check.
-    match bullet::Entity::find_by_id(id.to_string()).one(txn).await? {
+    // By primary key alone (see `bullets_by_ids`), then the namespace check. Locked for the
+    // transaction (FOR UPDATE on PostgreSQL; SQLite's write transactions already hold the
+    // database's lock): writers in other processes wait, so no counter update is lost.
+    match bullet::Entity::find_by_id(id.to_string())
+        .lock_exclusive()
+        .one(txn)
+        .await?
+    {
         Some(m) if !m.deleted && m.namespace == ns => Ok(m),
         _ => Err(StoreError::NotFound {
             what: "bullet",

@@ -531,6 +531,43 @@ async fn leases_and_conditional_ends(store: &Store) {
     assert_eq!(store.run_state("no-such-run").await.unwrap(), None);
 }
 
+/// 64 votes at once on one bullet, through two handles: every vote counted, and the history a
+/// chain in which each change starts where the previous one ended.
+async fn concurrent_votes_are_all_counted(a: &Store, b: &Store) {
+    let ns = "contract-votes";
+    let (id, add_one) = add("votes-1", "strategy", "keep a gap");
+    a.apply_curation(ns, &[add_one]).await.unwrap();
+    let gates = PromotionGates::default();
+    let votes = (0..64).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move {
+            store
+                .record_feedback(ns, Some(&format!("vote-{i}")), &[(id, 1, 0)], &gates)
+                .await
+        })
+    });
+    for v in futures::future::join_all(votes).await {
+        v.unwrap().unwrap();
+    }
+    let bullet = a.get_bullet(ns, id).await.unwrap().unwrap();
+    assert_eq!(bullet.helpful, 64);
+    let changes: Vec<(i64, i64)> = a
+        .history(ns, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "counters_changed")
+        .map(|e| {
+            let h = &e.detail["helpful"];
+            (h[0].as_i64().unwrap(), h[1].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(changes.len(), 64);
+    for (i, (before, after)) in changes.iter().enumerate() {
+        assert_eq!((*before, *after), (i as i64, i as i64 + 1), "change {i}");
+    }
+}
+
 async fn run_suite(store: Store) {
     leases_and_conditional_ends(&store).await;
     policy_versions_conflict_by_key(&store).await;
@@ -551,6 +588,8 @@ async fn sqlite_contract() {
     // Reopening applies no migration twice and keeps everything.
     let store = Store::open_sqlite(&path, 4).await.unwrap();
     assert_eq!(store.health("contract-pages").await.unwrap().total, 25);
+    let other = Store::open_sqlite(&path, 4).await.unwrap();
+    concurrent_votes_are_all_counted(&store, &other).await;
 }
 
 #[tokio::test]
@@ -572,6 +611,10 @@ async fn postgres_contract() {
     let store = Store::connect(&url, 4).await.unwrap();
     assert_eq!(store.backend(), sea_orm::DbBackend::Postgres);
     run_suite(store.clone()).await;
+    // Two handles with their own pools, as two curator processes have.
+    let other = Store::connect(&url, 4).await.unwrap();
+    concurrent_votes_are_all_counted(&store, &other).await;
+    other.close().await.unwrap();
     store.close().await.unwrap();
     let again = Store::connect(&url, 2).await.unwrap();
     assert_eq!(again.health("contract-pages").await.unwrap().total, 25);
