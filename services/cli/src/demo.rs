@@ -14,7 +14,6 @@ use agent_learning_config::Settings;
 use agent_learning_domain::{Insight, Stage};
 use anyhow::Context as _;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 const NAMESPACE: &str = "driving-demo";
 
@@ -274,19 +273,15 @@ async fn curate(url: &str) -> anyhow::Result<()> {
 }
 
 async fn wait_serving(url: &str) -> anyhow::Result<()> {
-    let channel = tonic::transport::Channel::from_shared(url.to_owned())?
-        .connect()
-        .await?;
-    let mut health = HealthClient::new(channel);
     for _ in 0..600 {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: agent_learning_proto::service_names::CURATOR.into(),
-            })
-            .await
-            .map(|r| r.into_inner().status)
-            .ok();
-        if status == Some(ServingStatus::Serving as i32) {
+        let status = crate::health::status(
+            url,
+            agent_learning_proto::service_names::CURATOR,
+            Duration::from_secs(5),
+        )
+        .await
+        .ok();
+        if status == Some(ServingStatus::Serving) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -3,6 +3,7 @@
 //! models and the playbook.
 
 mod demo;
+mod health;
 mod playbook;
 
 use agent_learning_cli::{all, train};
@@ -46,6 +47,17 @@ enum Command {
         #[arg(long)]
         addr: Option<String>,
     },
+    /// A running server's gRPC health: prints it, exits 0 when SERVING (for healthchecks).
+    Health {
+        /// HOST:PORT or http://HOST:PORT (else server.addr).
+        #[arg(long)]
+        addr: Option<String>,
+        /// One service's health; the whole server's when absent.
+        #[arg(long, value_enum)]
+        service: Option<ServiceName>,
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
     /// Environments.
     Env {
         #[command(subcommand)]
@@ -84,6 +96,21 @@ enum ServiceName {
     Reflector,
     Policy,
     Coordinator,
+}
+
+impl ServiceName {
+    /// The gRPC service name health checks use.
+    fn grpc(self) -> &'static str {
+        use agent_learning_proto::service_names as n;
+        match self {
+            ServiceName::Curator => n::CURATOR,
+            ServiceName::WorldModel => n::WORLD_MODEL,
+            ServiceName::Explorer => n::EXPLORER,
+            ServiceName::Reflector => n::REFLECTOR,
+            ServiceName::Policy => n::POLICY,
+            ServiceName::Coordinator => n::COORDINATOR,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -313,6 +340,27 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             Ok(served?)
+        }
+        Command::Health {
+            addr,
+            service,
+            timeout_secs,
+        } => {
+            let settings = settings(&cli, None)?;
+            let addr = addr.clone().unwrap_or_else(|| settings.server.addr.clone());
+            let url = if addr.contains("://") {
+                addr
+            } else {
+                format!("http://{addr}")
+            };
+            let name = service.map_or("", ServiceName::grpc);
+            let status =
+                health::status(&url, name, std::time::Duration::from_secs(*timeout_secs)).await?;
+            println!("{}", status.as_str_name());
+            if status != tonic_health::pb::health_check_response::ServingStatus::Serving {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Env {
             command: EnvCommand::Serve { env, addr },

@@ -318,3 +318,34 @@ fn demos_generate_is_deterministic_and_validate_names_bad_lines() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown environment \"flying\""));
 }
+
+/// `agent-learning health` as a container healthcheck would run it: exit 0 and SERVING for a
+/// served service, a non-zero exit for a server that is not there.
+#[tokio::test]
+async fn the_health_command_answers_with_its_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn(dir.path());
+    wait_serving(channel(&server.url).await).await;
+    for service in [None, Some("policy"), Some("coordinator")] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["health", "--addr", &server.url]);
+        if let Some(s) = service {
+            cmd.args(["--service", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{service:?}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    }
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = nobody.local_addr().unwrap();
+    drop(nobody);
+    let out = Command::new(BIN)
+        .args(["health", "--addr", &addr.to_string(), "--timeout-secs", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nothing listens at {addr}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach"),
+        "{out:?}"
+    );
+}

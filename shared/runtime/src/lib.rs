@@ -337,7 +337,64 @@ pub async fn add<S: Service>(ctx: &Context, server: &mut GrpcServer) -> Result<A
     Ok(service)
 }
 
-/// Serves `server` until `shutdown`; health turns SERVING once every probe of `ctx` answers.
+/// How often health re-checks the dependencies once they answer.
+const FOLLOW_EVERY: Duration = Duration::from_secs(3);
+/// A probe that takes longer than this counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps health following the dependencies until `stop`: SERVING while every probe answers,
+/// NOT_SERVING while one does not (a database or index that went away), checked every
+/// [`FOLLOW_EVERY`] and sooner at start.
+async fn follow_dependencies(
+    readiness: agent_learning_server::Readiness,
+    probes: Vec<Probe>,
+    stop: CancellationToken,
+) {
+    use agent_learning_server::ServingStatus;
+    let mut serving: Option<bool> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut failure = None;
+        for p in &probes {
+            match tokio::time::timeout(PROBE_TIMEOUT, p()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => failure = Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        let ok = failure.is_none();
+        if stop.is_cancelled() {
+            return; // shutting down: the server reports NOT_SERVING itself
+        }
+        if serving != Some(ok) {
+            if ok {
+                readiness.set(ServingStatus::Serving).await;
+                tracing::info!("dependencies answer, serving");
+            } else {
+                readiness.set(ServingStatus::NotServing).await;
+                tracing::warn!(error = %failure.unwrap_or_default(), "a dependency does not answer, not serving");
+            }
+            serving = Some(ok);
+        }
+        let pause = if ok {
+            backoff = Duration::from_millis(100);
+            FOLLOW_EVERY
+        } else {
+            backoff = (backoff * 2).min(FOLLOW_EVERY);
+            backoff
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Serves `server` until `shutdown`; health is SERVING while every probe of `ctx` answers and
+/// NOT_SERVING while one does not.
 /// Background workers stop as soon as shutdown begins and are awaited before returning.
 pub async fn serve(
     ctx: Context,
@@ -347,15 +404,11 @@ pub async fn serve(
 ) -> Result<()> {
     let probes: Vec<Probe> =
         std::mem::take(&mut *ctx.probes.lock().unwrap_or_else(|e| e.into_inner()));
-    tokio::spawn(server.readiness().serve_when_ready(move || {
-        let probes = probes.clone();
-        async move {
-            for p in &probes {
-                p().await?;
-            }
-            Ok::<(), String>(())
-        }
-    }));
+    tokio::spawn(follow_dependencies(
+        server.readiness(),
+        probes,
+        ctx.stop.clone(),
+    ));
     let stop = ctx.stop.clone();
     let on_signal = stop.clone();
     let served = server
@@ -436,4 +489,83 @@ pub async fn run_standalone<S: Service>(about: &'static str) -> Result<()> {
             as Pin<Box<dyn Future<Output = ()> + Send>>,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tonic_health::pb::health_check_response::ServingStatus as Status;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    use super::*;
+
+    async fn status(client: &mut HealthClient<Channel>) -> i32 {
+        client
+            .check(HealthCheckRequest {
+                service: "test.Service".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1)
+    }
+
+    async fn until(client: &mut HealthClient<Channel>, want: Status) {
+        for _ in 0..200 {
+            if status(client).await == want as i32 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("health never became {want:?}");
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_dependencies_both_ways() {
+        let limits = ServerLimits {
+            max_message_bytes: 1 << 20,
+            concurrency_limit_per_connection: 16,
+            request_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let mut server = GrpcServer::new(limits).unwrap();
+        server.track("test.Service");
+        let up = Arc::new(AtomicBool::new(false));
+        let probe: Probe = {
+            let up = up.clone();
+            Arc::new(move || {
+                let ok = up.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("database down".into())
+                    }
+                })
+            })
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(follow_dependencies(
+            server.readiness(),
+            vec![probe],
+            stop.clone(),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tokio::spawn(server.serve(listener, stop.clone().cancelled_owned()));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let mut client = HealthClient::new(channel);
+
+        until(&mut client, Status::NotServing).await;
+        up.store(true, Ordering::SeqCst);
+        until(&mut client, Status::Serving).await;
+        up.store(false, Ordering::SeqCst);
+        until(&mut client, Status::NotServing).await;
+        up.store(true, Ordering::SeqCst);
+        until(&mut client, Status::Serving).await;
+        stop.cancel();
+        serving.await.unwrap().unwrap();
+    }
 }

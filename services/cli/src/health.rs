@@ -1,0 +1,28 @@
+//! `agent-learning health`: the gRPC health of a running server, as an exit code for
+//! container healthchecks and scripts (0 when SERVING).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// The status `service` (a full gRPC service name; empty for the whole server) reports at
+/// `url`.
+pub async fn status(url: &str, service: &str, timeout: Duration) -> anyhow::Result<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("server url {url:?}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .with_context(|| format!("health of {:?} at {url}", service))?
+        .into_inner();
+    Ok(ServingStatus::try_from(answer.status).unwrap_or(ServingStatus::Unknown))
+}
