@@ -304,3 +304,79 @@ contract!(
     unknown_group_is_an_error,
     consumer_loop_retries_failures,
 );
+
+/// The embedded queue where several processes share PostgreSQL: two queue instances with their
+/// own pools (as two processes have), two consumers each, reading one group at once. Every
+/// entry is delivered exactly once: a read locks the group's row for its transaction.
+#[tokio::test]
+async fn embedded_queue_on_postgres_delivers_each_entry_once_across_processes() {
+    use sea_orm::ConnectionTrait as _;
+    let admin_url = std::env::var("AGENT_LEARNING_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let admin = sea_orm::Database::connect(admin_url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is required: {e}"));
+    let db = format!("agent_learning_queue_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(b, _)| b);
+    let url = format!("{base}/{db}");
+    let opts = QueueOptions {
+        visibility_timeout: Duration::from_secs(300),
+        max_deliveries: 5,
+    };
+    let a: Arc<dyn Queue> = Arc::new(EmbeddedQueue::new(
+        Store::connect(&url, 4).await.unwrap(),
+        opts,
+    ));
+    let b: Arc<dyn Queue> = Arc::new(EmbeddedQueue::new(
+        Store::connect(&url, 4).await.unwrap(),
+        opts,
+    ));
+    let s = stream();
+    a.ensure_group(&s, "g").await.unwrap();
+    const N: usize = 200;
+    for i in 0..N {
+        a.publish(&s, &format!("k{i}"), b"x").await.unwrap();
+    }
+    let consumers = [(&a, "a1"), (&a, "a2"), (&b, "b1"), (&b, "b2")].map(|(q, name)| {
+        let (q, s) = (q.clone(), s.clone());
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut empty = 0;
+            while empty < 3 {
+                let batch = q.read(&s, "g", name, 5, NO_WAIT).await.unwrap();
+                if batch.is_empty() {
+                    empty += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                empty = 0;
+                let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
+                q.ack(&s, "g", &ids).await.unwrap();
+                got.extend(batch.into_iter().map(|d| d.key));
+            }
+            got
+        })
+    });
+    let mut all = Vec::new();
+    let mut per_consumer = Vec::new();
+    for c in consumers {
+        let got = c.await.unwrap();
+        per_consumer.push(got.len());
+        all.extend(got);
+    }
+    let unique: std::collections::BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), N, "no entry delivered twice: {per_consumer:?}");
+    assert_eq!(unique.len(), N, "every entry delivered");
+    assert!(a.lag(&s, "g").await.unwrap().drained());
+    drop((a, b));
+    admin
+        .execute_unprepared(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
