@@ -164,21 +164,9 @@ async fn sqlite(data_dir: &Path) -> agent_learning_store::Store {
 
 /// A fresh PostgreSQL database for one test; its URL.
 async fn fresh_postgres() -> String {
-    use sea_orm::ConnectionTrait as _;
-    let admin_url = std::env::var("AGENT_LEARNING_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let admin = sea_orm::Database::connect(admin_url.as_str())
+    agent_learning_store::testsuite::TestDatabase::create("pipeline")
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is required: {e}"));
-    let db = format!("agent_learning_pipeline_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let base = admin_url
-        .rsplit_once('/')
-        .map_or(admin_url.as_str(), |(b, _)| b);
-    format!("{base}/{db}")
+        .url
 }
 
 /// Counts in the record that must match the run exactly, whatever happened on the way.

@@ -310,21 +310,8 @@ contract!(
 /// entry is delivered exactly once: a read locks the group's row for its transaction.
 #[tokio::test]
 async fn embedded_queue_on_postgres_delivers_each_entry_once_across_processes() {
-    use sea_orm::ConnectionTrait as _;
-    let admin_url = std::env::var("AGENT_LEARNING_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let admin = sea_orm::Database::connect(admin_url.as_str())
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is required: {e}"));
-    let db = format!("agent_learning_queue_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let base = admin_url
-        .rsplit_once('/')
-        .map_or(admin_url.as_str(), |(b, _)| b);
-    let url = format!("{base}/{db}");
+    let db = agent_learning_store::testsuite::TestDatabase::create("queue").await;
+    let url = db.url.clone();
     let opts = QueueOptions {
         visibility_timeout: Duration::from_secs(300),
         max_deliveries: 5,
@@ -375,8 +362,5 @@ async fn embedded_queue_on_postgres_delivers_each_entry_once_across_processes() 
     assert_eq!(unique.len(), N, "every entry delivered");
     assert!(a.lag(&s, "g").await.unwrap().drained());
     drop((a, b));
-    admin
-        .execute_unprepared(&format!("DROP DATABASE {db} WITH (FORCE)"))
-        .await
-        .unwrap();
+    db.drop_database().await;
 }

@@ -11,6 +11,8 @@ mod policies;
 mod reflections;
 mod rollouts;
 mod runs;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 mod transitions;
 
 use std::path::Path;

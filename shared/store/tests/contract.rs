@@ -5,10 +5,11 @@
 use agent_learning_domain::{
     DeltaKind, PolicyVersion, PromotionGates, Reflection, RunStage, RunState, Stage,
 };
+use agent_learning_store::testsuite::TestDatabase;
 use agent_learning_store::{
     CurationChange, ListFilter, NewBullet, NewRun, Outbox, Store, StoreError,
 };
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::ConnectionTrait;
 use uuid::Uuid;
 
 fn emb(seed: f32) -> Vec<f32> {
@@ -594,20 +595,8 @@ async fn sqlite_contract() {
 
 #[tokio::test]
 async fn postgres_contract() {
-    let admin_url = std::env::var("AGENT_LEARNING_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let admin = Database::connect(admin_url.as_str())
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is required: {e}"));
-    let db = format!("agent_learning_contract_{}", Uuid::new_v4().simple());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let base = admin_url
-        .rsplit_once('/')
-        .map_or(admin_url.as_str(), |(b, _)| b);
-    let url = format!("{base}/{db}");
+    let db = TestDatabase::create("contract").await;
+    let url = db.url.clone();
     let store = Store::connect(&url, 4).await.unwrap();
     assert_eq!(store.backend(), sea_orm::DbBackend::Postgres);
     run_suite(store.clone()).await;
@@ -619,8 +608,5 @@ async fn postgres_contract() {
     let again = Store::connect(&url, 2).await.unwrap();
     assert_eq!(again.health("contract-pages").await.unwrap().total, 25);
     again.close().await.unwrap();
-    admin
-        .execute_unprepared(&format!("DROP DATABASE {db}"))
-        .await
-        .unwrap();
+    db.drop_database().await;
 }
