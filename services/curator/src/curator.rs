@@ -176,6 +176,20 @@ impl Curator {
         locks.entry(ns.to_owned()).or_default().clone()
     }
 
+    /// Runs `work` as the only writer of the namespace's playbook: in this process (a mutex)
+    /// and across curator replicas (the record's namespace lock), so the nearest-bullet search
+    /// of one curation always sees the bullets the previous one added.
+    async fn exclusively<T>(&self, ns: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let lock = self.ns_lock(ns).await;
+        let _local = lock.lock().await;
+        let shared = self.store.lock_namespace(ns).await?;
+        let out = work.await;
+        if let Err(e) = shared.release().await {
+            warn!(error = %e, namespace = ns, "releasing the namespace lock");
+        }
+        out
+    }
+
     fn validate_section(&self, field: &str, section: &str) -> Result<()> {
         if self.opts.sections.iter().any(|s| s == section) {
             Ok(())
@@ -252,9 +266,11 @@ impl Curator {
     pub async fn curate(&self, ns: &str, insights: &[Insight]) -> Result<Vec<DeltaOp>> {
         validate_namespace("namespace", ns)?;
         self.validate_insights(insights)?;
-        let lock = self.ns_lock(ns).await;
-        let _guard = lock.lock().await;
+        self.exclusively(ns, self.curate_exclusively(ns, insights))
+            .await
+    }
 
+    async fn curate_exclusively(&self, ns: &str, insights: &[Insight]) -> Result<Vec<DeltaOp>> {
         let ids: Vec<String> = insights.iter().map(|i| i.id.clone()).collect();
         let applied = self.store.applied_insights(ns, &ids).await?;
 
@@ -367,7 +383,7 @@ impl Curator {
         }
 
         let mut reported = HashSet::new();
-        Ok(insights
+        let ops: Vec<DeltaOp> = insights
             .iter()
             .map(|i| {
                 if let Some(a) = applied.get(&i.id) {
@@ -384,7 +400,16 @@ impl Curator {
                 op.replayed = !reported.insert(i.id.clone());
                 op
             })
-            .collect())
+            .collect();
+        for op in &ops {
+            let kind = if op.replayed {
+                "replayed"
+            } else {
+                op.kind.as_str()
+            };
+            metrics::counter!("agent_learning_curation_ops_total", "kind" => kind).increment(1);
+        }
+        Ok(ops)
     }
 
     pub async fn get_playbook(&self, ns: &str, q: &PlaybookQuery) -> Result<PlaybookPage> {
@@ -691,12 +716,13 @@ impl Curator {
         if into == from {
             return Err(InvalidInput::new("from_bullet_id", "equals into_bullet_id").into());
         }
-        let lock = self.ns_lock(ns).await;
-        let _guard = lock.lock().await;
-        self.store
-            .merge_bullets(ns, into, from, &self.opts.gates)
-            .await?;
-        self.sync_index(&[into, from]).await?;
+        self.exclusively(ns, async {
+            self.store
+                .merge_bullets(ns, into, from, &self.opts.gates)
+                .await?;
+            self.sync_index(&[into, from]).await
+        })
+        .await?;
         Ok(DeltaOp {
             kind: DeltaKind::Merge,
             bullet_id: into,

@@ -57,6 +57,25 @@ impl From<DbErr> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The first key of the namespace advisory locks, so they cannot meet another user's locks.
+const NAMESPACE_LOCK_CLASS: i32 = 0x0a1e_0001;
+
+/// A namespace held by [`Store::lock_namespace`]; released by [`NamespaceLock::release`] or
+/// when dropped (the transaction that holds it rolls back).
+#[must_use = "the namespace is held until the guard is released"]
+pub struct NamespaceLock {
+    txn: Option<sea_orm::DatabaseTransaction>,
+}
+
+impl NamespaceLock {
+    pub async fn release(self) -> Result<()> {
+        if let Some(txn) = self.txn {
+            txn.commit().await?;
+        }
+        Ok(())
+    }
+}
+
 fn is_contention(e: &DbErr) -> bool {
     let m = e.to_string().to_lowercase();
     m.contains("unique")
@@ -160,6 +179,26 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         self.db.ping().await?;
         Ok(())
+    }
+
+    /// Serializes the writers of one namespace's playbook across processes: on PostgreSQL a
+    /// transaction holding the namespace's advisory lock (`pg_advisory_xact_lock`) until the
+    /// guard is released or dropped, so a curator replica searches the index only after the
+    /// previous one wrote to it. SQLite is the embedded, one-process mode: its writers are
+    /// serialized in process and the guard holds nothing.
+    pub async fn lock_namespace(&self, namespace: &str) -> Result<NamespaceLock> {
+        use sea_orm::{ConnectionTrait as _, Statement, TransactionTrait as _};
+        if self.backend() != DbBackend::Postgres {
+            return Ok(NamespaceLock { txn: None });
+        }
+        let txn = self.db.begin().await?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            [NAMESPACE_LOCK_CLASS.into(), namespace.into()],
+        ))
+        .await?;
+        Ok(NamespaceLock { txn: Some(txn) })
     }
 
     pub fn backend(&self) -> DbBackend {

@@ -179,19 +179,16 @@ async fn append_event(txn: &DatabaseTransaction, e: Event<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Creates the namespace's row unless it exists; two processes creating it at once both
+/// succeed (`ON CONFLICT DO NOTHING`).
 async fn ensure_namespace(txn: &DatabaseTransaction, ns: &str) -> Result<()> {
-    if namespace::Entity::find_by_id(ns.to_owned())
-        .one(txn)
-        .await?
-        .is_none()
-    {
-        namespace::ActiveModel {
-            name: Set(ns.to_owned()),
-            created_at: Set(Utc::now()),
-        }
-        .insert(txn)
-        .await?;
-    }
+    namespace::Entity::insert(namespace::ActiveModel {
+        name: Set(ns.to_owned()),
+        created_at: Set(Utc::now()),
+    })
+    .on_conflict_do_nothing_on([namespace::Column::Name])
+    .exec(txn)
+    .await?;
     Ok(())
 }
 
