@@ -91,6 +91,10 @@ pub trait VectorIndex: Send + Sync {
     async fn count(&self, collection: &str) -> Result<u64>;
     /// Builds search indexes over what was written; searches stay correct without it.
     async fn optimize(&self, collection: &str) -> Result<()>;
+    /// Answers while the index's server does (the in-process engine always does).
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The index the configuration names: a Qdrant server at `vector.qdrant_url`, else the

@@ -189,6 +189,22 @@ async fn remote_contract() {
     let index = RemoteIndex::connect(&url, key.clone()).unwrap();
     let c = format!("contract_{}", Uuid::new_v4().simple());
     contract(&index, &c).await;
+    // Processes starting together each ensure the same new collection: all succeed (the
+    // losers of the creation race find it there).
+    let raced = format!("raced_{}", Uuid::new_v4().simple());
+    let clients: Vec<RemoteIndex> = (0..6)
+        .map(|_| RemoteIndex::connect(&url, key.clone()).unwrap())
+        .collect();
+    let ensured = futures::future::join_all(
+        clients
+            .iter()
+            .map(|i| i.ensure_collection(&raced, DIM, &["namespace", "section"])),
+    )
+    .await;
+    for r in ensured {
+        r.unwrap();
+    }
+    assert_eq!(index.count(&raced).await.unwrap(), 0);
     if key.is_some() {
         // A server with an API key refuses a client without it, with an error, not a panic.
         let anonymous = RemoteIndex::connect(&url, None).unwrap();
