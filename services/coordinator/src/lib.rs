@@ -351,7 +351,10 @@ impl CoordinatorApi for Coordinator {
 impl Service for Coordinator {
     const NAME: &'static str = "coordinator";
 
+    /// Fails at start, naming the key, when a service it drives does not answer.
     async fn build(ctx: &Context) -> Result<Arc<Self>, RuntimeError> {
+        ctx.wait_for_peers(&["world_model", "explorer", "policy"])
+            .await?;
         Ok(Coordinator::new(
             ctx.store().await?,
             ctx.queue().await?,
@@ -381,6 +384,6 @@ impl Service for Coordinator {
                 }
             }
         });
-        ctx.ready_when_store_answers().await
+        Ok(())
     }
 }

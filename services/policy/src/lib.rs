@@ -205,6 +205,17 @@ impl Policy {
     }
 
     pub async fn decide(&self, r: DecideRequest) -> Result<Decision> {
+        let started = std::time::Instant::now();
+        let decided = self.decide_timed(r).await;
+        metrics::histogram!(
+            "agent_learning_decide_duration_seconds",
+            "outcome" => if decided.is_ok() { "ok" } else { "error" },
+        )
+        .record(started.elapsed().as_secs_f64());
+        decided
+    }
+
+    async fn decide_timed(&self, r: DecideRequest) -> Result<Decision> {
         Self::check_decide(&r)?;
         let p = self.get(&r.namespace, r.policy_version).await?;
         let vector = self.transitions.embed_one(&r.state).await?;
@@ -409,9 +420,9 @@ impl Service for Policy {
     async fn mount(
         self: &Arc<Self>,
         server: &mut GrpcServer,
-        ctx: &Context,
+        _: &Context,
     ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
-        ctx.ready_when_store_answers().await
+        Ok(())
     }
 }

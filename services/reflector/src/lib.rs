@@ -267,6 +267,11 @@ impl Reflector {
         if !r.valid {
             tracing::warn!(reflection = %r.id, problem = %r.problem, "invalid reflection");
         }
+        metrics::counter!(
+            "agent_learning_reflections_total",
+            "valid" => if r.valid { "true" } else { "false" },
+        )
+        .increment(1);
         Ok(r)
     }
 
@@ -408,7 +413,12 @@ impl Service for Reflector {
             Duration::from_millis(s.queue.block_ms),
             ctx.stop_token(),
         );
-        ctx.ready_when_store_answers().await
+        ctx.report_queue_lag(
+            ctx.queue().await?,
+            agent_learning_queue::streams::ROLLOUTS,
+            agent_learning_queue::streams::REFLECTORS,
+        );
+        Ok(())
     }
 }
 

@@ -283,9 +283,9 @@ impl Service for WorldModel {
     async fn mount(
         self: &Arc<Self>,
         server: &mut GrpcServer,
-        ctx: &Context,
+        _: &Context,
     ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
-        ctx.ready_when_store_answers().await
+        Ok(())
     }
 }

@@ -67,6 +67,9 @@ pub struct ServiceEndpoints {
     pub reflector: String,
     pub policy: String,
     pub curator: String,
+    /// How long a service that calls others waits at start for each of them to answer before
+    /// it gives up, naming the key of the one that did not.
+    pub startup_wait_secs: u64,
 }
 
 /// Defaults of a training run; `StartTraining`'s `config_json` overrides them per run.
@@ -218,6 +221,9 @@ pub struct TelemetrySettings {
     pub log_filter: String,
     /// OTLP/gRPC collector; `OTEL_EXPORTER_OTLP_ENDPOINT` also sets it.
     pub otlp_endpoint: Option<String>,
+    /// Where the Prometheus scrape endpoint (`GET /metrics`) listens, such as `0.0.0.0:9464`;
+    /// empty: no endpoint.
+    pub metrics_addr: Option<String>,
 }
 
 const DEFAULTS: &str = r#"
@@ -281,6 +287,7 @@ explorer = ""
 reflector = ""
 policy = ""
 curator = ""
+startup_wait_secs = 60
 
 [pipeline]
 alternatives = 2
@@ -369,6 +376,9 @@ impl Settings {
         if empty(&self.telemetry.otlp_endpoint) {
             self.telemetry.otlp_endpoint = None;
         }
+        if empty(&self.telemetry.metrics_addr) {
+            self.telemetry.metrics_addr = None;
+        }
         if empty(&self.queue.redis_url) {
             self.queue.redis_url = None;
         }
@@ -443,6 +453,17 @@ impl Settings {
                     format!("{url:?} is not an http:// or https:// endpoint"),
                 ));
             }
+        }
+        if self.services.startup_wait_secs == 0 {
+            return Err(invalid("services.startup_wait_secs", "must be at least 1"));
+        }
+        if let Some(addr) = &self.telemetry.metrics_addr
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "telemetry.metrics_addr",
+                format!("{addr:?} is not a socket address such as 0.0.0.0:9464"),
+            ));
         }
         if self.pipeline.alternatives == 0 || self.pipeline.alternatives > 16 {
             return Err(invalid("pipeline.alternatives", "must be in 1..=16"));

@@ -141,6 +141,12 @@ impl Queue for RedisQueue {
         "redis"
     }
 
+    async fn ping(&self) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
     fn options(&self) -> &QueueOptions {
         &self.opts
     }

@@ -105,6 +105,49 @@ fn channel(key: &str, url: &str, own: SocketAddr) -> Result<Channel> {
         .connect_lazy())
 }
 
+async fn wait_for_peer(key: String, url: String, wait: Duration) -> Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let what = || format!("services.{key} {url}");
+    let endpoint = Endpoint::from_shared(url.clone())
+        .what(what())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let last = match endpoint.connect().await {
+            Ok(channel) => match HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Anything but UNAVAILABLE is an answer from the peer's server.
+                Err(status) if status.code() != tonic::Code::Unavailable => return Ok(()),
+                Err(status) => status.message().to_owned(),
+            },
+            Err(e) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text = format!("{text}: {s}");
+                    source = s.source();
+                }
+                text
+            }
+        };
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(RuntimeError::new(
+                what(),
+                format!("no answer within {}s ({last})", wait.as_secs()),
+            ));
+        }
+        tracing::info!(peer = %what(), error = %last, "waiting for a peer");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// The other services, through their gRPC clients: services reach each other this way also
 /// when they share a process. An empty `services.*` endpoint means this process's own server.
 #[derive(Clone)]
@@ -286,6 +329,37 @@ impl Context {
             .push(handle);
     }
 
+    /// Keeps the gauges `agent_learning_queue_undelivered`, `_pending` and `_dead` of
+    /// `stream` and `group` current (sampled every 5 s) for the Prometheus endpoint: the
+    /// figures to scale consumers on.
+    pub fn report_queue_lag(
+        &self,
+        queue: Arc<dyn Queue>,
+        stream: &'static str,
+        group: &'static str,
+    ) {
+        let stop = self.stop_token();
+        self.spawn_worker(async move {
+            let labels = [("stream", stream), ("group", group)];
+            loop {
+                match queue.lag(stream, group).await {
+                    Ok(lag) => {
+                        metrics::gauge!("agent_learning_queue_undelivered", &labels)
+                            .set(lag.undelivered as f64);
+                        metrics::gauge!("agent_learning_queue_pending", &labels)
+                            .set(lag.pending as f64);
+                        metrics::gauge!("agent_learning_queue_dead", &labels).set(lag.dead as f64);
+                    }
+                    Err(e) => tracing::debug!(error = %e, stream, group, "queue lag"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        });
+    }
+
     /// Health stays NOT_SERVING until `probe` (and every other) answers `Ok`.
     pub fn ready_when<F, Fut, E>(&self, probe: F)
     where
@@ -303,14 +377,61 @@ impl Context {
             .push(probe);
     }
 
-    /// Health follows the relational store.
-    pub async fn ready_when_store_answers(&self) -> Result<()> {
-        let store = self.store().await?;
-        self.ready_when(move || {
-            let store = store.clone();
-            async move { store.ping().await }
+    /// Waits until each peer named by `keys` (`services.<key>`) that another process serves
+    /// answers a health check (any answer: a peer still loading its model counts), for at
+    /// most `services.startup_wait_secs`; else fails naming the key and its endpoint. Peers
+    /// left empty are this process's own server and are not waited for.
+    pub async fn wait_for_peers(&self, keys: &[&str]) -> Result<()> {
+        let s = &self.settings.services;
+        let wait = Duration::from_secs(s.startup_wait_secs);
+        let checks = keys.iter().filter_map(|key| {
+            let url = match *key {
+                "world_model" => &s.world_model,
+                "explorer" => &s.explorer,
+                "reflector" => &s.reflector,
+                "policy" => &s.policy,
+                "curator" => &s.curator,
+                _ => {
+                    return Some(futures::future::Either::Left(futures::future::ready(Err(
+                        RuntimeError::new(format!("services.{key}"), "not a service"),
+                    ))));
+                }
+            };
+            (!url.is_empty()).then(|| {
+                futures::future::Either::Right(wait_for_peer(key.to_string(), url.clone(), wait))
+            })
         });
-        Ok(())
+        futures::future::try_join_all(checks).await.map(drop)
+    }
+
+    /// A probe for every backend a service opened: health follows the record, the queue's
+    /// server and the index's server of this process, whichever it uses.
+    fn backend_probes(&self) -> Vec<Probe> {
+        let mut probes: Vec<Probe> = Vec::new();
+        if let Some(store) = self.store.get() {
+            let store = store.clone();
+            probes.push(Arc::new(move || {
+                let store = store.clone();
+                Box::pin(async move { store.ping().await.map_err(|e| format!("database: {e}")) })
+            }));
+        }
+        if let Some(queue) = self.queue.get() {
+            let queue = queue.clone();
+            probes.push(Arc::new(move || {
+                let queue = queue.clone();
+                Box::pin(async move { queue.ping().await.map_err(|e| format!("queue: {e}")) })
+            }));
+        }
+        if let Some(index) = self.index.get() {
+            let index = index.clone();
+            probes.push(Arc::new(move || {
+                let index = index.clone();
+                Box::pin(
+                    async move { index.ping().await.map_err(|e| format!("vector index: {e}")) },
+                )
+            }));
+        }
+        probes
     }
 }
 
@@ -399,11 +520,13 @@ async fn follow_dependencies(
 pub async fn serve(
     ctx: Context,
     server: GrpcServer,
-    listener: TcpListener,
+    listener: impl Into<Arc<TcpListener>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let probes: Vec<Probe> =
-        std::mem::take(&mut *ctx.probes.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut probes = ctx.backend_probes();
+    probes.extend(std::mem::take(
+        &mut *ctx.probes.lock().unwrap_or_else(|e| e.into_inner()),
+    ));
     tokio::spawn(follow_dependencies(
         server.readiness(),
         probes,
@@ -438,6 +561,34 @@ struct Args {
     data_dir: Option<PathBuf>,
 }
 
+/// Builds what `build` adds to a server while `listener` answers health checks with
+/// NOT_SERVING (loading a model takes seconds: probes see a process starting, not a refused
+/// connection), then serves it until `shutdown`. A shutdown during the build ends it there.
+pub async fn build_and_serve<B>(
+    ctx: Context,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    build: B,
+) -> Result<()>
+where
+    B: for<'a> FnOnce(&'a Context, &'a mut GrpcServer) -> BoxFuture<'a, Result<()>>,
+{
+    let starting = agent_learning_server::Starting::answer(listener)
+        .await
+        .what("server")?;
+    let mut shutdown = Box::pin(shutdown);
+    let mut server = GrpcServer::new(limits(ctx.settings())).what("server")?;
+    tokio::select! {
+        built = build(&ctx, &mut server) => built?,
+        _ = &mut shutdown => {
+            tracing::info!("shutdown requested while starting");
+            ctx.stop.cancel();
+            return Ok(());
+        }
+    }
+    serve(ctx, server, starting.finish(), shutdown).await
+}
+
 /// Serves `S` alone on `listener` until `shutdown`.
 pub async fn serve_one<S: Service>(
     settings: Settings,
@@ -447,9 +598,10 @@ pub async fn serve_one<S: Service>(
     let own = listener.local_addr().what("listener")?;
     let mut ctx = Context::new(settings, own)?;
     ctx.standalone = true;
-    let mut server = GrpcServer::new(limits(ctx.settings())).what("server")?;
-    add::<S>(&ctx, &mut server).await?;
-    serve(ctx, server, listener, shutdown).await
+    build_and_serve(ctx, listener, shutdown, |ctx, server| {
+        Box::pin(async move { add::<S>(ctx, server).await.map(drop) })
+    })
+    .await
 }
 
 /// The `main` of a standalone service binary: flags, configuration, telemetry, listener, then
@@ -474,6 +626,7 @@ pub async fn run_standalone<S: Service>(about: &'static str) -> Result<()> {
         log_format: settings.telemetry.log_format,
         log_filter: settings.telemetry.log_filter.clone(),
         otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
+        metrics_addr: settings.telemetry.metrics_addr.clone(),
     })
     .what("telemetry")?;
     let listener = TcpListener::bind(&settings.server.addr)

@@ -1,12 +1,16 @@
 //! gRPC serving shared by every agent-learning process: health checking that starts
 //! `NOT_SERVING` and flips to `SERVING` once dependencies answer, server reflection, explicit
-//! limits, and a graceful shutdown on SIGINT/SIGTERM with a bounded drain.
+//! limits, RPC metrics, an answer while the process starts, and a graceful shutdown on
+//! SIGINT/SIGTERM with a bounded drain.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use futures::Stream;
+use tokio::net::{TcpListener, TcpStream};
 use tonic::service::RoutesBuilder;
 pub use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -94,18 +98,15 @@ impl GrpcServer {
     /// requests for at most the grace period. Health starts `NOT_SERVING`.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listener: impl Into<Arc<TcpListener>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let readiness = self.readiness();
         readiness.initial(ServingStatus::NotServing).await;
         let limits = self.limits;
+        let listener = listener.into();
         let addr = listener.local_addr()?;
-        // Our own listener: the builder's tcp_nodelay does not reach accepted sockets, so set it
-        // here, or small responses wait on delayed ACKs (~40 ms a call).
-        let incoming = tonic::transport::server::TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
+        let incoming = accept(listener);
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
@@ -121,6 +122,7 @@ impl GrpcServer {
             .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
             .timeout(limits.request_timeout)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(tower::layer::layer_fn(|inner| Metered { inner }))
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
@@ -140,6 +142,179 @@ impl GrpcServer {
                 warn!("grace period over, dropping remaining requests");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Connections accepted from a listener that may be shared with a server that answered before
+/// (see [`Starting`]). `TCP_NODELAY` is set on each: the builder's setting does not reach
+/// sockets of our own listener, and small responses would wait on delayed ACKs (~40 ms a call).
+fn accept(
+    listener: Arc<TcpListener>,
+) -> impl Stream<Item = Result<TcpStream, std::io::Error>> + Send + 'static {
+    futures::stream::unfold(listener, |l| async move {
+        loop {
+            match l.accept().await {
+                Ok((socket, _)) => {
+                    let _ = socket.set_nodelay(true);
+                    return Some((Ok(socket), l));
+                }
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: keep listening.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+/// The method label of an RPC: its gRPC path for ours, health and reflection, else `other`
+/// (a client cannot grow the metric's label set with made-up paths).
+fn method_label(path: &str) -> String {
+    let known = path.starts_with("/agent_learning.") || path.starts_with("/grpc.");
+    if known && path.len() <= 96 {
+        path.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+/// Counts every RPC by method and status code (`agent_learning_rpc_requests_total`) and times
+/// it to its response headers (`agent_learning_rpc_duration_seconds`). The code is the one in
+/// the response headers (every error of a unary call is answered there); a stream that fails
+/// after it started counts as `Ok`.
+#[derive(Clone)]
+struct Metered<S> {
+    inner: S,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Metered<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = method_label(req.uri().path());
+        let started = Instant::now();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let response = call.await;
+            let code = match &response {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from),
+                Err(_) => tonic::Code::Internal,
+            };
+            metrics::counter!(
+                "agent_learning_rpc_requests_total",
+                "method" => method.clone(),
+                "code" => format!("{code:?}"),
+            )
+            .increment(1);
+            metrics::histogram!("agent_learning_rpc_duration_seconds", "method" => method)
+                .record(started.elapsed().as_secs_f64());
+            response
+        })
+    }
+}
+
+/// Answers only health checks (and those with `NOT_SERVING`); every other call gets
+/// `UNAVAILABLE`, which clients retry, instead of `UNIMPLEMENTED`.
+#[derive(Clone)]
+struct OnlyHealth<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for OnlyHealth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path().starts_with("/grpc.health.") {
+            return Box::pin(self.inner.call(req));
+        }
+        let refused = tonic::Status::unavailable("starting: loading models and opening backends")
+            .into_http::<RB>();
+        Box::pin(async move { Ok(refused) })
+    }
+}
+
+/// A listener answering while the process starts (loading models, opening backends): health
+/// says `NOT_SERVING` and every other call `UNAVAILABLE`, so probes and clients see a process
+/// that is starting rather than a refused connection. [`Starting::finish`] stops it and hands
+/// the listener to the real server.
+pub struct Starting {
+    listener: Arc<TcpListener>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Starting {
+    pub async fn answer(listener: TcpListener) -> Result<Self, ServeError> {
+        let listener = Arc::new(listener);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let incoming = accept(listener.clone());
+        let server = tonic::transport::Server::builder()
+            .layer(tower::layer::layer_fn(|inner| OnlyHealth { inner }))
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stopped.await;
+            });
+        tokio::spawn(async move {
+            // Keeps the reporter alive: dropping it would end health watches early.
+            let _health = health;
+            if let Err(e) = server.await {
+                warn!(error = %e, "start-up health server");
+            }
+        });
+        Ok(Self {
+            listener,
+            stop: Some(stop),
+        })
+    }
+
+    /// Stops answering (connections open now are closed gracefully and reconnect) and returns
+    /// the listener.
+    pub fn finish(mut self) -> Arc<TcpListener> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.listener.clone()
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 }
