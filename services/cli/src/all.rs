@@ -12,8 +12,7 @@ use agent_learning_environment::EnvService;
 use agent_learning_explorer::Explorer;
 use agent_learning_policy::Policy;
 use agent_learning_reflector::Reflector;
-use agent_learning_runtime::{Context, add, limits};
-use agent_learning_server::GrpcServer;
+use agent_learning_runtime::{Context, add};
 use agent_learning_world_model::WorldModel;
 use tokio::net::TcpListener;
 
@@ -45,18 +44,23 @@ async fn serve_all_in(
     shutdown: impl Future<Output = ()> + Send + 'static,
     environment: Option<EnvService>,
 ) -> anyhow::Result<()> {
-    // The model loads first: it is the slowest to open and every service but two needs it.
-    ctx.model().await?;
-    let mut server = GrpcServer::new(limits(ctx.settings()))?;
-    add::<Curator>(&ctx, &mut server).await?;
-    add::<WorldModel>(&ctx, &mut server).await?;
-    add::<Explorer>(&ctx, &mut server).await?;
-    add::<Reflector>(&ctx, &mut server).await?;
-    add::<Policy>(&ctx, &mut server).await?;
-    add::<Coordinator>(&ctx, &mut server).await?;
-    if let Some(env) = environment {
-        env.mount(&mut server);
-    }
-    agent_learning_runtime::serve(ctx, server, listener, shutdown).await?;
+    agent_learning_runtime::build_and_serve(ctx, listener, shutdown, |ctx, server| {
+        Box::pin(async move {
+            // The model loads first: it is the slowest to open and every service but two
+            // needs it.
+            ctx.model().await?;
+            add::<Curator>(ctx, server).await?;
+            add::<WorldModel>(ctx, server).await?;
+            add::<Explorer>(ctx, server).await?;
+            add::<Reflector>(ctx, server).await?;
+            add::<Policy>(ctx, server).await?;
+            add::<Coordinator>(ctx, server).await?;
+            if let Some(env) = environment {
+                env.mount(server);
+            }
+            Ok(())
+        })
+    })
+    .await?;
     Ok(())
 }

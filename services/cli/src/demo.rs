@@ -13,7 +13,6 @@ use agent_learning_api::{
 use agent_learning_config::Settings;
 use agent_learning_domain::{Insight, Stage};
 use anyhow::Context as _;
-use tonic_health::pb::health_check_response::ServingStatus;
 
 const NAMESPACE: &str = "driving-demo";
 
@@ -273,18 +272,10 @@ async fn curate(url: &str) -> anyhow::Result<()> {
 }
 
 async fn wait_serving(url: &str) -> anyhow::Result<()> {
-    for _ in 0..600 {
-        let status = crate::health::status(
-            url,
-            agent_learning_proto::service_names::CURATOR,
-            Duration::from_secs(5),
-        )
-        .await
-        .ok();
-        if status == Some(ServingStatus::Serving) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the curator did not report SERVING within 60 s")
+    agent_learning_cli::health::wait_serving(
+        url,
+        agent_learning_proto::service_names::CURATOR,
+        Duration::from_secs(60),
+    )
+    .await
 }

@@ -26,3 +26,23 @@ pub async fn status(url: &str, service: &str, timeout: Duration) -> anyhow::Resu
         .into_inner();
     Ok(ServingStatus::try_from(answer.status).unwrap_or(ServingStatus::Unknown))
 }
+
+/// Waits until `service` at `url` reports SERVING (a server answers NOT_SERVING while it loads
+/// models and opens its backends), for at most `within`.
+pub async fn wait_serving(url: &str, service: &str, within: Duration) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let last = match status(url, service, Duration::from_secs(5)).await {
+            Ok(ServingStatus::Serving) => return Ok(()),
+            Ok(other) => other.as_str_name().to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if started.elapsed() > within {
+            anyhow::bail!(
+                "{service} at {url} did not report SERVING within {}s (last: {last})",
+                within.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,5 +1,6 @@
-//! The `agent-learning` command line's library part: the all-in-one server and `train`, shared
-//! by the binary and the pipeline benchmark.
+//! The `agent-learning` command line's library part: the all-in-one server, `train` and health
+//! checks, shared by the binary and the pipeline benchmark.
 
 pub mod all;
+pub mod health;
 pub mod train;

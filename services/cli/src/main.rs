@@ -3,10 +3,9 @@
 //! models and the playbook.
 
 mod demo;
-mod health;
 mod playbook;
 
-use agent_learning_cli::{all, train};
+use agent_learning_cli::{all, health, train};
 
 use std::path::PathBuf;
 
@@ -111,6 +110,18 @@ impl ServiceName {
             ServiceName::Coordinator => n::COORDINATOR,
         }
     }
+
+    /// The name in `agent-learning service NAME`, logs and metrics.
+    fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Curator => "curator",
+            ServiceName::WorldModel => "world-model",
+            ServiceName::Explorer => "explorer",
+            ServiceName::Reflector => "reflector",
+            ServiceName::Policy => "policy",
+            ServiceName::Coordinator => "coordinator",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -182,16 +193,23 @@ fn settings(cli: &Cli, addr: Option<&str>) -> anyhow::Result<Settings> {
     })?)
 }
 
+/// Logs and traces for every command; a server (`service` names it) also exports its metrics
+/// at `telemetry.metrics_addr`, a client command never does.
 fn telemetry(
     settings: &Settings,
     format: Option<LogFormat>,
     filter: Option<&str>,
+    service: Option<&str>,
 ) -> anyhow::Result<agent_learning_telemetry::TelemetryGuard> {
     Ok(agent_learning_telemetry::init(&TelemetryOptions {
-        service_name: "agent-learning".into(),
+        service_name: service.map_or_else(
+            || "agent-learning".into(),
+            |s| format!("agent-learning-{s}"),
+        ),
         log_format: format.unwrap_or(settings.telemetry.log_format),
         log_filter: filter.unwrap_or(&settings.telemetry.log_filter).to_owned(),
         otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
+        metrics_addr: service.and(settings.telemetry.metrics_addr.clone()),
     })?)
 }
 
@@ -294,7 +312,7 @@ async fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve { addr, env } => {
             let settings = settings(&cli, addr.as_deref())?;
-            let _telemetry = telemetry(&settings, None, None)?;
+            let _telemetry = telemetry(&settings, None, None, Some("all"))?;
             let environment = agent_learning_environment::EnvService::built_in(env)?;
             let listener = bind(&settings).await?;
             all::serve_all(
@@ -307,7 +325,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Service { name, addr } => {
             let settings = settings(&cli, addr.as_deref())?;
-            let _telemetry = telemetry(&settings, None, None)?;
+            let _telemetry = telemetry(&settings, None, None, Some(name.as_str()))?;
             let listener = bind(&settings).await?;
             let shutdown = agent_learning_server::shutdown_signal();
             use agent_learning_runtime::serve_one;
@@ -366,7 +384,7 @@ async fn main() -> anyhow::Result<()> {
             command: EnvCommand::Serve { env, addr },
         } => {
             let settings = settings(&cli, addr.as_deref())?;
-            let _telemetry = telemetry(&settings, None, None)?;
+            let _telemetry = telemetry(&settings, None, None, Some("environment"))?;
             agent_learning_envs::factory(env)?;
             let listener = bind(&settings).await?;
             agent_learning_environment::serve_environment(
@@ -380,12 +398,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Demo => {
             let settings = settings(&cli, None)?;
-            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"))?;
+            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"), None)?;
             demo::run(&settings).await
         }
         Command::Train(args) => {
             let settings = settings(&cli, None)?;
-            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"))?;
+            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"), None)?;
             train::run(&settings, args).await
         }
         Command::Models {
@@ -406,7 +424,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let settings = settings(&cli, None)?;
-            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"))?;
+            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"), None)?;
             let model = agent_learning_llm::open_chat_model(&settings)?;
             let mut messages = Vec::new();
             if let Some(s) = system {

@@ -47,17 +47,13 @@ fn endpoint(addr: &str) -> String {
     }
 }
 
-async fn connect(url: &str, deadline: Duration) -> anyhow::Result<Channel> {
-    let started = Instant::now();
-    loop {
-        match Channel::from_shared(url.to_owned())?.connect().await {
-            Ok(c) => return Ok(c),
-            Err(e) if started.elapsed() > deadline => {
-                return Err(e).with_context(|| format!("coordinator at {url}"));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+async fn wait_for_coordinator(url: &str) -> anyhow::Result<()> {
+    crate::health::wait_serving(
+        url,
+        agent_learning_proto::service_names::COORDINATOR,
+        Duration::from_secs(120),
+    )
+    .await
 }
 
 pub async fn run(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
@@ -87,9 +83,18 @@ pub async fn run(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
             let url = format!("http://{}", listener.local_addr()?);
             let s = settings.clone();
             let token = stop.clone();
-            let handle = tokio::spawn(async move {
+            let mut handle = tokio::spawn(async move {
                 serve_all(&s, listener, async move { token.cancelled().await }, None).await
             });
+            // The server answers NOT_SERVING while it loads the model; a server that fails to
+            // start ends its task with the reason.
+            tokio::select! {
+                ready = wait_for_coordinator(&url) => ready?,
+                ended = &mut handle => {
+                    ended??;
+                    anyhow::bail!("the in-process server stopped while starting");
+                }
+            }
             (url, Some(handle))
         }
     };
@@ -113,7 +118,11 @@ pub async fn drive(
     demos: usize,
     args: &TrainArgs,
 ) -> anyhow::Result<()> {
-    let channel = connect(url, Duration::from_secs(120)).await?;
+    wait_for_coordinator(url).await?;
+    let channel = Channel::from_shared(url.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("coordinator at {url}"))?;
     let coordinator = CoordinatorClient::with_max_message_bytes(channel, 64 << 20);
     let run = coordinator
         .start_training(TrainingRequest {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use agent_learning_proto::v1 as pb;
 use pb::coordinator_client::CoordinatorClient;
 use pb::policy_client::PolicyClient;
-use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 use wiremock::matchers::method;
@@ -171,37 +170,7 @@ async fn fresh_postgres() -> String {
 
 /// Counts in the record that must match the run exactly, whatever happened on the way.
 async fn assert_no_duplicates(s: agent_learning_store::Store, groups: u64, alternatives: u64) {
-    use agent_learning_store::entity::{applied_insight, bullet, reflection, rollout};
-    let db = s.connection();
-    let rollouts = rollout::Entity::find().all(db).await.unwrap();
-    assert_eq!(
-        rollouts.len() as u64,
-        groups * (1 + alternatives),
-        "rollouts"
-    );
-    let reflections = reflection::Entity::find().all(db).await.unwrap();
-    assert_eq!(
-        reflections.len() as u64,
-        groups,
-        "one reflection per branch point"
-    );
-    // Every rollout is reflected on exactly once.
-    let mut reflected: Vec<String> = reflections
-        .iter()
-        .flat_map(|r| serde_json::from_str::<Vec<String>>(&r.rollout_ids).unwrap())
-        .collect();
-    reflected.sort();
-    let mut ids: Vec<String> = rollouts.iter().map(|r| r.id.clone()).collect();
-    ids.sort();
-    assert_eq!(reflected, ids);
-    let valid = reflections.iter().filter(|r| r.valid).count() as u64;
-    let applied = applied_insight::Entity::find().count(db).await.unwrap();
-    assert_eq!(applied, valid, "each valid reflection curated exactly once");
-    let bullets = bullet::Entity::find().count(db).await.unwrap();
-    assert!(
-        bullets >= 1 && bullets <= valid,
-        "{bullets} bullets from {valid} reflections"
-    );
+    agent_learning_store::testsuite::assert_each_once(&s, groups, alternatives).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,11 @@ use crate::config::TrainingConfig;
 use crate::{Active, Coordinator};
 
 const POLL: Duration = Duration::from_millis(500);
-const FIT_CHUNK: usize = 1000;
+/// Transitions per Fit call. The world model embeds each call's states before it answers: a
+/// small chunk keeps every call far inside the server's request timeout on a slow or busy CPU
+/// (700 transitions in one call took over 60 s on two busy cores in a debug build), and the
+/// stage's progress moves with each chunk.
+const FIT_CHUNK: usize = 128;
 
 pub(crate) fn event(
     run_id: &str,

@@ -171,6 +171,11 @@ impl Service for Curator {
         let me = self.clone();
         let stop = ctx.stop_token();
         let queue = ctx.queue().await?;
+        ctx.report_queue_lag(
+            queue.clone(),
+            agent_learning_queue::streams::REFLECTIONS,
+            agent_learning_queue::streams::CURATORS,
+        );
         ctx.spawn_worker(crate::stream::consume_reflections(
             me,
             queue,

@@ -184,23 +184,97 @@ pub fn open_chat_model(
                 (Some(key), None) => Some(key.clone()),
                 (None, None) => None,
             };
-            Ok(std::sync::Arc::new(OpenAiChat::new(OpenAiOptions {
-                base_url: llm.base_url.clone(),
-                model: llm.model.clone(),
-                api_key,
-                timeout: std::time::Duration::from_secs(llm.timeout_secs),
-                max_retries: llm.max_retries,
-                max_concurrency: llm.max_concurrency,
-                json_schema: llm.json_schema,
-                budget,
-            })?))
+            Ok(std::sync::Arc::new(Metered::new(OpenAiChat::new(
+                OpenAiOptions {
+                    base_url: llm.base_url.clone(),
+                    model: llm.model.clone(),
+                    api_key,
+                    timeout: std::time::Duration::from_secs(llm.timeout_secs),
+                    max_retries: llm.max_retries,
+                    max_concurrency: llm.max_concurrency,
+                    json_schema: llm.json_schema,
+                    budget,
+                },
+            )?)))
         }
-        agent_learning_config::LlmProvider::Local => {
-            Ok(std::sync::Arc::new(LocalModel::load(&LocalOptions {
+        agent_learning_config::LlmProvider::Local => Ok(std::sync::Arc::new(Metered::new(
+            LocalModel::load(&LocalOptions {
                 dir: agent_learning_embed::SMOLLM2.path(&settings.models_dir),
                 threads: llm.threads,
-            })?))
+            })?,
+        ))),
+    }
+}
+
+/// A model whose calls are measured for the Prometheus endpoint: tokens by kind
+/// (`agent_learning_llm_tokens_total`), time per call (`agent_learning_llm_call_duration_seconds`)
+/// and failures (`agent_learning_llm_errors_total`), each by call (`chat`, `sections`, `choose`).
+pub struct Metered<M> {
+    inner: M,
+}
+
+impl<M: ChatModel> Metered<M> {
+    pub fn new(inner: M) -> Self {
+        Self { inner }
+    }
+
+    fn record<T>(
+        call: &'static str,
+        started: std::time::Instant,
+        result: &Result<T, LlmError>,
+        usage: impl Fn(&T) -> Usage,
+    ) {
+        metrics::histogram!("agent_learning_llm_call_duration_seconds", "call" => call)
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(v) => {
+                let u = usage(v);
+                metrics::counter!("agent_learning_llm_tokens_total", "kind" => "prompt")
+                    .increment(u.prompt_tokens);
+                metrics::counter!("agent_learning_llm_tokens_total", "kind" => "completion")
+                    .increment(u.completion_tokens);
+            }
+            Err(_) => {
+                metrics::counter!("agent_learning_llm_errors_total", "call" => call).increment(1)
+            }
         }
+    }
+}
+
+#[async_trait]
+impl<M: ChatModel> ChatModel for Metered<M> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn chat(
+        &self,
+        messages: &[Message],
+        params: &ChatParams,
+    ) -> Result<Completion, LlmError> {
+        let started = std::time::Instant::now();
+        let out = self.inner.chat(messages, params).await;
+        Self::record("chat", started, &out, |c| c.usage);
+        out
+    }
+
+    async fn sections(
+        &self,
+        messages: &[Message],
+        names: &[&str],
+        max_chars: usize,
+    ) -> Result<Sections, LlmError> {
+        let started = std::time::Instant::now();
+        let out = self.inner.sections(messages, names, max_chars).await;
+        Self::record("sections", started, &out, |s| s.usage);
+        out
+    }
+
+    async fn choose(&self, messages: &[Message], options: &[String]) -> Result<Choice, LlmError> {
+        let started = std::time::Instant::now();
+        let out = self.inner.choose(messages, options).await;
+        Self::record("choose", started, &out, |c| c.usage);
+        out
     }
 }
 

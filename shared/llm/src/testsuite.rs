@@ -1,6 +1,11 @@
 //! A model for tests and benchmarks (feature `testsuite`, off by default): it answers every
 //! request at once, in the format the request asks for, so what is measured or tested is the
-//! framework around the model.
+//! framework around the model. [`ScriptedEndpoint`] serves the same answers as an
+//! OpenAI-compatible HTTP endpoint, for tests of real processes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -17,33 +22,98 @@ impl ChatModel for InstantModel {
     }
 
     async fn chat(&self, messages: &[Message], _: &ChatParams) -> Result<Completion, LlmError> {
-        let last = messages.last().map(|m| m.content.as_str()).unwrap_or("");
-        let text = if last.contains("Answer in exactly these sections") {
-            let all: String = messages.iter().map(|m| m.content.as_str()).collect();
-            let action = all
-                .split("Expert action: ")
-                .nth(1)
-                .and_then(|r| r.lines().next())
-                .unwrap_or("keep");
-            format!(
-                "Situation: A state of the task.\nEvaluation: {action} fits it.\nAlternatives: The others were worse.\nConclusion: Prefer {action} in states like this one."
-            )
-        } else if last.contains("Answer as JSON") {
-            let choice = last
-                .split("Options:\n- ")
-                .nth(1)
-                .and_then(|r| r.lines().next())
-                .unwrap_or("");
-            format!("{{\"reasoning\": \"instant\", \"choice\": \"{choice}\"}}")
-        } else {
-            "speed=10 lane=1".into()
-        };
         Ok(Completion {
-            text,
+            text: instant_answer(messages),
             usage: Usage {
                 prompt_tokens: 1,
                 completion_tokens: 1,
             },
         })
+    }
+}
+
+/// What [`InstantModel`] answers to `messages`.
+fn instant_answer(messages: &[Message]) -> String {
+    let last = messages.last().map(|m| m.content.as_str()).unwrap_or("");
+    if last.contains("Answer in exactly these sections") {
+        let all: String = messages.iter().map(|m| m.content.as_str()).collect();
+        let action = all
+            .split("Expert action: ")
+            .nth(1)
+            .and_then(|r| r.lines().next())
+            .unwrap_or("keep");
+        format!(
+            "Situation: A state of the task.\nEvaluation: {action} fits it.\nAlternatives: The others were worse.\nConclusion: Prefer {action} in states like this one."
+        )
+    } else if last.contains("Answer as JSON") {
+        let choice = last
+            .split("Options:\n- ")
+            .nth(1)
+            .and_then(|r| r.lines().next())
+            .unwrap_or("");
+        format!("{{\"reasoning\": \"instant\", \"choice\": \"{choice}\"}}")
+    } else {
+        "speed=10 lane=1".into()
+    }
+}
+
+/// An OpenAI-compatible chat endpoint on loopback answering as [`InstantModel`] does, after
+/// `delay` (a slow model keeps work in flight long enough to kill a process during it).
+/// Point a process at it with `llm.provider = "openai"` and `llm.base_url = uri()`.
+pub struct ScriptedEndpoint {
+    server: wiremock::MockServer,
+    calls: Arc<AtomicUsize>,
+}
+
+impl ScriptedEndpoint {
+    pub async fn start(delay: Duration) -> Self {
+        let server = wiremock::MockServer::start().await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        wiremock::Mock::given(wiremock::matchers::method("POST"))
+            .respond_with(Answer {
+                delay,
+                calls: calls.clone(),
+            })
+            .mount(&server)
+            .await;
+        Self { server, calls }
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT/v1`.
+    pub fn uri(&self) -> String {
+        format!("{}/v1", self.server.uri())
+    }
+
+    /// Chat completions answered so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+struct Answer {
+    delay: Duration,
+    calls: Arc<AtomicUsize>,
+}
+
+impl wiremock::Respond for Answer {
+    fn respond(&self, req: &wiremock::Request) -> wiremock::ResponseTemplate {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        let messages: Vec<Message> = body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| Message::user(m["content"].as_str().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        wiremock::ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({
+                "id": "instant", "object": "chat.completion", "created": 0, "model": "instant",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": instant_answer(&messages)}}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140}
+            }))
+            .set_delay(self.delay)
     }
 }

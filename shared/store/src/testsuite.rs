@@ -40,3 +40,62 @@ impl TestDatabase {
             .unwrap_or_else(|e| panic!("DROP DATABASE {}: {e}", self.name));
     }
 }
+
+/// What a training run left in the record, counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordCounts {
+    pub rollouts: u64,
+    pub reflections: u64,
+    pub valid_reflections: u64,
+    pub applied_insights: u64,
+    pub bullets: u64,
+}
+
+/// Counts the record and asserts that a run of `groups` branch points with `alternatives`
+/// each did every piece of work exactly once, whatever happened on the way: every rollout
+/// stored once and reflected on by exactly one reflection, each valid reflection curated
+/// exactly once, and at least one bullet, at most one per valid reflection.
+pub async fn assert_each_once(
+    store: &crate::Store,
+    groups: u64,
+    alternatives: u64,
+) -> RecordCounts {
+    use crate::entity::{applied_insight, bullet, reflection, rollout};
+    use sea_orm::{EntityTrait as _, PaginatorTrait as _};
+    let db = store.connection();
+    let rollouts = rollout::Entity::find().all(db).await.unwrap();
+    assert_eq!(
+        rollouts.len() as u64,
+        groups * (1 + alternatives),
+        "rollouts"
+    );
+    let reflections = reflection::Entity::find().all(db).await.unwrap();
+    assert_eq!(
+        reflections.len() as u64,
+        groups,
+        "one reflection per branch point"
+    );
+    let mut reflected: Vec<String> = reflections
+        .iter()
+        .flat_map(|r| serde_json::from_str::<Vec<String>>(&r.rollout_ids).unwrap())
+        .collect();
+    reflected.sort();
+    let mut ids: Vec<String> = rollouts.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    assert_eq!(reflected, ids, "every rollout reflected on exactly once");
+    let valid = reflections.iter().filter(|r| r.valid).count() as u64;
+    let applied = applied_insight::Entity::find().count(db).await.unwrap();
+    assert_eq!(applied, valid, "each valid reflection curated exactly once");
+    let bullets = bullet::Entity::find().count(db).await.unwrap();
+    assert!(
+        bullets >= 1 && bullets <= valid,
+        "{bullets} bullets from {valid} reflections"
+    );
+    RecordCounts {
+        rollouts: rollouts.len() as u64,
+        reflections: reflections.len() as u64,
+        valid_reflections: valid,
+        applied_insights: applied,
+        bullets,
+    }
+}

@@ -1,5 +1,6 @@
 //! One `init` for every agent-learning process: an env filter, JSON (default) or pretty logs on
-//! stderr, and OTLP/gRPC trace export through tracing-opentelemetry when an endpoint is set.
+//! stderr, OTLP/gRPC trace export through tracing-opentelemetry when an endpoint is set, and a
+//! Prometheus scrape endpoint for the process's `metrics` when an address is set.
 
 pub use agent_learning_config::LogFormat;
 use opentelemetry::trace::TracerProvider as _;
@@ -16,6 +17,28 @@ pub struct TelemetryOptions {
     /// An `EnvFilter` directive used when `RUST_LOG` is unset.
     pub log_filter: String,
     pub otlp_endpoint: Option<String>,
+    /// Where `GET /metrics` answers (Prometheus text format); `None`: metrics are not exported.
+    pub metrics_addr: Option<String>,
+}
+
+/// Histogram buckets of every `*_seconds` metric: from a fast RPC to a slow model call.
+const SECONDS_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Starts the Prometheus exporter on `addr` and installs it as the process's recorder; every
+/// series carries a `service` label.
+fn install_metrics(addr: &str, service: &str) -> Result<(), TelemetryError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let socket: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| TelemetryError::Metrics(format!("{addr:?}: {e}")))?;
+    PrometheusBuilder::new()
+        .with_http_listener(socket)
+        .add_global_label("service", service)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+        .and_then(|b| b.install())
+        .map_err(|e| TelemetryError::Metrics(format!("{addr}: {e}")))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +47,8 @@ pub enum TelemetryError {
     Filter(#[from] tracing_subscriber::filter::ParseError),
     #[error("telemetry.otlp_endpoint: {0}")]
     Otlp(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("telemetry.metrics_addr: {0}")]
+    Metrics(String),
     #[error("telemetry: a global subscriber is already installed: {0}")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
 }
@@ -94,5 +119,8 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
         .with(fmt)
         .with(otel)
         .try_init()?;
+    if let Some(addr) = &opts.metrics_addr {
+        install_metrics(addr, &opts.service_name)?;
+    }
     Ok(TelemetryGuard { provider })
 }

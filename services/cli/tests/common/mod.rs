@@ -44,17 +44,15 @@ pub fn spawn_serving(mut cmd: Command) -> Proc {
     }
 }
 
-/// A channel to `url`, retried while the server starts.
+/// A channel to `url` once the server there reports SERVING (it answers NOT_SERVING, and
+/// UNAVAILABLE to every other call, while it loads models and opens backends).
 pub async fn channel(url: &str) -> Channel {
-    for _ in 0..600 {
-        if let Ok(ch) = Channel::from_shared(url.to_owned())
-            .expect("a valid URL")
-            .connect()
-            .await
-        {
-            return ch;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("cannot connect to {url}");
+    agent_learning_cli::health::wait_serving(url, "", Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    Channel::from_shared(url.to_owned())
+        .expect("a valid URL")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"))
 }
