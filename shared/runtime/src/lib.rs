@@ -136,14 +136,15 @@ async fn wait_for_peer(key: String, url: String, wait: Duration) -> Result<()> {
                 text
             }
         };
-        if tokio::time::Instant::now() + pause > deadline {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
             return Err(RuntimeError::new(
                 what(),
                 format!("no answer within {}s ({last})", wait.as_secs()),
             ));
         }
         tracing::info!(peer = %what(), error = %last, "waiting for a peer");
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
@@ -671,6 +672,41 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("health never became {want:?}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_fails_the_start_naming_its_key() {
+        // A port nothing listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("runtime-peers-{}", std::process::id()));
+        let settings = Settings::load(&Sources {
+            file: None,
+            overrides: vec![
+                ("data_dir".into(), dir.display().to_string()),
+                (
+                    "services.explorer".into(),
+                    format!("http://127.0.0.1:{port}"),
+                ),
+                ("services.startup_wait_secs".into(), "1".into()),
+            ],
+        })
+        .unwrap();
+        let ctx = Context::new(settings, "127.0.0.1:1".parse().unwrap()).unwrap();
+        // Left empty, world_model is this process's own server: not waited for.
+        let err = ctx
+            .wait_for_peers(&["world_model", "explorer"])
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("services.explorer http://127.0.0.1:{port}")),
+            "{text}"
+        );
+        assert!(text.contains("no answer within 1s"), "{text}");
     }
 
     #[tokio::test]
