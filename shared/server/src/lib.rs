@@ -37,6 +37,12 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// The health-check service name that answers `SERVING` whenever the process answers at all,
+/// whatever its backends do: for liveness probes. The whole server's status (`""`), which
+/// follows the backends, is for readiness; a liveness probe on it would restart every pod
+/// during a database outage.
+pub const LIVENESS: &str = "liveness";
+
 /// A gRPC server under construction: add services, then `serve`.
 pub struct GrpcServer {
     routes: RoutesBuilder,
@@ -103,6 +109,9 @@ impl GrpcServer {
     ) -> Result<(), ServeError> {
         let readiness = self.readiness();
         readiness.initial(ServingStatus::NotServing).await;
+        self.health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let limits = self.limits;
         let listener = listener.into();
         let addr = listener.local_addr()?;
@@ -279,6 +288,9 @@ impl Starting {
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let incoming = accept(listener.clone());
