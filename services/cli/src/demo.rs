@@ -212,25 +212,37 @@ async fn curate(url: &str) -> anyhow::Result<()> {
     let harmful = bullets
         .iter()
         .find(|b| b.content.starts_with("Braking hard"));
-    let mut feedback = Vec::new();
+    // One vote per decision: five decisions the first bullet helped, one the second helped
+    // and two it misled (which quarantines it: harmful >= helpful).
+    let mut votes = Vec::new();
     if let Some(b) = helpful {
-        feedback.push(FeedbackItem {
-            bullet_id: b.id.to_string(),
-            helpful: 5,
-            harmful: 0,
-        });
+        votes.extend(std::iter::repeat_n((b, true), 5));
     }
     if let Some(b) = harmful {
-        feedback.push(FeedbackItem {
-            bullet_id: b.id.to_string(),
-            helpful: 1,
-            harmful: 2,
-        });
+        votes.push((b, true));
+        votes.extend(std::iter::repeat_n((b, false), 2));
     }
-    let updated = curator
-        .record_feedback(NAMESPACE, "demo-feedback-1", feedback)
-        .await?;
-    for b in &updated.bullets {
+    let mut latest: Vec<agent_learning_domain::Bullet> = Vec::new();
+    for (i, (b, good)) in votes.into_iter().enumerate() {
+        let updated = curator
+            .record_feedback(
+                NAMESPACE,
+                &format!("demo-decision-{}", i + 1),
+                vec![FeedbackItem {
+                    bullet_id: b.id.to_string(),
+                    helpful: u32::from(good),
+                    harmful: u32::from(!good),
+                }],
+            )
+            .await?;
+        for u in updated.bullets {
+            match latest.iter_mut().find(|x| x.id == u.id) {
+                Some(x) => *x = u,
+                None => latest.push(u),
+            }
+        }
+    }
+    for b in &latest {
         println!(
             "   {:<17} +{} -{}  {}",
             b.stage.as_str().to_uppercase(),

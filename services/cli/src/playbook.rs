@@ -75,13 +75,17 @@ enum PlaybookCommand {
     },
     /// Counts by stage and section, merge rate, growth.
     Health,
-    /// Record helpful/harmful votes on a bullet.
+    /// Record one vote on a bullet: --helpful or --harmful. One vote per feedback id: the
+    /// same id again changes nothing.
     Feedback {
         bullet_id: String,
-        #[arg(long, default_value_t = 0)]
-        helpful: u32,
-        #[arg(long, default_value_t = 0)]
-        harmful: u32,
+        #[arg(long, conflicts_with = "harmful", required_unless_present = "harmful")]
+        helpful: bool,
+        #[arg(long)]
+        harmful: bool,
+        /// What the vote is about (a decision, a review); a new id when absent.
+        #[arg(long)]
+        feedback_id: Option<String>,
     },
     /// A bullet's history.
     History { bullet_id: String },
@@ -261,15 +265,19 @@ pub async fn run(settings: &Settings, args: &PlaybookArgs) -> anyhow::Result<()>
             bullet_id,
             helpful,
             harmful,
+            feedback_id,
         } => {
+            let feedback_id = feedback_id
+                .clone()
+                .unwrap_or_else(|| format!("cli:{}", uuid::Uuid::new_v4()));
             let res = client
                 .record_feedback(
                     &ns,
-                    "",
+                    &feedback_id,
                     vec![FeedbackItem {
                         bullet_id: bullet_id.clone(),
-                        helpful: *helpful,
-                        harmful: *harmful,
+                        helpful: u32::from(*helpful),
+                        harmful: u32::from(*harmful),
                     }],
                 )
                 .await?;

@@ -27,7 +27,6 @@ const MAX_ID_BYTES: usize = 128;
 const MAX_SOURCE_BYTES: usize = 512;
 const MAX_QUERY_BYTES: usize = 16 * 1024;
 const MAX_FEEDBACK_ITEMS: usize = 1000;
-const MAX_VOTES_PER_ITEM: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CuratorError {
@@ -598,34 +597,49 @@ impl Curator {
             )
             .into());
         }
+        // Votes are attributable: each request is one decision (or review) named by its
+        // feedback id, and casts at most one vote per bullet; the same id again is a replay.
+        if feedback_id.trim().is_empty() {
+            return Err(InvalidInput::new(
+                "feedback_id",
+                "must name the decision or review the votes come from (one vote per bullet per id)",
+            )
+            .into());
+        }
         if feedback_id.len() > MAX_ID_BYTES {
             return Err(
                 InvalidInput::new("feedback_id", format!("at most {MAX_ID_BYTES} bytes")).into(),
             );
         }
-        let mut parsed = Vec::with_capacity(items.len());
+        let mut parsed: Vec<(Uuid, u32, u32)> = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let id = parse_bullet_id(&format!("feedback[{i}].bullet_id"), &item.bullet_id)?;
-            if item.helpful == 0 && item.harmful == 0 {
-                return Err(InvalidInput::new(
-                    format!("feedback[{i}]"),
-                    "helpful and harmful are both 0",
-                )
-                .into());
+            match (item.helpful, item.harmful) {
+                (1, 0) | (0, 1) => {}
+                (h, x) => {
+                    return Err(InvalidInput::new(
+                        format!("feedback[{i}]"),
+                        format!(
+                            "one vote per bullet: helpful 1 or harmful 1 (got helpful {h}, harmful {x})"
+                        ),
+                    )
+                    .into());
+                }
             }
-            if item.helpful > MAX_VOTES_PER_ITEM || item.harmful > MAX_VOTES_PER_ITEM {
+            if let Some(j) = parsed.iter().position(|(other, _, _)| *other == id) {
                 return Err(InvalidInput::new(
-                    format!("feedback[{i}]"),
-                    format!("at most {MAX_VOTES_PER_ITEM} votes per item"),
+                    format!("feedback[{i}].bullet_id"),
+                    format!(
+                        "names the same bullet as feedback[{j}]: one vote per bullet per request"
+                    ),
                 )
                 .into());
             }
             parsed.push((id, item.helpful, item.harmful));
         }
-        let fid = (!feedback_id.is_empty()).then_some(feedback_id);
         let (bullets, replayed) = self
             .store
-            .record_feedback(ns, fid, &parsed, &self.opts.gates)
+            .record_feedback(ns, Some(feedback_id), &parsed, &self.opts.gates)
             .await?;
         if !replayed {
             let ids: Vec<Uuid> = bullets.iter().map(|b| b.id).collect();

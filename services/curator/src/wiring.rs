@@ -29,6 +29,7 @@ pub fn curator_options(settings: &Settings) -> CuratorOptions {
             staging_min_ratio: p.staging_min_ratio,
             production_min_helpful: p.production_min_helpful,
             production_min_ratio: p.production_min_ratio,
+            quarantine_min_harmful: p.quarantine_min_harmful,
         },
         collection: format!("{}_bullets", settings.vector.collection_prefix),
         optimize_after_writes: settings.vector.optimize_after_writes,

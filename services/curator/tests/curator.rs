@@ -190,20 +190,14 @@ async fn feedback_promotes_and_search_respects_stages() {
         .await
         .unwrap();
     let id = |i: usize| ops[i].bullet_id.to_string();
-    let (bullets, replayed) = c
-        .record_feedback(
-            ns,
-            "fb",
-            &[FeedbackItem {
-                bullet_id: id(0),
-                helpful: 5,
-                harmful: 0,
-            }],
-        )
-        .await
-        .unwrap();
-    assert!(!replayed);
-    assert_eq!(bullets[0].stage, Stage::Production);
+    // Five decisions found it helpful.
+    let mut stage = Stage::Shadow;
+    for d in 0..5 {
+        let (bullets, replayed) = vote(&c, ns, &format!("decision:{d}"), &id(0), true).await;
+        assert!(!replayed);
+        stage = bullets[0].stage;
+    }
+    assert_eq!(stage, Stage::Production);
 
     let prod = c
         .search(
@@ -230,18 +224,10 @@ async fn feedback_promotes_and_search_respects_stages() {
     assert_eq!(any.len(), 3);
     assert_eq!(any[0].0.id, ops[0].bullet_id, "most relevant first");
 
-    // Quarantine removes it from every stage's view.
-    c.record_feedback(
-        ns,
-        "",
-        &[FeedbackItem {
-            bullet_id: id(0),
-            helpful: 0,
-            harmful: 5,
-        }],
-    )
-    .await
-    .unwrap();
+    // Quarantine (as many decisions misled as it helped) removes it from every stage's view.
+    for d in 5..10 {
+        vote(&c, ns, &format!("decision:{d}"), &id(0), false).await;
+    }
     let any = c
         .search(
             ns,
@@ -257,7 +243,7 @@ async fn feedback_promotes_and_search_respects_stages() {
     let err = c
         .record_feedback(
             ns,
-            "",
+            "decision:x",
             &[FeedbackItem {
                 bullet_id: "nope".into(),
                 helpful: 1,
@@ -270,6 +256,147 @@ async fn feedback_promotes_and_search_respects_stages() {
         matches!(err, CuratorError::Invalid(ref i) if i.field == "feedback[0].bullet_id"),
         "{err}"
     );
+}
+
+/// One vote on one bullet from the decision `decision`.
+async fn vote(
+    c: &agent_learning_curator::Curator,
+    ns: &str,
+    decision: &str,
+    bullet_id: &str,
+    helpful: bool,
+) -> (Vec<agent_learning_domain::Bullet>, bool) {
+    c.record_feedback(
+        ns,
+        decision,
+        &[FeedbackItem {
+            bullet_id: bullet_id.to_owned(),
+            helpful: u32::from(helpful),
+            harmful: u32::from(!helpful),
+        }],
+    )
+    .await
+    .unwrap()
+}
+
+async fn bullet(
+    c: &agent_learning_curator::Curator,
+    ns: &str,
+    id: &str,
+) -> agent_learning_domain::Bullet {
+    let page = c.get_playbook(ns, &PlaybookQuery::default()).await.unwrap();
+    page.bullets
+        .into_iter()
+        .find(|b| b.id.to_string() == id)
+        .unwrap_or_else(|| panic!("no bullet {id}"))
+}
+
+#[tokio::test]
+async fn votes_are_one_per_decision_and_bullet_and_manual_stages_stick() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = curator_in(dir.path()).await;
+    let ns = "integrity";
+    let ops = c
+        .curate(
+            ns,
+            &[
+                insight(
+                    "i1",
+                    "strategy",
+                    "Merge onto the highway at the speed of traffic.",
+                ),
+                insight(
+                    "i2",
+                    "mistakes",
+                    "Changing lanes without a gap forces others to brake.",
+                ),
+                insight(
+                    "i3",
+                    "facts",
+                    "Trucks need a longer distance to stop than cars.",
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    let id = |i: usize| ops[i].bullet_id.to_string();
+    let invalid_field = |e: CuratorError| match e {
+        CuratorError::Invalid(i) => format!("{}: {}", i.field, i.reason),
+        other => panic!("not INVALID_ARGUMENT: {other}"),
+    };
+
+    // One call cannot amplify: a thousand votes on one item, the same bullet twice, or votes
+    // from nowhere are refused, and nothing is counted.
+    let many = FeedbackItem {
+        bullet_id: id(0),
+        helpful: 1000,
+        harmful: 0,
+    };
+    let err = c.record_feedback(ns, "d1", &[many]).await.unwrap_err();
+    let text = invalid_field(err);
+    assert!(
+        text.starts_with("feedback[0]: one vote per bullet"),
+        "{text}"
+    );
+    let one = |b: String| FeedbackItem {
+        bullet_id: b,
+        helpful: 1,
+        harmful: 0,
+    };
+    let err = c
+        .record_feedback(ns, "d1", &vec![one(id(0)); 1000])
+        .await
+        .unwrap_err();
+    let text = invalid_field(err);
+    assert!(
+        text.starts_with("feedback[1].bullet_id: names the same bullet as feedback[0]"),
+        "{text}"
+    );
+    let err = c.record_feedback(ns, "", &[one(id(0))]).await.unwrap_err();
+    assert!(invalid_field(err).starts_with("feedback_id:"));
+    let b = bullet(&c, ns, &id(0)).await;
+    assert_eq!((b.helpful, b.harmful, b.stage), (0, 0, Stage::Shadow));
+
+    // The same decision again is a replay: one vote per decision and bullet.
+    for _ in 0..10 {
+        vote(&c, ns, "d1", &id(0), true).await;
+    }
+    let b = bullet(&c, ns, &id(0)).await;
+    assert_eq!(b.helpful, 1);
+
+    // Harmful evidence alone quarantines: three decisions misled, none helped.
+    let mut last = Stage::Shadow;
+    for d in 0..3 {
+        last = vote(&c, ns, &format!("bad-{d}"), &id(1), false).await.0[0].stage;
+    }
+    assert_eq!(last, Stage::Quarantined);
+
+    // A quarantine set by hand sticks: helpful votes do not bring the bullet back.
+    c.set_stage(ns, &id(2), Some(Stage::Quarantined), "reviewed: wrong")
+        .await
+        .unwrap();
+    for d in 0..6 {
+        vote(&c, ns, &format!("good-{d}"), &id(2), true).await;
+    }
+    let b = bullet(&c, ns, &id(2)).await;
+    assert_eq!((b.helpful, b.stage), (6, Stage::Quarantined));
+    // Set by hand again, it moves (as far as its votes earned) and stays pinned there.
+    c.set_stage(ns, &id(2), Some(Stage::Staging), "reviewed again")
+        .await
+        .unwrap();
+    vote(&c, ns, "good-6", &id(2), true).await;
+    assert_eq!(bullet(&c, ns, &id(2)).await.stage, Stage::Staging);
+    // Harmful evidence still quarantines a pinned bullet.
+    for d in 0..7 {
+        vote(&c, ns, &format!("worse-{d}"), &id(2), false).await;
+    }
+    assert_eq!(bullet(&c, ns, &id(2)).await.stage, Stage::Quarantined);
+    let history = c.history(ns, &id(2)).await.unwrap();
+    let manual = history
+        .iter()
+        .filter(|e| e.detail.get("manual").is_some())
+        .count();
+    assert_eq!(manual, 2, "{history:?}");
 }
 
 #[tokio::test]

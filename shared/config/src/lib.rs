@@ -210,6 +210,7 @@ pub struct PromotionSettings {
     pub staging_min_ratio: f64,
     pub production_min_helpful: u32,
     pub production_min_ratio: f64,
+    pub quarantine_min_harmful: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +260,7 @@ staging_min_helpful = 3
 staging_min_ratio = 3.0
 production_min_helpful = 5
 production_min_ratio = 5.0
+quarantine_min_harmful = 3
 
 [llm]
 provider = "local"
@@ -554,6 +556,12 @@ impl Settings {
                     format!("must be a finite ratio >= 1, got {ratio}"),
                 ));
             }
+        }
+        if p.quarantine_min_harmful == 0 {
+            return Err(invalid(
+                "curator.promotion.quarantine_min_harmful",
+                "must be at least 1",
+            ));
         }
         if p.production_min_helpful < p.staging_min_helpful {
             return Err(invalid(

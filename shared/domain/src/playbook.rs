@@ -73,6 +73,14 @@ pub struct PromotionGates {
     pub staging_min_ratio: f64,
     pub production_min_helpful: u32,
     pub production_min_ratio: f64,
+    /// Harmful votes that quarantine a bullet no vote has found helpful. (One with helpful
+    /// votes is quarantined once its harmful votes reach its helpful ones.)
+    #[serde(default = "default_quarantine_min_harmful")]
+    pub quarantine_min_harmful: u32,
+}
+
+fn default_quarantine_min_harmful() -> u32 {
+    3
 }
 
 impl Default for PromotionGates {
@@ -82,15 +90,20 @@ impl Default for PromotionGates {
             staging_min_ratio: 3.0,
             production_min_helpful: 5,
             production_min_ratio: 5.0,
+            quarantine_min_harmful: default_quarantine_min_harmful(),
         }
     }
 }
 
 impl PromotionGates {
-    /// The stage the counters earn. Quarantine when harmful >= helpful > 0; otherwise the highest
-    /// stage whose gates pass. A bullet with no harmful votes has an unbounded ratio.
+    /// The stage the counters earn. Quarantine when harmful >= helpful > 0, or when no vote
+    /// was helpful and `quarantine_min_harmful` were harmful; otherwise the highest stage whose
+    /// gates pass. A bullet with no harmful votes has an unbounded ratio.
     pub fn earned(&self, helpful: u32, harmful: u32) -> Stage {
         if helpful > 0 && harmful >= helpful {
+            return Stage::Quarantined;
+        }
+        if helpful == 0 && harmful >= self.quarantine_min_harmful.max(1) {
             return Stage::Quarantined;
         }
         let ratio = if harmful == 0 {
@@ -227,7 +240,10 @@ mod tests {
         assert_eq!(g.earned(5, 1), Stage::Production);
         assert_eq!(g.earned(9, 2), Stage::Staging);
         assert_eq!(g.earned(2, 2), Stage::Quarantined);
-        assert_eq!(g.earned(0, 4), Stage::Shadow);
+        assert_eq!(g.earned(0, 2), Stage::Shadow);
+        // Harmful evidence alone quarantines too.
+        assert_eq!(g.earned(0, 3), Stage::Quarantined);
+        assert_eq!(g.earned(0, 8), Stage::Quarantined);
     }
 
     #[test]

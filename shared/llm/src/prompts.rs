@@ -45,12 +45,29 @@ pub const DECIDE: Template = Template {
     text: include_str!("../prompts/decide.v1.txt"),
 };
 
-/// Fills `{{key}}` placeholders; a placeholder without a value stays as it is.
+/// Fills the template's `{{key}}` placeholders in one pass over the template; a placeholder
+/// without a value stays as it is. Values are data: a value that itself contains `{{key}}`
+/// (a bullet, a state written by anyone) is inserted as it is, never expanded.
 pub fn render(t: &Template, values: &[(&str, &str)]) -> String {
-    let mut out = t.text.trim_end().to_owned();
-    for (k, v) in values {
-        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    let text = t.text.trim_end();
+    let mut out =
+        String::with_capacity(text.len() + values.iter().map(|(_, v)| v.len()).sum::<usize>());
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let key = &after[..close];
+        match values.iter().find(|(k, _)| *k == key) {
+            Some((_, v)) => out.push_str(v),
+            None => out.push_str(&rest[open..open + 2 + close + 2]),
+        }
+        rest = &after[close + 2..];
     }
+    out.push_str(rest);
     out
 }
 
@@ -63,5 +80,26 @@ mod tests {
         let text = render(&CHOOSE, &[("options", "- a\n- b")]);
         assert!(text.contains("- a\n- b"));
         assert!(!text.contains("{{options}}"));
+    }
+
+    #[test]
+    fn values_are_never_expanded() {
+        let t = Template {
+            name: "t",
+            version: 1,
+            text: "playbook:\n{{playbook}}\nstate: {{state}}\nkeep {{unknown}} and {{",
+        };
+        let text = render(
+            &t,
+            &[
+                ("playbook", "- always answer {{state}} {{playbook}}"),
+                ("state", "speed=3 {{playbook}}"),
+            ],
+        );
+        assert_eq!(
+            text,
+            "playbook:\n- always answer {{state}} {{playbook}}\nstate: speed=3 {{playbook}}\n\
+             keep {{unknown}} and {{"
+        );
     }
 }

@@ -224,6 +224,11 @@ async fn restage(
     if earned == current {
         return Ok(());
     }
+    // A stage set by hand stays until set by hand again; the one exception is harmful
+    // evidence, which quarantines a pinned bullet too (and a quarantine stays).
+    if m.stage_pinned && earned != Stage::Quarantined {
+        return Ok(());
+    }
     let id = Uuid::parse_str(&m.id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let path: Vec<Stage> = match (current.rank(), earned.rank()) {
         (Some(from), Some(to)) if to > from => [Stage::Staging, Stage::Production]
@@ -310,6 +315,7 @@ impl Store {
                         stage: Set(Stage::Shadow.as_str().to_owned()),
                         sources: Set(sources),
                         deleted: Set(false),
+                        stage_pinned: Set(false),
                         embedding: Set(encode_embedding(&b.embedding)),
                         created_at: Set(now),
                         updated_at: Set(now),
@@ -620,7 +626,8 @@ impl Store {
     }
 
     /// Moves a bullet by hand: down the order (demotion, rollback) or to quarantine at any
-    /// time; up only as far as its counters have earned, so no bullet skips its gates.
+    /// time; up only as far as its counters have earned, so no bullet skips its gates. The
+    /// stage is pinned: votes no longer move it, but harmful evidence still quarantines it.
     pub async fn set_stage(
         &self,
         ns: &str,
@@ -634,7 +641,15 @@ impl Store {
         let current = Stage::parse(&m.stage)
             .ok_or_else(|| StoreError::Corrupt(format!("bullet {id}: stage {:?}", m.stage)))?;
         if current == stage {
-            txn.rollback().await?;
+            if m.stage_pinned {
+                txn.rollback().await?;
+                return to_domain(m);
+            }
+            // Set by hand to the stage it has: from now on it stays there.
+            let mut am: bullet::ActiveModel = m.into();
+            am.stage_pinned = Set(true);
+            let m = am.update(&txn).await?;
+            txn.commit().await?;
             return to_domain(m);
         }
         let earned = gates.earned(counter(m.helpful), counter(m.harmful));
@@ -660,13 +675,14 @@ impl Store {
                 insight_id: None,
                 from_stage: Some(current),
                 to_stage: Some(stage),
-                detail: json!({"reason": reason, "manual": true}),
+                detail: json!({"reason": reason, "manual": true, "pinned": true}),
                 at: now,
             },
         )
         .await?;
         let mut am: bullet::ActiveModel = m.into();
         am.stage = Set(stage.as_str().to_owned());
+        am.stage_pinned = Set(true);
         am.updated_at = Set(now);
         let m = am.update(&txn).await?;
         txn.commit().await?;

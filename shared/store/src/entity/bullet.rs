@@ -18,6 +18,9 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub sources: String,
     pub deleted: bool,
+    /// Set by a manual stage change: votes no longer move the bullet, except that harmful
+    /// evidence still quarantines it.
+    pub stage_pinned: bool,
     /// Little-endian f32s of the content's embedding, so the vector index can be rebuilt
     /// without re-embedding.
     #[sea_orm(column_type = "Blob")]

@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_playbook;
 mod m0002_pipeline;
 mod m0003_run_leases;
+mod m0004_stage_pins;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_playbook::Migration),
             Box::new(m0002_pipeline::Migration),
             Box::new(m0003_run_leases::Migration),
+            Box::new(m0004_stage_pins::Migration),
         ]
     }
 }
