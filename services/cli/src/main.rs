@@ -9,7 +9,7 @@ use agent_learning_cli::{all, health, train};
 
 use std::path::PathBuf;
 
-use agent_learning_config::{Settings, Sources};
+use agent_learning_config::{Settings, Sources, redact_url};
 use agent_learning_telemetry::{LogFormat, TelemetryOptions};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -235,24 +235,6 @@ async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("server.addr {}", settings.server.addr))?;
     println!("listening on {}", listener.local_addr()?);
     Ok(listener)
-}
-
-/// `url` with any password replaced by `***`.
-fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = match rest[..at].split_once(':') {
-        Some(("", _)) => "***".to_owned(),
-        Some((user, _)) => format!("{user}:***"),
-        None => rest[..at].to_owned(), // a user name alone: no password to hide
-    };
-    format!("{}://{userinfo}{}", &url[..scheme_end], &rest[at..])
 }
 
 /// What `config check` prints: the backends and endpoints the settings select.
@@ -579,25 +561,6 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_in_urls_are_not_printed() {
-        assert_eq!(
-            redact_url("postgres://agent:s3cret@db:5432/al"),
-            "postgres://agent:***@db:5432/al"
-        );
-        assert_eq!(
-            redact_url("redis://:s3cret@redis:6379/0"),
-            "redis://***@redis:6379/0"
-        );
-        assert_eq!(redact_url("http://qdrant:6334"), "http://qdrant:6334");
-        assert_eq!(
-            redact_url("postgres://agent@db/al"),
-            "postgres://agent@db/al"
-        );
-        // An @ in the path is not a password.
-        assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
-    }
 
     #[test]
     fn config_check_shows_the_backends_without_secrets() {

@@ -25,7 +25,7 @@ const BULLET_ID_NS: Uuid = Uuid::from_u128(0x8f0c_5a4e_2b1d_4c7a_9e3f_6d2b_1a0c_
 const RENDER_CANDIDATES: usize = 64;
 const MAX_ID_BYTES: usize = 128;
 const MAX_SOURCE_BYTES: usize = 512;
-const MAX_QUERY_BYTES: usize = 16 * 1024;
+const MAX_QUERY_BYTES: usize = agent_learning_domain::MAX_STATE_BYTES;
 const MAX_FEEDBACK_ITEMS: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
@@ -546,8 +546,15 @@ impl Curator {
     ) -> Result<(String, Vec<Uuid>, u32)> {
         validate_namespace("namespace", ns)?;
         Self::validate_text("state", state)?;
-        if budget == 0 {
-            return Err(InvalidInput::new("token_budget", "must be at least 1").into());
+        if budget == 0 || budget > agent_learning_domain::MAX_TOKEN_BUDGET {
+            return Err(InvalidInput::new(
+                "token_budget",
+                format!(
+                    "must be between 1 and {}",
+                    agent_learning_domain::MAX_TOKEN_BUDGET
+                ),
+            )
+            .into());
         }
         if min_stage == Stage::Quarantined {
             return Err(

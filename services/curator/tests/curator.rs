@@ -156,6 +156,22 @@ async fn bad_input_is_named_and_stores_nothing() {
             other => panic!("{what}: {other}"),
         }
     }
+    // RenderContext's limits: the state as large as Decide's, the budget range-checked.
+    let state = "y".repeat(agent_learning_domain::MAX_STATE_BYTES + 1);
+    for (state, budget, field) in [
+        (state.as_str(), 100, "state"),
+        ("speed=3", 0, "token_budget"),
+        (
+            "speed=3",
+            agent_learning_domain::MAX_TOKEN_BUDGET + 1,
+            "token_budget",
+        ),
+    ] {
+        match c.render_context("ns", state, budget, Stage::Shadow).await {
+            Err(CuratorError::Invalid(i)) => assert_eq!(i.field, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
     // The valid insight in the rejected batch was not stored either.
     assert_eq!(c.health("ns").await.unwrap().total, 0);
     assert_eq!(c.health("ns").await.unwrap().insights_applied, 0);

@@ -27,7 +27,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 const MAX_ACTIONS: usize = 256;
-const MAX_STATE: usize = 64 * 1024;
+const MAX_STATE: usize = agent_learning_domain::MAX_STATE_BYTES;
 const MAX_TEMPLATE: usize = 16 * 1024;
 /// Longest exemplar state shown in a prompt, in bytes.
 const EXEMPLAR_STATE: usize = 600;
@@ -120,6 +120,18 @@ impl Policy {
             return Err(InvalidInput::new(
                 "instructions_template",
                 format!("{} bytes is more than {MAX_TEMPLATE}", template.len()),
+            )
+            .into());
+        }
+        if r.token_budget
+            .is_some_and(|b| b > agent_learning_domain::MAX_TOKEN_BUDGET)
+        {
+            return Err(InvalidInput::new(
+                "token_budget",
+                format!(
+                    "must be at most {} (0: the default)",
+                    agent_learning_domain::MAX_TOKEN_BUDGET
+                ),
             )
             .into());
         }

@@ -235,6 +235,22 @@ async fn bad_requests_name_the_field() {
         field(p.decide(decide("pol", "s", &["a", " "])).await.unwrap_err()),
         "valid_actions[1]"
     );
+    // A state over the limit the curator's RenderContext has is refused here, by name (it
+    // used to pass Decide's own, larger limit and fail behind it as UNAVAILABLE).
+    let long = "x".repeat(agent_learning_domain::MAX_STATE_BYTES + 1);
+    assert_eq!(
+        field(p.decide(decide("pol", &long, &["a"])).await.unwrap_err()),
+        "state"
+    );
+    let e = p
+        .compile(CompileRequest {
+            namespace: "pol".into(),
+            token_budget: Some(agent_learning_domain::MAX_TOKEN_BUDGET + 1),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(e), "token_budget");
     let e = p
         .compile(CompileRequest {
             namespace: "pol".into(),

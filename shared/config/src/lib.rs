@@ -454,7 +454,7 @@ impl Settings {
         {
             return Err(invalid(
                 "queue.redis_url",
-                format!("{url:?} is not a redis:// or rediss:// URL"),
+                format!("{:?} is not a redis:// or rediss:// URL", redact_url(url)),
             ));
         }
         for (key, url) in [
@@ -467,7 +467,10 @@ impl Settings {
             if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(
                     key,
-                    format!("{url:?} is not an http:// or https:// endpoint"),
+                    format!(
+                        "{:?} is not an http:// or https:// endpoint",
+                        redact_url(url)
+                    ),
                 ));
             }
         }
@@ -613,6 +616,28 @@ impl Settings {
     }
 }
 
+/// `url` with any password replaced by `***`, for messages and logs: `postgres://u:***@db/x`,
+/// `redis://***@host:6379`. Text that is not a URL but has an `@` loses everything before it.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return match url.rfind('@') {
+            Some(at) => format!("***{}", &url[at..]),
+            None => url.to_owned(),
+        };
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = match rest[..at].split_once(':') {
+        Some(("", _)) => "***".to_owned(),
+        Some((user, _)) => format!("{user}:***"),
+        None => rest[..at].to_owned(), // a user name alone: no password to hide
+    };
+    format!("{}://{userinfo}{}", &url[..scheme_end], &rest[at..])
+}
+
 /// `$XDG_CACHE_HOME/agent-learning/models`, else `$HOME/.cache/agent-learning/models`.
 pub fn default_models_dir() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
@@ -643,6 +668,30 @@ mod tests {
         assert_eq!(s.curator.merge_threshold, 0.80);
         assert_eq!(s.curator.sections, ["strategy", "mistakes", "facts"]);
         assert_eq!(s.curator.max_content_bytes, 4096);
+    }
+
+    #[test]
+    fn passwords_in_urls_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://agent:s3cret@db:5432/al"),
+            "postgres://agent:***@db:5432/al"
+        );
+        assert_eq!(
+            redact_url("redis://:s3cret@redis:6379/0"),
+            "redis://***@redis:6379/0"
+        );
+        assert_eq!(redact_url("http://qdrant:6334"), "http://qdrant:6334");
+        assert_eq!(
+            redact_url("postgres://agent@db/al"),
+            "postgres://agent@db/al"
+        );
+        // An @ in the path is not a password; a malformed URL still loses its secret.
+        assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
+        assert_eq!(redact_url("redis//:s3cret@x"), "***@x");
+        let err = load_with(&[("queue.redis_url", "redis//:s3cret@x:6379")]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("queue.redis_url"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]

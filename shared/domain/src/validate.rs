@@ -37,6 +37,14 @@ pub fn validate_namespace(field: &str, namespace: &str) -> Result<(), InvalidInp
     }
 }
 
+/// The largest state (or search text) any service accepts, in bytes: Decide and the curator's
+/// RenderContext and SearchPlaybook share it, so a state Decide accepts is never refused by
+/// the curator behind it.
+pub const MAX_STATE_BYTES: usize = 16 * 1024;
+
+/// The largest token budget a policy or a RenderContext request may ask for.
+pub const MAX_TOKEN_BUDGET: u32 = 32_768;
+
 #[cfg(test)]
 mod tests {
     use super::*;

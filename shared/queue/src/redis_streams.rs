@@ -25,6 +25,10 @@ pub struct RedisQueue {
     opts: QueueOptions,
 }
 
+/// How long a blocking read may take beyond its block time before it counts as failed.
+const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
+const BLOCKING_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl RedisQueue {
     pub async fn connect(url: &str, opts: QueueOptions) -> Result<Self> {
         let client = Client::open(url)?;
@@ -205,16 +209,32 @@ impl Queue for RedisQueue {
         }
         cmd.arg("STREAMS").arg(stream).arg(">");
         let reply: Value = if blocking {
-            // A blocked command holds its connection: never block the shared one.
+            // A blocked command holds its connection: never block the shared one. These
+            // connections have no response timeout of their own (the client's default, 500 ms,
+            // cut every idle BLOCK longer than that into an error); the wait is bounded here,
+            // by the block time and a margin for the round trip.
             let pooled = self.blocking.lock().await.pop();
             let mut c = match pooled {
                 Some(c) => c,
-                None => self.client.get_multiplexed_async_connection().await?,
+                None => {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_response_timeout(None)
+                        .set_connection_timeout(Some(BLOCKING_CONNECT_TIMEOUT));
+                    self.client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?
+                }
             };
-            let reply = cmd
-                .query_async(&mut c)
+            let reply = tokio::time::timeout(block + BLOCKING_MARGIN, cmd.query_async(&mut c))
                 .await
+                .map_err(|_| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "XREADGROUP BLOCK: no reply within the block time and its margin",
+                    ))
+                })?
                 .map_err(|e| map_nogroup(e, stream, group))?;
+            // Only a connection that answered goes back to the pool.
             self.blocking.lock().await.push(c);
             reply
         } else {

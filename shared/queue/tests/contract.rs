@@ -122,6 +122,29 @@ async fn blocking_read_wakes_on_publish(open: impl Opener) {
     assert!(empty.is_empty());
 }
 
+async fn an_idle_blocking_read_waits_its_block_time_without_error(open: impl Opener) {
+    // Longer than any client-side response timeout a connection may carry by default (the
+    // redis crate's is 500 ms): an idle consumer's read must end empty, not in an error.
+    let q = open(QueueOptions::default()).await;
+    let s = stream();
+    q.ensure_group(&s, "g").await.unwrap();
+    for _ in 0..2 {
+        let empty = q
+            .read(&s, "g", "a", 1, Duration::from_millis(1500))
+            .await
+            .unwrap();
+        assert!(empty.is_empty());
+    }
+    // The connection that waited still works.
+    q.publish(&s, "after", b"x").await.unwrap();
+    let got = q
+        .read(&s, "g", "a", 1, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key, "after");
+}
+
 async fn stale_entries_are_claimed_by_another_consumer(open: impl Opener) {
     let q = open(fast(5)).await;
     let s = stream();
@@ -298,6 +321,7 @@ macro_rules! contract {
 contract!(
     delivers_once_per_group_and_acks,
     blocking_read_wakes_on_publish,
+    an_idle_blocking_read_waits_its_block_time_without_error,
     stale_entries_are_claimed_by_another_consumer,
     dead_letters_after_max_deliveries,
     survives_reopening,
