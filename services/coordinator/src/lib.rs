@@ -139,7 +139,13 @@ impl Coordinator {
         if env.is_empty() {
             return Err(InvalidInput::new("env", "must not be empty").into());
         }
-        if !env.starts_with("grpc://") {
+        if env.starts_with("grpc://") {
+            agent_learning_api::RemoteEnvAllowlist::new(
+                self.settings.environments.allowed_remotes.clone(),
+            )
+            .check(env)
+            .map_err(|why| InvalidInput::new("env", why))?;
+        } else {
             agent_learning_envs::factory(env)
                 .map_err(|e| InvalidInput::new("env", e.to_string()))?;
         }

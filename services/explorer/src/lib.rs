@@ -46,10 +46,12 @@ pub fn rollout_id(group: Uuid, action: &str) -> Uuid {
     Uuid::new_v5(&group, action.as_bytes())
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ExplorerDefaults {
     pub alternatives: u32,
     pub branch_points: u32,
+    /// The `grpc://` environments this explorer may connect to.
+    pub remotes: agent_learning_api::RemoteEnvAllowlist,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +122,7 @@ impl Explorer {
         }
     }
 
-    pub fn validate(r: &ExploreRequest) -> Result<()> {
+    pub fn validate(&self, r: &ExploreRequest) -> Result<()> {
         validate_namespace("namespace", &r.namespace)?;
         if r.run_id.trim().is_empty() {
             return Err(invalid("run_id", "must not be empty"));
@@ -163,7 +165,12 @@ impl Explorer {
         if r.env.trim().is_empty() {
             return Err(invalid("env", "must not be empty"));
         }
-        if !r.env.starts_with("grpc://") {
+        if r.env.starts_with("grpc://") {
+            self.defaults
+                .remotes
+                .check(&r.env)
+                .map_err(|why| invalid("env", why))?;
+        } else {
             agent_learning_envs::factory(&r.env).map_err(|e| invalid("env", e.to_string()))?;
         }
         Ok(())
@@ -396,7 +403,7 @@ pub fn pick(candidates: &[String], expert: &str, k: usize, rng: &mut Rng) -> Vec
 #[async_trait]
 impl ExplorerApi for Explorer {
     async fn explore(&self, req: ExploreRequest) -> Result<RolloutStream, ApiError> {
-        Explorer::validate(&req)?;
+        self.validate(&req)?;
         let (tx, rx) = mpsc::channel(64);
         // Fields are handles: the clone shares the store, queue, model and peer.
         let explorer = self.clone();
@@ -422,6 +429,9 @@ impl Service for Explorer {
             ExplorerDefaults {
                 alternatives: s.pipeline.alternatives,
                 branch_points: s.pipeline.branch_points,
+                remotes: agent_learning_api::RemoteEnvAllowlist::new(
+                    s.environments.allowed_remotes.clone(),
+                ),
             },
         )))
     }

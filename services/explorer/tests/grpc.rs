@@ -110,6 +110,21 @@ async fn explores_by_real_branching_stores_once_and_publishes_once() {
     let mut flying = request(&demos);
     flying.env = "flying".into();
     assert_eq!(field(client.explore(flying).await.err().unwrap()), "env");
+    // A remote environment outside environments.allowed_remotes (loopback by default) is
+    // refused before any connection is made.
+    let mut elsewhere = request(&demos);
+    elsewhere.env = "grpc://192.0.2.7:50061".into();
+    match client.explore(elsewhere).await.err().unwrap() {
+        ApiError::Invalid(i) => {
+            assert_eq!(i.field, "env");
+            assert!(
+                i.reason.contains("environments.allowed_remotes"),
+                "{}",
+                i.reason
+            );
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
     let mut twice = request(&demos);
     twice.demos[1].id = twice.demos[0].id.clone();
     assert_eq!(

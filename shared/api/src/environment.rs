@@ -256,6 +256,47 @@ impl Environment for RemoteEnvironment {
     }
 }
 
+/// Which `grpc://HOST:PORT` environments a service may connect to (`environments.allowed_remotes`):
+/// patterns `HOST:PORT`, `HOST:*` or `*`. Built-in environments need no entry.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteEnvAllowlist(Vec<String>);
+
+impl RemoteEnvAllowlist {
+    pub fn new(patterns: Vec<String>) -> Self {
+        Self(patterns)
+    }
+
+    /// `Ok` for a built-in environment's name and for a `grpc://` address a pattern allows;
+    /// otherwise the reason, for an INVALID_ARGUMENT on `env`.
+    pub fn check(&self, spec: &str) -> Result<(), String> {
+        let Some(addr) = spec.strip_prefix("grpc://") else {
+            return Ok(());
+        };
+        let addr = addr.trim_end_matches('/');
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return Err(format!("{spec}: expected grpc://HOST:PORT"));
+        };
+        let allowed = self.0.iter().any(|p| {
+            p == "*"
+                || p.rsplit_once(':').is_some_and(|(ph, pp)| {
+                    ph.eq_ignore_ascii_case(host) && (pp == "*" || pp == port)
+                })
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "{spec} is not in environments.allowed_remotes ({})",
+                if self.0.is_empty() {
+                    "empty".to_owned()
+                } else {
+                    self.0.join(", ")
+                }
+            ))
+        }
+    }
+}
+
 /// An environment by name: a built-in one (`driving`, ...) or `grpc://HOST:PORT` for a remote
 /// Environment server.
 pub fn open_env(spec: &str) -> Result<Box<dyn Environment>, EnvError> {
@@ -264,5 +305,40 @@ pub fn open_env(spec: &str) -> Result<Box<dyn Environment>, EnvError> {
             .map(|e| Box::new(e) as Box<dyn Environment>)
             .map_err(|e| EnvError::Unknown(format!("{spec}: {e}"))),
         None => agent_learning_envs::built_in(spec).map(|(env, _)| env),
+    }
+}
+
+#[cfg(test)]
+mod allowlist_tests {
+    use super::RemoteEnvAllowlist;
+
+    #[test]
+    fn remote_environments_need_an_entry() {
+        let list = RemoteEnvAllowlist::new(vec![
+            "127.0.0.1:*".into(),
+            "[::1]:*".into(),
+            "envs.internal:7000".into(),
+        ]);
+        for ok in [
+            "driving",
+            "grpc://127.0.0.1:50061",
+            "grpc://[::1]:9",
+            "grpc://ENVS.internal:7000",
+        ] {
+            assert_eq!(list.check(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "grpc://10.0.0.7:50061",
+            "grpc://envs.internal:7001",
+            "grpc://127.0.0.1.evil.example:80",
+            "grpc://nohost",
+        ] {
+            assert!(list.check(bad).is_err(), "{bad}");
+        }
+        assert!(
+            RemoteEnvAllowlist::new(vec!["*".into()])
+                .check("grpc://anywhere:1")
+                .is_ok()
+        );
     }
 }

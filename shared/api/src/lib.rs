@@ -19,7 +19,7 @@ pub use curator::{
     CuratorApi, CuratorClient, FeedbackItem, FeedbackOutcome, Health, PlaybookPage, PlaybookQuery,
     RenderedContext,
 };
-pub use environment::{RemoteEnvironment, RemoteError, open_env};
+pub use environment::{RemoteEnvAllowlist, RemoteEnvironment, RemoteError, open_env};
 pub use error::ApiError;
 pub use explorer::{Demo, ExploreRequest, ExplorerApi, ExplorerClient, RolloutStream};
 pub use policy::{CompileRequest, DecideRequest, Decision, PolicyApi, PolicyClient};

@@ -43,6 +43,16 @@ pub struct Settings {
     pub services: ServiceEndpoints,
     pub pipeline: PipelineSettings,
     pub policy: PolicySettings,
+    pub environments: EnvironmentSettings,
+}
+
+/// Environments reached over the network (`grpc://HOST:PORT`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentSettings {
+    /// The `grpc://` environments the explorer and coordinator accept, as `HOST:PORT`,
+    /// `HOST:*` (any port) or `*` (anywhere). Hosts compare as written, without DNS.
+    pub allowed_remotes: Vec<String>,
 }
 
 /// The work queues: Redis Streams when `redis_url` is set, else the embedded queue.
@@ -291,6 +301,9 @@ policy = ""
 curator = ""
 startup_wait_secs = 60
 
+[environments]
+allowed_remotes = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+
 [pipeline]
 alternatives = 2
 branch_points = 1
@@ -335,6 +348,7 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("curator.sections")
+                .with_list_parse_key("environments.allowed_remotes")
                 .try_parsing(true),
         );
         // Conventional variables of the ecosystem, below our own prefix in precedence.
@@ -471,6 +485,18 @@ impl Settings {
                         "{:?} is not an http:// or https:// endpoint",
                         redact_url(url)
                     ),
+                ));
+            }
+        }
+        for (i, pattern) in self.environments.allowed_remotes.iter().enumerate() {
+            let ok = pattern == "*"
+                || pattern.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && (port == "*" || port.parse::<u16>().is_ok())
+                });
+            if !ok {
+                return Err(invalid(
+                    "environments.allowed_remotes",
+                    format!("entry {i}, {pattern:?}, is not HOST:PORT, HOST:* or *"),
                 ));
             }
         }
