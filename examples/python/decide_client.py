@@ -14,6 +14,7 @@ repository's proto/ with grpc_tools, so nothing generated is checked in.
 import argparse
 import importlib
 import json
+import os
 import pathlib
 import sys
 import tempfile
@@ -47,7 +48,13 @@ def main() -> int:
     parser.add_argument("--feedback", choices=["helpful", "harmful"], help="then rate the decision")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     parser.add_argument("--proto", default=str(here.parent.parent / "proto"), help="the proto/ folder")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("AGENT_LEARNING_API_KEY", ""),
+        help="sent as `authorization: Bearer KEY` (else AGENT_LEARNING_API_KEY); needs the decide role",
+    )
     args = parser.parse_args()
+    metadata = [("authorization", f"Bearer {args.api_key}")] if args.api_key else []
 
     import grpc
 
@@ -63,6 +70,7 @@ def main() -> int:
                     policy_version=args.policy_version,
                 ),
                 timeout=args.timeout,
+                metadata=metadata,
             )
             if args.feedback:
                 policy.Feedback(
@@ -72,6 +80,7 @@ def main() -> int:
                         helpful=args.feedback == "helpful",
                     ),
                     timeout=args.timeout,
+                    metadata=metadata,
                 )
         except grpc.RpcError as e:
             print(json.dumps({"code": e.code().name, "message": e.details()}))

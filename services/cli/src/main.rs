@@ -23,6 +23,14 @@ struct Cli {
     /// Data directory of the embedded backends (else data_dir, AGENT_LEARNING__DATA_DIR).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// The API key this command presents to a server (else auth.internal_key).
+    #[arg(
+        long,
+        global = true,
+        env = "AGENT_LEARNING_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -407,6 +415,9 @@ fn demos(command: &DemosCommand) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(key) = &cli.api_key {
+        agent_learning_api::set_process_key(Some(key)).context("--api-key")?;
+    }
     match &cli.command {
         Command::Serve { addr, env } => {
             let settings = settings(&cli, addr.as_deref())?;

@@ -7,6 +7,7 @@ use agent_learning_api::{ApiError, TrainingRequest, run_event_to_pb, run_info_to
 use agent_learning_proto::service_names;
 use agent_learning_proto::v1 as pb;
 use agent_learning_server::GrpcServer;
+use agent_learning_server::auth::{Principal, Role};
 use futures::{Stream, StreamExt as _};
 use pb::coordinator_server::{Coordinator as CoordinatorRpc, CoordinatorServer};
 use tonic::{Request, Response, Status};
@@ -20,6 +21,11 @@ impl From<CoordinatorError> for Status {
 }
 
 pub struct CoordinatorService(pub Arc<Coordinator>);
+
+/// The authenticated caller, when API keys are on (the server's auth layer put it there).
+fn caller<T>(req: &Request<T>) -> Option<Arc<Principal>> {
+    req.extensions().get::<Arc<Principal>>().cloned()
+}
 
 pub fn mount(coordinator: Arc<Coordinator>, server: &mut GrpcServer) {
     let max = server.limits().max_message_bytes;
@@ -60,7 +66,11 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        let caller = caller(&req);
         let run = self.0.get_run(&req.into_inner().run_id).await?;
+        if let Some(p) = caller {
+            p.check(Role::Read, &run.namespace)?;
+        }
         Ok(Response::new(run_info_to_pb(run)))
     }
 
@@ -70,7 +80,12 @@ impl CoordinatorRpc for CoordinatorService {
         &self,
         req: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        let events = self.0.watch_run(&req.into_inner().run_id).await?;
+        let caller = caller(&req);
+        let run_id = req.into_inner().run_id;
+        if let Some(p) = caller {
+            p.check(Role::Read, &self.0.get_run(&run_id).await?.namespace)?;
+        }
+        let events = self.0.watch_run(&run_id).await?;
         Ok(Response::new(Box::pin(
             events.map(|e| e.map(run_event_to_pb).map_err(Status::from)),
         )))
@@ -95,7 +110,13 @@ impl CoordinatorRpc for CoordinatorService {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        let run = self.0.cancel_run(&req.into_inner().run_id).await?;
+        let caller = caller(&req);
+        let run_id = req.into_inner().run_id;
+        // The run's namespace decides, so an admin of one tenant cannot cancel another's run.
+        if let Some(p) = caller {
+            p.check(Role::Admin, &self.0.get_run(&run_id).await?.namespace)?;
+        }
+        let run = self.0.cancel_run(&run_id).await?;
         Ok(Response::new(run_info_to_pb(run)))
     }
 }

@@ -169,23 +169,33 @@ pub fn run_event_from_pb(e: pb::RunEvent) -> Result<RunEvent, Malformed> {
 }
 
 #[derive(Clone)]
-pub struct CoordinatorClient(pb::coordinator_client::CoordinatorClient<Channel>);
+pub struct CoordinatorClient(pb::coordinator_client::CoordinatorClient<crate::KeyedChannel>);
 
 impl CoordinatorClient {
+    /// A client presenting the process's API key (see [`crate::set_process_key`]).
     pub fn new(channel: Channel) -> Self {
-        Self(pb::coordinator_client::CoordinatorClient::new(channel))
+        Self::new_with_key(channel, crate::ApiKey::process())
+    }
+
+    pub fn new_with_key(channel: Channel, key: crate::ApiKey) -> Self {
+        Self(pb::coordinator_client::CoordinatorClient::with_interceptor(
+            channel, key,
+        ))
     }
 
     /// With explicit message-size limits: demo files can be large.
     pub fn with_max_message_bytes(channel: Channel, max: usize) -> Self {
         Self(
-            pb::coordinator_client::CoordinatorClient::new(channel)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            pb::coordinator_client::CoordinatorClient::with_interceptor(
+                channel,
+                crate::ApiKey::process(),
+            )
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
     }
 
-    fn client(&self) -> pb::coordinator_client::CoordinatorClient<Channel> {
+    fn client(&self) -> pb::coordinator_client::CoordinatorClient<crate::KeyedChannel> {
         self.0.clone()
     }
 }

@@ -120,23 +120,30 @@ pub trait CuratorApi: Send + Sync {
 }
 
 #[derive(Clone)]
-pub struct CuratorClient(pb::curator_client::CuratorClient<Channel>);
+pub struct CuratorClient(pb::curator_client::CuratorClient<crate::KeyedChannel>);
 
 impl CuratorClient {
+    /// A client presenting the process's API key (see [`crate::set_process_key`]).
     pub fn new(channel: Channel) -> Self {
-        Self(pb::curator_client::CuratorClient::new(channel))
+        Self::new_with_key(channel, crate::ApiKey::process())
+    }
+
+    pub fn new_with_key(channel: Channel, key: crate::ApiKey) -> Self {
+        Self(pb::curator_client::CuratorClient::with_interceptor(
+            channel, key,
+        ))
     }
 
     /// With explicit message-size limits, for callers that read whole playbooks.
     pub fn with_max_message_bytes(channel: Channel, max: usize) -> Self {
         Self(
-            pb::curator_client::CuratorClient::new(channel)
+            pb::curator_client::CuratorClient::with_interceptor(channel, crate::ApiKey::process())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
     }
 
-    fn client(&self) -> pb::curator_client::CuratorClient<Channel> {
+    fn client(&self) -> pb::curator_client::CuratorClient<crate::KeyedChannel> {
         self.0.clone()
     }
 }

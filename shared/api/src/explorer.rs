@@ -66,11 +66,18 @@ pub trait ExplorerApi: Send + Sync {
 }
 
 #[derive(Clone)]
-pub struct ExplorerClient(pb::explorer_client::ExplorerClient<Channel>);
+pub struct ExplorerClient(pb::explorer_client::ExplorerClient<crate::KeyedChannel>);
 
 impl ExplorerClient {
+    /// A client presenting the process's API key (see [`crate::set_process_key`]).
     pub fn new(channel: Channel) -> Self {
-        Self(pb::explorer_client::ExplorerClient::new(channel))
+        Self::new_with_key(channel, crate::ApiKey::process())
+    }
+
+    pub fn new_with_key(channel: Channel, key: crate::ApiKey) -> Self {
+        Self(pb::explorer_client::ExplorerClient::with_interceptor(
+            channel, key,
+        ))
     }
 }
 

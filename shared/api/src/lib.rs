@@ -7,6 +7,7 @@ mod curator;
 mod environment;
 mod error;
 mod explorer;
+mod key;
 mod policy;
 mod reflector;
 mod world_model;
@@ -22,6 +23,7 @@ pub use curator::{
 pub use environment::{RemoteEnvAllowlist, RemoteEnvironment, RemoteError, open_env};
 pub use error::ApiError;
 pub use explorer::{Demo, ExploreRequest, ExplorerApi, ExplorerClient, RolloutStream};
+pub use key::{ApiKey, InvalidKey, KeyedChannel, set_process_key};
 pub use policy::{CompileRequest, DecideRequest, Decision, PolicyApi, PolicyClient};
 pub use reflector::{ReflectRequest, ReflectorApi, ReflectorClient};
 pub use world_model::{

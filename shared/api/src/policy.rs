@@ -56,11 +56,18 @@ pub trait PolicyApi: Send + Sync {
 }
 
 #[derive(Clone)]
-pub struct PolicyClient(pb::policy_client::PolicyClient<Channel>);
+pub struct PolicyClient(pb::policy_client::PolicyClient<crate::KeyedChannel>);
 
 impl PolicyClient {
+    /// A client presenting the process's API key (see [`crate::set_process_key`]).
     pub fn new(channel: Channel) -> Self {
-        Self(pb::policy_client::PolicyClient::new(channel))
+        Self::new_with_key(channel, crate::ApiKey::process())
+    }
+
+    pub fn new_with_key(channel: Channel, key: crate::ApiKey) -> Self {
+        Self(pb::policy_client::PolicyClient::with_interceptor(
+            channel, key,
+        ))
     }
 }
 

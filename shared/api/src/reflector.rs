@@ -25,11 +25,18 @@ pub trait ReflectorApi: Send + Sync {
 }
 
 #[derive(Clone)]
-pub struct ReflectorClient(pb::reflector_client::ReflectorClient<Channel>);
+pub struct ReflectorClient(pb::reflector_client::ReflectorClient<crate::KeyedChannel>);
 
 impl ReflectorClient {
+    /// A client presenting the process's API key (see [`crate::set_process_key`]).
     pub fn new(channel: Channel) -> Self {
-        Self(pb::reflector_client::ReflectorClient::new(channel))
+        Self::new_with_key(channel, crate::ApiKey::process())
+    }
+
+    pub fn new_with_key(channel: Channel, key: crate::ApiKey) -> Self {
+        Self(pb::reflector_client::ReflectorClient::with_interceptor(
+            channel, key,
+        ))
     }
 }
 

@@ -58,11 +58,18 @@ pub trait WorldModelApi: Send + Sync {
 
 /// The world model over gRPC.
 #[derive(Clone)]
-pub struct WorldModelClient(pb::world_model_client::WorldModelClient<Channel>);
+pub struct WorldModelClient(pb::world_model_client::WorldModelClient<crate::KeyedChannel>);
 
 impl WorldModelClient {
+    /// A client presenting the process's API key (see [`crate::set_process_key`]).
     pub fn new(channel: Channel) -> Self {
-        Self(pb::world_model_client::WorldModelClient::new(channel))
+        Self::new_with_key(channel, crate::ApiKey::process())
+    }
+
+    pub fn new_with_key(channel: Channel, key: crate::ApiKey) -> Self {
+        Self(pb::world_model_client::WorldModelClient::with_interceptor(
+            channel, key,
+        ))
     }
 }
 

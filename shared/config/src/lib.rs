@@ -44,6 +44,30 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     pub policy: PolicySettings,
     pub environments: EnvironmentSettings,
+    pub auth: AuthSettings,
+}
+
+/// API keys (see `agent_learning_server::auth` for the keys file's format and the roles).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `auto`: keys are required when the server listens on a non-loopback address or any
+    /// key is configured; `required`; or `disabled` (no keys, whatever the address).
+    pub mode: AuthMode,
+    /// The keys file (`ID SHA256 GRANTS` per line), read again when it changes.
+    pub keys_file: Option<PathBuf>,
+    /// Keys in the keys file's format, from the environment.
+    pub keys: Option<SecretString>,
+    /// The key the services present to each other: every role on every namespace.
+    pub internal_key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Auto,
+    Required,
+    Disabled,
 }
 
 /// Environments reached over the network (`grpc://HOST:PORT`).
@@ -301,6 +325,9 @@ policy = ""
 curator = ""
 startup_wait_secs = 60
 
+[auth]
+mode = "auto"
+
 [environments]
 allowed_remotes = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
 
@@ -412,6 +439,20 @@ impl Settings {
         }
         if blank(&self.database.url) {
             self.database.url = None;
+        }
+        if blank(&self.auth.keys) {
+            self.auth.keys = None;
+        }
+        if blank(&self.auth.internal_key) {
+            self.auth.internal_key = None;
+        }
+        if self
+            .auth
+            .keys_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            self.auth.keys_file = None;
         }
     }
 

@@ -69,6 +69,49 @@ impl<T, E: Into<BoxError>> WithWhat<T> for Result<T, E> {
 
 type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
+/// The API keys a server on `bound` requires (`auth.*`), or `None` when it runs without:
+/// `auth.mode = disabled`, or `auto` on a loopback address with no key configured. A server
+/// on any other address needs keys, and every server with keys needs `auth.internal_key`
+/// (the services, and a server's own in-process peers, call each other with it).
+pub fn api_keys(
+    settings: &Settings,
+    bound: SocketAddr,
+) -> Result<Option<Arc<agent_learning_server::auth::KeyStore>>> {
+    use agent_learning_config::AuthMode;
+    use secrecy::ExposeSecret as _;
+    let a = &settings.auth;
+    let configured = a.keys_file.is_some() || a.keys.is_some() || a.internal_key.is_some();
+    let on = match a.mode {
+        AuthMode::Disabled => false,
+        AuthMode::Required => true,
+        AuthMode::Auto => configured || !bound.ip().is_loopback(),
+    };
+    if !on {
+        return Ok(None);
+    }
+    let Some(internal) = &a.internal_key else {
+        let why = if a.mode == AuthMode::Auto && !configured {
+            format!(
+                "this server listens on {bound}, not on loopback, so callers need API keys: \
+                 set auth.internal_key (AGENT_LEARNING__AUTH__INTERNAL_KEY) and auth.keys_file \
+                 for other callers, or auth.mode = \"disabled\" to serve without keys"
+            )
+        } else {
+            "API keys are on: set auth.internal_key, the key the services present to each other"
+                .to_owned()
+        };
+        return Err(RuntimeError::new("auth.internal_key", why));
+    };
+    let store =
+        agent_learning_server::auth::KeyStore::load(agent_learning_server::auth::KeySources {
+            file: a.keys_file.clone(),
+            inline: a.keys.as_ref().map(|k| k.expose_secret().to_owned()),
+            internal_key: Some(internal.expose_secret().to_owned()),
+        })
+        .what("auth")?;
+    Ok(Some(Arc::new(store)))
+}
+
 pub fn limits(settings: &Settings) -> ServerLimits {
     ServerLimits {
         max_message_bytes: settings.server.max_message_bytes,
@@ -204,6 +247,16 @@ pub struct Context {
 impl Context {
     /// A context for a server listening on `own` (peers left empty in `services.*` are there).
     pub fn new(settings: Settings, own: SocketAddr) -> Result<Self> {
+        {
+            use secrecy::ExposeSecret as _;
+            // The key this process presents to its peers (and to itself, all in one).
+            let key = settings
+                .auth
+                .internal_key
+                .as_ref()
+                .map(|k| k.expose_secret());
+            agent_learning_api::set_process_key(key).what("auth.internal_key")?;
+        }
         let peers = Peers::new(&settings, own)?;
         Ok(Self {
             settings,
@@ -574,11 +627,15 @@ pub async fn build_and_serve<B>(
 where
     B: for<'a> FnOnce(&'a Context, &'a mut GrpcServer) -> BoxFuture<'a, Result<()>>,
 {
+    let bound = listener.local_addr().what("listener")?;
+    let keys = api_keys(ctx.settings(), bound)?;
     let starting = agent_learning_server::Starting::answer(listener)
         .await
         .what("server")?;
     let mut shutdown = Box::pin(shutdown);
-    let mut server = GrpcServer::new(limits(ctx.settings())).what("server")?;
+    let mut server = GrpcServer::new(limits(ctx.settings()))
+        .what("server")?
+        .with_keys(keys);
     tokio::select! {
         built = build(&ctx, &mut server) => built?,
         _ = &mut shutdown => {
@@ -711,6 +768,42 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("no answer within 1s"), "{text}");
+    }
+
+    #[test]
+    fn keys_are_required_off_loopback() {
+        let load = |overrides: &[(&str, &str)]| {
+            Settings::load(&Sources {
+                file: None,
+                overrides: overrides
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })
+            .unwrap()
+        };
+        let open: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        // Nothing configured: fine on loopback, refused elsewhere, naming what to set.
+        assert!(api_keys(&load(&[]), loopback).unwrap().is_none());
+        let err = api_keys(&load(&[]), open).unwrap_err();
+        assert_eq!(err.what, "auth.internal_key");
+        assert!(err.source.to_string().contains("0.0.0.0:50051"), "{err}");
+        // Explicitly disabled: no keys anywhere.
+        assert!(
+            api_keys(&load(&[("auth.mode", "disabled")]), open)
+                .unwrap()
+                .is_none()
+        );
+        // Keys without the internal one: refused, on loopback too.
+        let err = api_keys(&load(&[("auth.keys", "")]), loopback);
+        assert!(err.unwrap().is_none(), "a blank value is no key");
+        let err = api_keys(&load(&[("auth.mode", "required")]), loopback).unwrap_err();
+        assert_eq!(err.what, "auth.internal_key");
+        let keys = api_keys(&load(&[("auth.internal_key", "k")]), open)
+            .unwrap()
+            .unwrap();
+        assert_eq!(keys.authenticate("k").unwrap().id, "internal");
     }
 
     #[tokio::test]

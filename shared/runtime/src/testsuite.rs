@@ -43,7 +43,10 @@ impl TestServer {
         listener: TcpListener,
     ) -> Result<Self, RuntimeError> {
         let addr = listener.local_addr().what("listener")?;
-        let mut server = GrpcServer::new(limits(ctx.settings())).what("server")?;
+        let keys = crate::api_keys(ctx.settings(), addr)?;
+        let mut server = GrpcServer::new(limits(ctx.settings()))
+            .what("server")?
+            .with_keys(keys);
         add::<S>(&ctx, &mut server).await?;
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(ctx, server, listener, stop.clone().cancelled_owned()));

@@ -37,6 +37,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+pub mod auth;
+
 /// The health-check service name that answers `SERVING` whenever the process answers at all,
 /// whatever its backends do: for liveness probes. The whole server's status (`""`), which
 /// follows the backends, is for readiness; a liveness probe on it would restart every pod
@@ -50,6 +52,7 @@ pub struct GrpcServer {
     services: Vec<&'static str>,
     limits: ServerLimits,
     status: Arc<tokio::sync::Mutex<Option<ServingStatus>>>,
+    keys: Option<Arc<auth::KeyStore>>,
 }
 
 impl GrpcServer {
@@ -74,7 +77,14 @@ impl GrpcServer {
             services: Vec::new(),
             limits,
             status: Arc::default(),
+            keys: None,
         })
+    }
+
+    /// Every call but health checks needs one of these keys (see [`auth`]); `None`: no keys.
+    pub fn with_keys(mut self, keys: Option<Arc<auth::KeyStore>>) -> Self {
+        self.keys = keys;
+        self
     }
 
     pub fn limits(&self) -> &ServerLimits {
@@ -113,6 +123,8 @@ impl GrpcServer {
             .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
         let limits = self.limits;
+        let keys = self.keys.clone();
+        let max_body = limits.max_message_bytes;
         let listener = listener.into();
         let addr = listener.local_addr()?;
         let incoming = accept(listener);
@@ -132,6 +144,11 @@ impl GrpcServer {
             .timeout(limits.request_timeout)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(tower::layer::layer_fn(|inner| Metered { inner }))
+            .layer(tower::layer::layer_fn(move |inner| auth::Authed {
+                inner,
+                keys: keys.clone(),
+                max_body,
+            }))
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
