@@ -25,6 +25,7 @@ async fn health_follows_readiness_and_shutdown() {
     let mut server = GrpcServer::new(ServerLimits {
         max_message_bytes: 1 << 20,
         concurrency_limit_per_connection: 8,
+        max_in_flight: 0,
         request_timeout: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(2),
     })

@@ -574,6 +574,7 @@ async fn where_the_environment_cannot_branch_the_world_model_imagines() {
     let mut server = agent_learning_server::GrpcServer::new(agent_learning_server::ServerLimits {
         max_message_bytes: 4 << 20,
         concurrency_limit_per_connection: 64,
+        max_in_flight: 0,
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(1),
     })

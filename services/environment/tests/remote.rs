@@ -14,6 +14,7 @@ fn limits() -> ServerLimits {
     ServerLimits {
         max_message_bytes: 4 << 20,
         concurrency_limit_per_connection: 64,
+        max_in_flight: 0,
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(1),
     }

@@ -192,6 +192,8 @@ pub struct ServerSettings {
     /// Largest encoded or decoded gRPC message, in bytes.
     pub max_message_bytes: usize,
     pub concurrency_limit_per_connection: usize,
+    /// Requests in flight at once per server; more are RESOURCE_EXHAUSTED at once. 0: no limit.
+    pub max_in_flight: usize,
     pub request_timeout_secs: u64,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
@@ -269,6 +271,7 @@ models_dir = ""
 addr = "127.0.0.1:50051"
 max_message_bytes = 4194304
 concurrency_limit_per_connection = 256
+max_in_flight = 1024
 request_timeout_secs = 60
 shutdown_grace_secs = 10
 

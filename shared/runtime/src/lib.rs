@@ -116,6 +116,7 @@ pub fn limits(settings: &Settings) -> ServerLimits {
     ServerLimits {
         max_message_bytes: settings.server.max_message_bytes,
         concurrency_limit_per_connection: settings.server.concurrency_limit_per_connection,
+        max_in_flight: settings.server.max_in_flight,
         request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
     }
@@ -811,6 +812,7 @@ mod tests {
         let limits = ServerLimits {
             max_message_bytes: 1 << 20,
             concurrency_limit_per_connection: 16,
+            max_in_flight: 0,
             request_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(1),
         };

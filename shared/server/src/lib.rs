@@ -22,6 +22,9 @@ pub struct ServerLimits {
     /// Largest gRPC message accepted or sent; every service adapter applies it.
     pub max_message_bytes: usize,
     pub concurrency_limit_per_connection: usize,
+    /// Requests handled at once by the whole server (health checks aside); one more is
+    /// answered RESOURCE_EXHAUSTED at once instead of waiting in a queue. 0: no limit.
+    pub max_in_flight: usize,
     pub request_timeout: Duration,
     /// After a shutdown signal, how long in-flight requests may still run.
     pub shutdown_grace: Duration,
@@ -125,6 +128,9 @@ impl GrpcServer {
         let limits = self.limits;
         let keys = self.keys.clone();
         let max_body = limits.max_message_bytes;
+        let in_flight = (limits.max_in_flight > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)));
+        let max_in_flight = limits.max_in_flight;
         let listener = listener.into();
         let addr = listener.local_addr()?;
         let incoming = accept(listener);
@@ -144,6 +150,11 @@ impl GrpcServer {
             .timeout(limits.request_timeout)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(tower::layer::layer_fn(|inner| Metered { inner }))
+            .layer(tower::layer::layer_fn(move |inner| InFlight {
+                inner,
+                permits: in_flight.clone(),
+                max: max_in_flight,
+            }))
             .layer(tower::layer::layer_fn(move |inner| auth::Authed {
                 inner,
                 keys: keys.clone(),
@@ -255,6 +266,58 @@ where
                 .record(started.elapsed().as_secs_f64());
             response
         })
+    }
+}
+
+/// Sheds load: while `max` requests are in flight, one more is answered RESOURCE_EXHAUSTED at
+/// once (a client backs off or tries another replica) instead of queueing behind them.
+/// Health checks always pass, so probes see a busy server, not a dead one.
+#[derive(Clone)]
+struct InFlight<S> {
+    inner: S,
+    permits: Option<Arc<tokio::sync::Semaphore>>,
+    max: usize,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for InFlight<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let Some(permits) = &self.permits else {
+            return Box::pin(self.inner.call(req));
+        };
+        if req.uri().path().starts_with("/grpc.health.") {
+            return Box::pin(self.inner.call(req));
+        }
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let call = self.inner.call(req);
+                Box::pin(async move {
+                    let response = call.await;
+                    drop(permit);
+                    response
+                })
+            }
+            Err(_) => {
+                let busy = tonic::Status::resource_exhausted(format!(
+                    "server busy: {} requests in flight (server.max_in_flight); retry with backoff",
+                    self.max
+                ))
+                .into_http::<RB>();
+                Box::pin(async move { Ok(busy) })
+            }
+        }
     }
 }
 
@@ -431,5 +494,72 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => info!("received SIGINT"),
         _ = term => info!("received SIGTERM"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service that answers after `delay`.
+    #[derive(Clone)]
+    struct Slow {
+        delay: Duration,
+    }
+
+    impl tower::Service<http::Request<()>> for Slow {
+        type Response = http::Response<String>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok(http::Response::new("done".to_owned()))
+            })
+        }
+    }
+
+    fn code(r: &http::Response<String>) -> Option<String> {
+        r.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_full_server_sheds_at_once_and_health_still_answers() {
+        use tower::Service as _;
+        let mut svc = InFlight {
+            inner: Slow {
+                delay: Duration::from_millis(300),
+            },
+            permits: Some(Arc::new(tokio::sync::Semaphore::new(2))),
+            max: 2,
+        };
+        let call = |svc: &mut InFlight<Slow>, path: &str| {
+            svc.call(http::Request::builder().uri(path).body(()).unwrap())
+        };
+        let a = call(&mut svc, "/agent_learning.v1.Policy/Decide");
+        let b = call(&mut svc, "/agent_learning.v1.Policy/Decide");
+        // Third while two are in flight: refused without waiting for them.
+        let c = call(&mut svc, "/agent_learning.v1.Policy/Decide")
+            .await
+            .unwrap();
+        assert_eq!(code(&c).as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+        let health = call(&mut svc, "/grpc.health.v1.Health/Check");
+        let (a, b, health) = tokio::join!(a, b, health);
+        for r in [a.unwrap(), b.unwrap(), health.unwrap()] {
+            assert_eq!(code(&r), None, "answered by the service");
+        }
+        // Permits come back once answered.
+        let d = call(&mut svc, "/agent_learning.v1.Policy/Decide")
+            .await
+            .unwrap();
+        assert_eq!(code(&d), None);
     }
 }

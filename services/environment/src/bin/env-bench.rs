@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             let limits = ServerLimits {
                 max_message_bytes: 4 << 20,
                 concurrency_limit_per_connection: 256,
+                max_in_flight: 0,
                 request_timeout: Duration::from_secs(30),
                 shutdown_grace: Duration::from_secs(1),
             };
