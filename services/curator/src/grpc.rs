@@ -56,6 +56,13 @@ impl CuratorRpc for CuratorService {
         &self,
         request: Request<pb::CurateRequest>,
     ) -> Result<Response<pb::CurateResponse>, Status> {
+        // Provenance: who sent it. A caller with its own API key is named in each insight's
+        // source (the services' internal key names nobody: their sources name the reflection).
+        let caller = request
+            .extensions()
+            .get::<Arc<agent_learning_server::auth::Principal>>()
+            .filter(|p| p.id != "internal")
+            .map(|p| p.id.clone());
         let r = request.into_inner();
         let insights: Vec<Insight> = r
             .insights
@@ -64,7 +71,10 @@ impl CuratorRpc for CuratorService {
                 id: i.id,
                 section: i.section,
                 content: i.content,
-                source: i.source,
+                source: match &caller {
+                    Some(key) => format!("key:{key}/{}", i.source),
+                    None => i.source,
+                },
             })
             .collect();
         let ops = self.curator.curate(&r.namespace, &insights).await?;

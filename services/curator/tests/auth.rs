@@ -117,6 +117,12 @@ async fn keys_roles_and_namespaces_are_enforced_and_rotate() {
     assert!(msg.contains("namespace \"team-b\""), "{msg}");
     let ops_a = learner.curate("team-a", vec![insight("i3")]).await.unwrap();
     let reader = as_key(Some("k-reader"));
+    // Provenance: the bullet names the key that sent it.
+    let page = reader
+        .get_playbook("team-a", PlaybookQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(page.bullets[0].sources, ["key:learner-a/test"]);
     assert_eq!(
         reader
             .get_playbook("team-a", PlaybookQuery::default())

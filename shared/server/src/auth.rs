@@ -202,6 +202,11 @@ fn parse_keys(text: &str, source_name: &str) -> Result<HashMap<String, Arc<Princ
                 parts.len()
             )));
         };
+        if id.len() > 64 || id == "internal" {
+            return Err(bad(format!(
+                "id {id:?}: at most 64 characters, and not \"internal\" (the services' own key)"
+            )));
+        }
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad("the key hash must be 64 hex digits (sha256)".into()));
         }
