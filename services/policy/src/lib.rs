@@ -203,6 +203,15 @@ impl Policy {
         if r.state.len() > MAX_STATE {
             return Err(InvalidInput::new("state", format!("more than {MAX_STATE} bytes")).into());
         }
+        // The caller says what may be done in this state; actions are never taken from
+        // whatever Fit stored for the namespace.
+        if r.valid_actions.is_empty() {
+            return Err(InvalidInput::new(
+                "valid_actions",
+                "must list the actions allowed in this state",
+            )
+            .into());
+        }
         if r.valid_actions.len() > MAX_ACTIONS {
             return Err(
                 InvalidInput::new("valid_actions", format!("more than {MAX_ACTIONS}")).into(),
@@ -235,23 +244,13 @@ impl Policy {
             .transitions
             .nearest(&r.namespace, vector, p.exemplars_k as usize, None, None)
             .await?;
-        let candidates: Vec<String> = if r.valid_actions.is_empty() {
-            exemplars
-                .iter()
-                .map(|e| e.action.clone())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect()
-        } else {
-            r.valid_actions.clone()
-        };
-        if candidates.is_empty() {
-            return Err(InvalidInput::new(
-                "valid_actions",
-                "empty, and the namespace has no exemplars to take actions from",
-            )
-            .into());
-        }
+        let candidates: Vec<String> = r
+            .valid_actions
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let playbook = self
             .curator
             .render_context(&r.namespace, &r.state, p.token_budget.max(1), p.min_stage)

@@ -235,6 +235,10 @@ async fn bad_requests_name_the_field() {
         field(p.decide(decide("pol", "s", &["a", " "])).await.unwrap_err()),
         "valid_actions[1]"
     );
+    assert_eq!(
+        field(p.decide(decide("pol", "s", &[])).await.unwrap_err()),
+        "valid_actions"
+    );
     // A state over the limit the curator's RenderContext has is refused here, by name (it
     // used to pass Decide's own, larger limit and fail behind it as UNAVAILABLE).
     let long = "x".repeat(agent_learning_domain::MAX_STATE_BYTES + 1);
