@@ -56,26 +56,48 @@ fn holdout_indexes(len: usize, n: usize) -> Vec<usize> {
 enum Stop {
     Cancelled,
     Failed(String),
+    /// An outage that may pass (a backend or peer not answering): the stage is tried again,
+    /// for up to `pipeline.outage_tolerance_secs`.
+    Transient(String),
 }
 
 impl From<StoreError> for Stop {
     fn from(e: StoreError) -> Self {
-        Stop::Failed(format!("record: {e}"))
+        let transient = e.is_transient();
+        let why = format!("record: {e}");
+        if transient {
+            Stop::Transient(why)
+        } else {
+            Stop::Failed(why)
+        }
     }
 }
 
 impl From<QueueError> for Stop {
     fn from(e: QueueError) -> Self {
-        Stop::Failed(format!("queue: {e}"))
+        let transient = e.is_transient();
+        let why = format!("queue: {e}");
+        if transient {
+            Stop::Transient(why)
+        } else {
+            Stop::Failed(why)
+        }
     }
 }
 
 impl From<ApiError> for Stop {
     fn from(e: ApiError) -> Self {
-        Stop::Failed(match e {
+        let code = tonic_code(&e);
+        let why = match e {
             ApiError::Remote(s) => format!("{}: {}", s.code(), s.message()),
-            other => format!("{}: {other}", tonic_code(&other)),
-        })
+            other => format!("{code}: {other}"),
+        };
+        match code {
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::ResourceExhausted => Stop::Transient(why),
+            _ => Stop::Failed(why),
+        }
     }
 }
 
@@ -172,7 +194,7 @@ impl Coordinator {
                     return;
                 }
                 Err(Stop::Cancelled) => (RunState::Cancelled, None),
-                Err(Stop::Failed(e)) => (RunState::Failed, Some(e)),
+                Err(Stop::Failed(e) | Stop::Transient(e)) => (RunState::Failed, Some(e)),
             };
             // Conditional: a run cancelled elsewhere stays cancelled.
             let state = match me
@@ -306,56 +328,97 @@ impl Coordinator {
             cancel,
             events,
         };
+        let tolerance = Duration::from_secs(self.settings.pipeline.outage_tolerance_secs);
         for &stage in RunStage::ALL {
             let row = stages.iter().find(|s| s.stage == stage);
             if row.is_some_and(|r| r.finished) {
                 continue;
             }
-            if cancel.is_cancelled() {
-                return Err(Stop::Cancelled);
+            // A stage is idempotent: after an outage it runs again from what was recorded.
+            let first_failure = Instant::now();
+            let mut pause = Duration::from_millis(500);
+            loop {
+                match self.run_stage(&ctx, stage, row.map(|r| r.seconds)).await {
+                    Ok(()) => break,
+                    Err(Stop::Transient(why)) if first_failure.elapsed() < tolerance => {
+                        tracing::warn!(run = %run_id, %stage, error = %why, "stage interrupted; trying again");
+                        ctx.emit(
+                            stage,
+                            0,
+                            0,
+                            format!("{stage} interrupted ({why}); trying again"),
+                        );
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                    }
+                    Err(Stop::Transient(why)) => {
+                        return Err(Stop::Failed(format!(
+                            "{why} (still failing after pipeline.outage_tolerance_secs = {}s)",
+                            tolerance.as_secs()
+                        )));
+                    }
+                    Err(other) => return Err(other),
+                }
             }
-            if !self
-                .store
-                .advance_run(run_id, RunState::Running, Some(stage), None)
-                .await?
-            {
-                return Err(Stop::Cancelled); // ended elsewhere
-            }
-            ctx.emit(stage, 0, 0, format!("{stage} started"));
-            let base = row.map(|r| r.seconds).unwrap_or(0.0);
-            let started = Instant::now();
-            let (done, total, detail) = match stage {
-                RunStage::Fit => self.fit(&ctx).await?,
-                RunStage::Explore => self.explore(&ctx, base, started).await?,
-                RunStage::Reflect => self.reflect(&ctx, base, started).await?,
-                RunStage::Curate => self.curate(&ctx, base, started).await?,
-                RunStage::Compile => self.compile(&ctx).await?,
-            };
-            let seconds = base + started.elapsed().as_secs_f64();
-            self.store
-                .update_stage(
-                    run_id,
-                    stage,
-                    StageUpdate {
-                        done,
-                        total,
-                        seconds,
-                        finished: true,
-                        detail: Some(&detail),
-                    },
-                )
-                .await?;
-            ctx.emit(
-                stage,
-                done,
-                total,
-                format!("{stage} finished in {seconds:.1}s"),
-            );
         }
         let summary = self.summary(&ctx).await?;
         self.store
             .set_run_summary(run_id, &summary.to_string())
             .await?;
+        Ok(())
+    }
+
+    /// One stage, from marking it current to recording it finished.
+    async fn run_stage(
+        &self,
+        ctx: &Ctx<'_>,
+        stage: RunStage,
+        recorded_seconds: Option<f64>,
+    ) -> Result<(), Stop> {
+        let run_id = ctx.run_id;
+        if ctx.cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        if !self
+            .store
+            .advance_run(run_id, RunState::Running, Some(stage), None)
+            .await?
+        {
+            return Err(Stop::Cancelled); // ended elsewhere
+        }
+        ctx.emit(stage, 0, 0, format!("{stage} started"));
+        let base = recorded_seconds.unwrap_or(0.0);
+        let started = Instant::now();
+        let (done, total, detail) = match stage {
+            RunStage::Fit => self.fit(ctx).await?,
+            RunStage::Explore => self.explore(ctx, base, started).await?,
+            RunStage::Reflect => self.reflect(ctx, base, started).await?,
+            RunStage::Curate => self.curate(ctx, base, started).await?,
+            RunStage::Compile => self.compile(ctx).await?,
+        };
+        let seconds = base + started.elapsed().as_secs_f64();
+        self.store
+            .update_stage(
+                run_id,
+                stage,
+                StageUpdate {
+                    done,
+                    total,
+                    seconds,
+                    finished: true,
+                    detail: Some(&detail),
+                },
+            )
+            .await?;
+        ctx.emit(
+            stage,
+            done,
+            total,
+            format!("{stage} finished in {seconds:.1}s"),
+        );
         Ok(())
     }
 

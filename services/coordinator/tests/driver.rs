@@ -38,12 +38,18 @@ struct FakeWorldModel {
     fitted: Mutex<Vec<Transition>>,
     evaluated: AtomicUsize,
     down: bool,
+    /// Fit calls still to fail with UNAVAILABLE before it answers (an outage that passes).
+    outage: AtomicUsize,
 }
 
 #[async_trait]
 impl WorldModelApi for FakeWorldModel {
     async fn fit(&self, _: &str, ts: Vec<Transition>, source: &str) -> Result<FitReport, ApiError> {
-        if self.down {
+        let passing = self
+            .outage
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if self.down || passing {
             return Err(ApiError::Unavailable {
                 message: "world model is down".into(),
                 source: None,
@@ -263,6 +269,7 @@ async fn harness(world_model: FakeWorldModel, hang: bool) -> Harness {
         overrides: vec![
             ("data_dir".into(), dir.path().display().to_string()),
             ("pipeline.holdout".into(), "2".into()),
+            ("pipeline.outage_tolerance_secs".into(), "2".into()),
         ],
     })
     .unwrap();
@@ -386,9 +393,37 @@ async fn a_failing_peer_fails_the_run_with_its_reason() {
     assert_eq!(run.state, RunState::Failed);
     assert!(run.error.contains("world model is down"), "{}", run.error);
     assert!(
+        run.error.contains("outage_tolerance_secs = 2s"),
+        "retried for the tolerance, then failed: {}",
+        run.error
+    );
+    assert!(
         h.policy.compiled.lock().unwrap().is_empty(),
         "no stage after a failure"
     );
+}
+
+#[tokio::test]
+async fn a_stage_outlives_a_short_outage_of_a_peer() {
+    // The world model refuses three Fit calls (UNAVAILABLE), then answers: the fit stage
+    // tries again and the run succeeds, with every transition fitted once.
+    let h = harness(
+        FakeWorldModel {
+            outage: AtomicUsize::new(3),
+            ..Default::default()
+        },
+        false,
+    )
+    .await;
+    let run = h
+        .coordinator
+        .start_training(training(demos(1), ""))
+        .await
+        .unwrap();
+    let run = until_ended(&h.coordinator, &run.id).await;
+    assert_eq!(run.state, RunState::Succeeded, "{}", run.error);
+    assert_eq!(h.world_model.outage.load(Ordering::SeqCst), 0);
+    assert_eq!(h.policy.compiled.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

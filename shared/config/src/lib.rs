@@ -128,6 +128,9 @@ pub struct PipelineSettings {
     /// How long a coordinator's lease on the run it drives lasts without renewal; another
     /// coordinator takes the run over once it expires.
     pub run_lease_secs: u64,
+    /// How long a stage keeps trying again through an outage (a database, Redis or a peer
+    /// not answering) before the run fails; 0: fail at once.
+    pub outage_tolerance_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -343,6 +346,7 @@ stall_timeout_secs = 1800
 reflectors = 1
 reflection_max_chars = 800
 run_lease_secs = 15
+outage_tolerance_secs = 120
 
 [policy]
 instructions_template = "You act in the {env} environment. Choose the next action for the current state. Use the playbook's advice and the expert examples."

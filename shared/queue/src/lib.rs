@@ -49,6 +49,22 @@ pub enum QueueError {
     Protocol(String),
 }
 
+impl QueueError {
+    /// An outage of Redis or of the database behind the embedded queue, worth trying again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            QueueError::Redis(r) => {
+                r.is_io_error()
+                    || r.is_connection_dropped()
+                    || r.is_connection_refusal()
+                    || r.is_timeout()
+            }
+            QueueError::Store(db) => agent_learning_store::is_transient_db(db),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;
 
 /// An entry handed to a consumer.

@@ -46,6 +46,37 @@ pub enum StoreError {
     Url(String),
 }
 
+/// Whether a database error is the connection's (refused, dropped, pool exhausted) rather than
+/// the statement's: the kind an outage causes, worth trying again. sqlx reports a lost
+/// connection inside query errors, so their text decides.
+pub fn is_transient_db(e: &DbErr) -> bool {
+    match e {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        DbErr::Query(_) | DbErr::Exec(_) => {
+            let text = e.to_string().to_ascii_lowercase();
+            [
+                "connection",
+                "pool timed out",
+                "broken pipe",
+                "reset by peer",
+                "io error",
+                "i/o",
+                "timed out",
+            ]
+            .iter()
+            .any(|k| text.contains(k))
+        }
+        _ => false,
+    }
+}
+
+impl StoreError {
+    /// An outage (see [`is_transient_db`]), not a refusal of the request.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Db(e) if is_transient_db(e))
+    }
+}
+
 impl From<DbErr> for StoreError {
     fn from(e: DbErr) -> Self {
         match e.sql_err() {
