@@ -34,6 +34,8 @@ pub use branch::{BranchPlan, Outcome, branch_points, explore_in_env};
 
 const ID_NS: Uuid = Uuid::from_u128(0x6a2f_0e4d_97c1_4b58_a3e6_5f1d_0c8b_2d94);
 const MAX_DEMOS: usize = 10_000;
+const MAX_STEPS: usize = 1_000;
+const MAX_BRANCH_POINTS: u32 = 100;
 
 pub fn group_id(run_id: &str, demo_id: &str, step: usize) -> Uuid {
     Uuid::new_v5(
@@ -139,6 +141,12 @@ impl Explorer {
         if r.alternatives > 16 {
             return Err(invalid("alternatives", "must be at most 16"));
         }
+        if r.branch_points > MAX_BRANCH_POINTS {
+            return Err(invalid(
+                "branch_points",
+                format!("must be at most {MAX_BRANCH_POINTS}"),
+            ));
+        }
         let mut ids = BTreeSet::new();
         for (i, d) in r.demos.iter().enumerate() {
             if d.id.trim().is_empty() {
@@ -153,7 +161,24 @@ impl Explorer {
             if d.steps.is_empty() {
                 return Err(invalid(format!("demos[{i}].steps"), "must not be empty"));
             }
+            if d.steps.len() > MAX_STEPS {
+                return Err(invalid(
+                    format!("demos[{i}].steps"),
+                    format!("{} steps is more than {MAX_STEPS}", d.steps.len()),
+                ));
+            }
             for (j, s) in d.steps.iter().enumerate() {
+                if s.state.len() > agent_learning_domain::MAX_STATE_BYTES
+                    || s.action.len() > agent_learning_domain::MAX_STATE_BYTES
+                {
+                    return Err(invalid(
+                        format!("demos[{i}].steps[{j}]"),
+                        format!(
+                            "state and action are at most {} bytes each",
+                            agent_learning_domain::MAX_STATE_BYTES
+                        ),
+                    ));
+                }
                 if s.state.trim().is_empty() || s.action.trim().is_empty() {
                     return Err(invalid(
                         format!("demos[{i}].steps[{j}]"),

@@ -125,6 +125,18 @@ async fn explores_by_real_branching_stores_once_and_publishes_once() {
         }
         other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
     }
+    let mut wide = request(&demos);
+    wide.branch_points = 101;
+    assert_eq!(
+        field(client.explore(wide).await.err().unwrap()),
+        "branch_points"
+    );
+    let mut huge = request(&demos);
+    huge.demos[0].steps[0].state = "s".repeat(agent_learning_domain::MAX_STATE_BYTES + 1);
+    assert_eq!(
+        field(client.explore(huge).await.err().unwrap()),
+        "demos[0].steps[0]"
+    );
     let mut twice = request(&demos);
     twice.demos[1].id = twice.demos[0].id.clone();
     assert_eq!(
