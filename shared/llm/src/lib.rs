@@ -134,6 +134,9 @@ pub enum LlmError {
     InvalidOutput(String),
     #[error("model: {0}")]
     Model(String),
+    /// The caller went away (a cancelled request, a passed deadline) and the work stopped.
+    #[error("model work cancelled: the request was cancelled or its deadline passed")]
+    Cancelled,
 }
 
 /// A chat model. `sections` and `choose` have prompt-and-validate defaults; a model that

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -36,6 +37,8 @@ pub struct LocalOptions {
 
 struct Inner {
     model: Mutex<ModelWeights>,
+    /// Tokens generated since the model was loaded, by every call.
+    generated: std::sync::atomic::AtomicU64,
     tokenizer: Tokenizer,
     im_end: u32,
     /// Tokens whose text holds a line break: they end a section or a reasoning line.
@@ -225,13 +228,25 @@ struct Session<'a> {
     logits: Vec<f32>,
     prompt_tokens: usize,
     generated: usize,
+    /// Set when the caller went away (its future was dropped: a cancelled or timed-out
+    /// request): the session stops at the next token instead of finishing unseen work.
+    cancelled: &'a AtomicBool,
+    counter: &'a std::sync::atomic::AtomicU64,
 }
 
 impl Session<'_> {
+    fn check_cancelled(&self) -> Result<(), LlmError> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(LlmError::Cancelled);
+        }
+        Ok(())
+    }
+
     fn feed(&mut self, ids: &[u32]) -> Result<(), LlmError> {
         if ids.is_empty() {
             return Ok(());
         }
+        self.check_cancelled()?;
         // The model's causal mask covers several new tokens only at position 0; later, forced
         // tokens go in one at a time.
         if self.pos > 0 && ids.len() > 1 {
@@ -263,10 +278,12 @@ impl Session<'_> {
         sampler: &mut Sampler,
         allowed: impl Fn(u32) -> bool,
     ) -> Result<u32, LlmError> {
+        self.check_cancelled()?;
         let id = sampler
             .pick(&self.logits, allowed)
             .ok_or_else(|| LlmError::Model("no token allowed".into()))?;
         self.generated += 1;
+        self.counter.fetch_add(1, Ordering::Relaxed);
         self.feed(&[id])?;
         Ok(id)
     }
@@ -279,7 +296,21 @@ impl Session<'_> {
     }
 }
 
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 impl LocalModel {
+    /// Tokens generated since the model was loaded, by every call (cancelled ones included).
+    pub fn tokens_generated(&self) -> u64 {
+        self.inner.generated.load(Ordering::Relaxed)
+    }
+
     /// Writes the Q8_0 file next to the Q4_1 one unless it is there already, and returns its
     /// path. `models fetch` calls it, so an image or a read-only models dir holds a model that
     /// loads without writing.
@@ -327,6 +358,7 @@ impl LocalModel {
         Ok(Self {
             inner: Arc::new(Inner {
                 model: Mutex::new(model),
+                generated: Default::default(),
                 tokenizer,
                 im_end,
                 newline,
@@ -354,6 +386,11 @@ impl LocalModel {
         f: impl FnOnce(&LocalModel, &mut Session<'_>) -> Result<T, LlmError> + Send + 'static,
     ) -> Result<T, LlmError> {
         let this = self.clone();
+        // Dropped with this future (the caller cancelled, or its deadline passed): the
+        // blocking work sees the flag and stops, and a request still waiting for the model
+        // gives its turn away.
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _on_drop = CancelOnDrop(cancelled.clone());
         tokio::task::spawn_blocking(move || {
             let ids = this.encode(&prompt)?;
             let inner = this.inner.clone();
@@ -368,6 +405,8 @@ impl LocalModel {
                     logits: Vec::new(),
                     prompt_tokens: ids.len(),
                     generated: 0,
+                    cancelled: &cancelled,
+                    counter: &inner.generated,
                 };
                 session.feed(&ids)?;
                 f(&this, &mut session)

@@ -148,3 +148,48 @@ async fn bad_input_gets_clear_errors() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_dropped_request_stops_using_the_model() {
+    let m = model();
+    let long = [Message::user(
+        "Write the numbers from 1 to 400 in words, one per line, and nothing else.",
+    )];
+    let params = ChatParams {
+        max_tokens: 300,
+        ..Default::default()
+    };
+    // How long the answer is when nobody cancels it.
+    let before = m.tokens_generated();
+    let full = m.chat(&long, &params).await.unwrap();
+    let n = m.tokens_generated() - before;
+    assert_eq!(n, full.usage.completion_tokens);
+    assert!(n >= 100, "the test needs a long answer; got {n} tokens");
+
+    // The same request, dropped once it has produced a few tokens (a cancelled RPC).
+    let start = m.tokens_generated();
+    let task = {
+        let m = m.clone();
+        tokio::spawn(async move { m.chat(&long, &params).await })
+    };
+    while m.tokens_generated() < start + 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    task.abort();
+    // The next request gets the model only once the dropped one let go of it.
+    let short = m
+        .chat(
+            &[Message::user("Say yes.")],
+            &ChatParams {
+                max_tokens: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let spent = m.tokens_generated() - start - short.usage.completion_tokens;
+    assert!(
+        spent < n,
+        "the dropped request ran on: {spent} tokens of {n} after it was dropped"
+    );
+}
