@@ -564,10 +564,18 @@ async fn split_deployment_survives_kills_and_restarts() {
     assert_eq!(cancelled.state, pb::RunState::Cancelled as i32);
     let third_done = wait_finished(&mut b, &third.id).await;
     assert_eq!(third_done.state, pb::RunState::Cancelled as i32);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // B notices at its next lease renewal (every run_lease_secs / 3 = 1 s), stops the stage
+    // and releases the lease; well before the lease would have expired by itself (3 s).
+    let mut lease = store.run_lease(&third.id).await.unwrap();
+    for _ in 0..25 {
+        if lease.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        lease = store.run_lease(&third.id).await.unwrap();
+    }
     assert_eq!(
-        store.run_lease(&third.id).await.unwrap(),
-        None,
+        lease, None,
         "B stopped driving the cancelled run and gave its lease up"
     );
     eprintln!("e2e: run {} driven by B, cancelled through A", third.id);

@@ -335,12 +335,14 @@ impl Coordinator {
                 continue;
             }
             // A stage is idempotent: after an outage it runs again from what was recorded.
-            let first_failure = Instant::now();
+            let mut outage_since: Option<Instant> = None;
             let mut pause = Duration::from_millis(500);
             loop {
                 match self.run_stage(&ctx, stage, row.map(|r| r.seconds)).await {
                     Ok(()) => break,
-                    Err(Stop::Transient(why)) if first_failure.elapsed() < tolerance => {
+                    Err(Stop::Transient(why))
+                        if outage_since.get_or_insert_with(Instant::now).elapsed() < tolerance =>
+                    {
                         tracing::warn!(run = %run_id, %stage, error = %why, "stage interrupted; trying again");
                         ctx.emit(
                             stage,
