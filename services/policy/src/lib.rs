@@ -7,7 +7,6 @@
 
 pub mod grpc;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use agent_learning_api::{
@@ -244,13 +243,7 @@ impl Policy {
             .transitions
             .nearest(&r.namespace, vector, p.exemplars_k as usize, None, None)
             .await?;
-        let candidates: Vec<String> = r
-            .valid_actions
-            .iter()
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let candidates = r.valid_actions.clone();
         let playbook = self
             .curator
             .render_context(&r.namespace, &r.state, p.token_budget.max(1), p.min_stage)

@@ -571,8 +571,6 @@ pub(crate) struct Authed<S> {
     pub(crate) max_body: usize,
 }
 
-type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
-
 impl<S, RB> tower::Service<http::Request<tonic::body::Body>> for Authed<S>
 where
     S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<RB>>
@@ -585,7 +583,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<S::Response, S::Error>;
+    type Future = crate::BoxFuture<S::Response, S::Error>;
 
     fn poll_ready(
         &mut self,
