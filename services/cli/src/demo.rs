@@ -127,11 +127,7 @@ async fn learn(settings: &Settings, url: &str) -> anyhow::Result<()> {
 
     println!("\nB. Decide on an episode none of the demos saw (seed {UNSEEN_SEED})");
     let (mut env, mut expert) = agent_learning_envs::built_in("driving")?;
-    let policy = PolicyClient::new(
-        tonic::transport::Channel::from_shared(url.to_owned())?
-            .connect()
-            .await?,
-    );
+    let policy = PolicyClient::new(agent_learning_api::endpoint(url)?.connect().await?);
     let mut state = env.reset(UNSEEN_SEED)?;
     let mut agree = 0;
     let mut asked = 0;

@@ -10,7 +10,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 /// The status `service` (a full gRPC service name; empty for the whole server) reports at
 /// `url`.
 pub async fn status(url: &str, service: &str, timeout: Duration) -> anyhow::Result<ServingStatus> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+    let channel = agent_learning_api::endpoint(url)
         .with_context(|| format!("server url {url:?}"))?
         .connect_timeout(timeout)
         .timeout(timeout)

@@ -209,10 +209,13 @@ fn settings(cli: &Cli, addr: Option<&str>) -> anyhow::Result<Settings> {
     if let Some(addr) = addr {
         overrides.push(("server.addr".to_owned(), addr.to_owned()));
     }
-    Ok(Settings::load(&Sources {
+    let settings = Settings::load(&Sources {
         file: cli.config.clone(),
         overrides,
-    })?)
+    })?;
+    // `https://` servers are reached with `tls.*` (CAs, client certificate, name).
+    agent_learning_runtime::tls::apply_client(&settings)?;
+    Ok(settings)
 }
 
 /// Logs and traces for every command; a server (`service` names it) also exports its metrics
@@ -290,8 +293,18 @@ fn describe_settings(s: &Settings) -> String {
             url.to_owned()
         }
     };
+    let tls = match (&s.tls.cert, &s.tls.client_ca) {
+        (None, _) => "off (plaintext gRPC)".to_owned(),
+        (Some(cert), None) => format!("on, certificate {}", cert.display()),
+        (Some(cert), Some(ca)) => format!(
+            "on, certificate {}, client certificates from {} (mutual TLS)",
+            cert.display(),
+            ca.display()
+        ),
+    };
     let rows = [
         ("server.addr", s.server.addr.clone()),
+        ("tls", tls),
         ("database", database),
         ("queue", queue),
         ("vector index", vector),
@@ -478,7 +491,11 @@ async fn main() -> anyhow::Result<()> {
             let url = if addr.contains("://") {
                 addr
             } else {
-                format!("http://{addr}")
+                // The server's own settings say whether it speaks TLS.
+                format!(
+                    "{}://{addr}",
+                    agent_learning_runtime::tls::own_scheme(&settings)
+                )
             };
             let name = service.map_or("", ServiceName::grpc);
             let status =
@@ -496,9 +513,16 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = telemetry(&settings, None, None, Some("environment"))?;
             agent_learning_envs::factory(env)?;
             let listener = bind(&settings).await?;
+            // Keys and TLS as every server: an environment on a non-loopback address wants
+            // the `learn` role (the explorer presents auth.internal_key).
+            let keys = agent_learning_runtime::api_keys(&settings, listener.local_addr()?)?;
+            let server =
+                agent_learning_server::GrpcServer::new(agent_learning_runtime::limits(&settings))?
+                    .with_keys(keys)
+                    .with_tls(agent_learning_runtime::tls::server(&settings)?);
             agent_learning_environment::serve_environment(
                 env,
-                agent_learning_runtime::limits(&settings),
+                server,
                 listener,
                 agent_learning_server::shutdown_signal(),
             )

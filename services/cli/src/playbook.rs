@@ -5,7 +5,6 @@ use agent_learning_config::Settings;
 use agent_learning_domain::{Bullet, DeltaKind, Insight, Stage};
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use tonic::transport::Channel;
 
 #[derive(Args)]
 pub struct PlaybookArgs {
@@ -97,7 +96,7 @@ enum PlaybookCommand {
 }
 
 pub async fn connect(url: &str) -> anyhow::Result<CuratorClient> {
-    let channel = Channel::from_shared(url.to_owned())
+    let channel = agent_learning_api::endpoint(url)
         .with_context(|| format!("server url {url:?}"))?
         .connect()
         .await

@@ -12,7 +12,6 @@ use agent_learning_domain::RunState;
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::all::serve_all;
 
@@ -80,7 +79,11 @@ pub async fn run(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
         Some(addr) => (endpoint(addr), None),
         None => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}", listener.local_addr()?);
+            let url = format!(
+                "{}://{}",
+                agent_learning_runtime::tls::own_scheme(settings),
+                listener.local_addr()?
+            );
             let s = settings.clone();
             let token = stop.clone();
             let mut handle = tokio::spawn(async move {
@@ -119,7 +122,7 @@ pub async fn drive(
     args: &TrainArgs,
 ) -> anyhow::Result<()> {
     wait_for_coordinator(url).await?;
-    let channel = Channel::from_shared(url.to_owned())?
+    let channel = agent_learning_api::endpoint(url)?
         .connect()
         .await
         .with_context(|| format!("coordinator at {url}"))?;

@@ -16,14 +16,14 @@ pub enum EnvServeError {
     Serve(#[from] agent_learning_server::ServeError),
 }
 
-/// Serves one built-in environment until `shutdown` resolves.
+/// Serves one built-in environment on `server` (its limits, keys and TLS) until `shutdown`
+/// resolves.
 pub async fn serve_environment(
     name: &str,
-    limits: agent_learning_server::ServerLimits,
+    mut server: agent_learning_server::GrpcServer,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), EnvServeError> {
-    let mut server = agent_learning_server::GrpcServer::new(limits)?;
     EnvService::built_in(name)?.mount(&mut server);
     let readiness = server.readiness();
     tokio::spawn(async move {

@@ -28,9 +28,14 @@ fn serve(name: &'static str) -> String {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            serve_environment(name, limits(), listener, std::future::pending())
-                .await
-                .unwrap();
+            serve_environment(
+                name,
+                agent_learning_server::GrpcServer::new(limits()).unwrap(),
+                listener,
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
         });
     });
     format!("http://{}", rx.recv().unwrap())

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::{ApiKey, KeyedChannel};
 use agent_learning_envs::{EnvError, Environment, Outcome, Step};
 use agent_learning_proto::v1 as pb;
 use pb::environment_client::EnvironmentClient;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,10 @@ pub struct RemoteEnvironment {
     outcome: Option<Outcome>,
 }
 
-async fn answer(client: &mut EnvironmentClient<Channel>, call: Call) -> Result<Answer, Status> {
+async fn answer(
+    client: &mut EnvironmentClient<KeyedChannel>,
+    call: Call,
+) -> Result<Answer, Status> {
     Ok(match call {
         Call::Reset(seed) => {
             Answer::Reset(client.reset(pb::ResetRequest { seed }).await?.into_inner())
@@ -108,6 +111,8 @@ impl RemoteEnvironment {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let target = url.to_owned();
+        // The process's key: an Environment server with keys wants the `learn` role.
+        let key = ApiKey::process();
         std::thread::Builder::new()
             .name("remote-env".into())
             .spawn(move || {
@@ -122,7 +127,7 @@ impl RemoteEnvironment {
                     }
                 };
                 let connected = rt.block_on(async {
-                    Channel::from_shared(target)
+                    crate::endpoint(&target)
                         .map_err(|e| e.to_string())?
                         .connect_timeout(Duration::from_secs(10))
                         .timeout(Duration::from_secs(60))
@@ -133,7 +138,7 @@ impl RemoteEnvironment {
                 let mut client = match connected {
                     Ok(ch) => {
                         let _ = ready_tx.send(Ok(()));
-                        EnvironmentClient::new(ch)
+                        EnvironmentClient::with_interceptor(ch, key)
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

@@ -10,6 +10,7 @@ mod explorer;
 mod key;
 mod policy;
 mod reflector;
+mod tls;
 mod world_model;
 
 pub use coordinator::{
@@ -26,6 +27,7 @@ pub use explorer::{Demo, ExploreRequest, ExplorerApi, ExplorerClient, RolloutStr
 pub use key::{ApiKey, InvalidKey, KeyedChannel, set_process_key};
 pub use policy::{CompileRequest, DecideRequest, Decision, PolicyApi, PolicyClient};
 pub use reflector::{ReflectRequest, ReflectorApi, ReflectorClient};
+pub use tls::{ClientTls, endpoint, set_process_tls};
 pub use world_model::{
     Accuracy, FitReport, Neighbour, Prediction, WorldModelApi, WorldModelClient,
 };

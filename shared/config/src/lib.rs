@@ -45,6 +45,30 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub environments: EnvironmentSettings,
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// TLS of the gRPC servers and of the connections this process opens (PEM files). A server
+/// speaks TLS when `cert` and `key` are set; a peer is reached over TLS when its URL is
+/// `https://` (or `rediss://` for Redis; PostgreSQL takes `sslmode` and `sslrootcert` in its
+/// URL).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// This process's server certificate chain.
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    pub key: Option<PathBuf>,
+    /// Clients must present a certificate signed by one of these CAs (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// CAs trusted for `https://` peers and `rediss://` Redis; empty: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The certificate this process presents to TLS peers (mutual TLS), with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// The name checked in peers' certificates, when it is not the host of their URL.
+    pub server_name: Option<String>,
 }
 
 /// API keys (see `agent_learning_server::auth` for the keys file's format and the roles).
@@ -453,13 +477,20 @@ impl Settings {
         if blank(&self.auth.internal_key) {
             self.auth.internal_key = None;
         }
-        if self
-            .auth
-            .keys_file
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            self.auth.keys_file = None;
+        let unset = |p: &mut Option<PathBuf>| {
+            if p.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *p = None;
+            }
+        };
+        unset(&mut self.auth.keys_file);
+        unset(&mut self.tls.cert);
+        unset(&mut self.tls.key);
+        unset(&mut self.tls.client_ca);
+        unset(&mut self.tls.ca);
+        unset(&mut self.tls.client_cert);
+        unset(&mut self.tls.client_key);
+        if empty(&self.tls.server_name) {
+            self.tls.server_name = None;
         }
     }
 
@@ -546,6 +577,37 @@ impl Settings {
                     "environments.allowed_remotes",
                     format!("entry {i}, {pattern:?}, is not HOST:PORT, HOST:* or *"),
                 ));
+            }
+        }
+        let t = &self.tls;
+        for (key, a, b) in [
+            ("tls.cert", &t.cert, &t.key),
+            ("tls.key", &t.key, &t.cert),
+            ("tls.client_cert", &t.client_cert, &t.client_key),
+            ("tls.client_key", &t.client_key, &t.client_cert),
+        ] {
+            if a.is_none() && b.is_some() {
+                return Err(invalid(key, "must be set together with its pair"));
+            }
+        }
+        if t.client_ca.is_some() && t.cert.is_none() {
+            return Err(invalid(
+                "tls.client_ca",
+                "mutual TLS needs the server's own tls.cert and tls.key",
+            ));
+        }
+        for (key, path) in [
+            ("tls.cert", &t.cert),
+            ("tls.key", &t.key),
+            ("tls.client_ca", &t.client_ca),
+            ("tls.ca", &t.ca),
+            ("tls.client_cert", &t.client_cert),
+            ("tls.client_key", &t.client_key),
+        ] {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                return Err(invalid(key, format!("{} is not a file", p.display())));
             }
         }
         if self.services.startup_wait_secs == 0 {
@@ -786,6 +848,35 @@ mod tests {
         assert!(s.telemetry.otlp_endpoint.is_none());
         let s = load_with(&[("llm.api_key", "sk-1")]).unwrap();
         assert!(s.llm.api_key.is_some());
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_must_exist() {
+        let dir = std::env::temp_dir().join(format!("al-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("x.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let pem = pem.to_str().unwrap();
+        let key = |r: Result<Settings, ConfigError>| match r.unwrap_err() {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("{other}"),
+        };
+        assert_eq!(key(load_with(&[("tls.cert", pem)])), "tls.key");
+        assert_eq!(
+            key(load_with(&[("tls.client_key", pem)])),
+            "tls.client_cert"
+        );
+        assert_eq!(key(load_with(&[("tls.client_ca", pem)])), "tls.client_ca");
+        assert_eq!(
+            key(load_with(&[
+                ("tls.cert", pem),
+                ("tls.key", "/nonexistent.pem")
+            ])),
+            "tls.key"
+        );
+        let s = load_with(&[("tls.cert", pem), ("tls.key", pem), ("tls.ca", "")]).unwrap();
+        assert!(s.tls.cert.is_some() && s.tls.ca.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 pub use consumer::{ConsumerOptions, consume};
 pub use embedded::EmbeddedQueue;
-pub use redis_streams::RedisQueue;
+pub use redis_streams::{RedisQueue, RedisTls};
 
 /// Stream names used by the pipeline.
 pub mod streams {
@@ -190,7 +190,25 @@ pub async fn open(
 ) -> Result<std::sync::Arc<dyn Queue>> {
     let opts = QueueOptions::from_settings(settings);
     Ok(match &settings.queue.redis_url {
-        Some(url) => std::sync::Arc::new(RedisQueue::connect(url, opts).await?),
+        Some(url) => {
+            let read = |field: &'static str, path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| QueueError::Invalid {
+                    field,
+                    reason: format!("{}: {e}", path.display()),
+                })
+            };
+            let t = &settings.tls;
+            let tls = RedisTls {
+                ca: t.ca.as_deref().map(|p| read("tls.ca", p)).transpose()?,
+                identity: match (&t.client_cert, &t.client_key) {
+                    (Some(c), Some(k)) => {
+                        Some((read("tls.client_cert", c)?, read("tls.client_key", k)?))
+                    }
+                    _ => None,
+                },
+            };
+            std::sync::Arc::new(RedisQueue::connect_tls(url, opts, &tls).await?)
+        }
         None => std::sync::Arc::new(EmbeddedQueue::new(store.clone(), opts)),
     })
 }

@@ -25,13 +25,48 @@ pub struct RedisQueue {
     opts: QueueOptions,
 }
 
+/// PEM files for a `rediss://` connection.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// CAs trusted for the server; `None`: the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// Certificate chain and key presented to a server that asks for one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// How long a blocking read may take beyond its block time before it counts as failed.
 const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
 const BLOCKING_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RedisQueue {
     pub async fn connect(url: &str, opts: QueueOptions) -> Result<Self> {
-        let client = Client::open(url)?;
+        Self::connect_tls(url, opts, &RedisTls::default()).await
+    }
+
+    /// As [`RedisQueue::connect`]; a `rediss://` URL trusts `tls.ca` (else the system's roots)
+    /// and presents `tls.identity` when set.
+    pub async fn connect_tls(url: &str, opts: QueueOptions, tls: &RedisTls) -> Result<Self> {
+        let client = if url.starts_with("rediss://") {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            if tls.ca.is_some() || tls.identity.is_some() {
+                Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: tls.identity.as_ref().map(|(cert, key)| {
+                            redis::ClientTlsConfig {
+                                client_cert: cert.clone(),
+                                client_key: key.clone(),
+                            }
+                        }),
+                        root_cert: tls.ca.clone(),
+                    },
+                )?
+            } else {
+                Client::open(url)?
+            }
+        } else {
+            Client::open(url)?
+        };
         let conn = ConnectionManager::new(client.clone()).await?;
         Ok(Self {
             client,

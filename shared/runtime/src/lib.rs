@@ -7,6 +7,7 @@
 
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -131,29 +132,34 @@ pub fn consumer_name(service: &str) -> String {
     format!("{service}-{host}-{}", std::process::id())
 }
 
-fn channel(key: &str, url: &str, own: SocketAddr) -> Result<Channel> {
+fn channel(key: &str, url: &str, own: SocketAddr, scheme: &str) -> Result<Channel> {
     let url = if url.is_empty() {
-        let host = if own.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            own.ip().to_string()
-        };
-        format!("http://{host}:{}", own.port())
+        own_url(own, scheme)
     } else {
         url.to_owned()
     };
-    Ok(Endpoint::from_shared(url.clone())
+    Ok(agent_learning_api::endpoint(&url)
         .what(format!("services.{key}: {url:?}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .connect_lazy())
 }
 
+/// This process's own server as a peer sees it.
+fn own_url(own: SocketAddr, scheme: &str) -> String {
+    let host = if own.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        own.ip().to_string()
+    };
+    format!("{scheme}://{host}:{}", own.port())
+}
+
 async fn wait_for_peer(key: String, url: String, wait: Duration) -> Result<()> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let what = || format!("services.{key} {url}");
-    let endpoint = Endpoint::from_shared(url.clone())
+    let endpoint = agent_learning_api::endpoint(&url)
         .what(what())?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(2));
@@ -207,20 +213,17 @@ pub struct Peers {
 impl Peers {
     pub fn new(settings: &Settings, own: SocketAddr) -> Result<Self> {
         let s = &settings.services;
+        let scheme = tls::own_scheme(settings);
+        let channel = |key: &str, url: &str| channel(key, url, own, scheme);
         Ok(Self {
             world_model: Arc::new(WorldModelClient::new(channel(
                 "world_model",
                 &s.world_model,
-                own,
             )?)),
-            explorer: Arc::new(ExplorerClient::new(channel("explorer", &s.explorer, own)?)),
-            reflector: Arc::new(ReflectorClient::new(channel(
-                "reflector",
-                &s.reflector,
-                own,
-            )?)),
-            policy: Arc::new(PolicyClient::new(channel("policy", &s.policy, own)?)),
-            curator: Arc::new(CuratorClient::new(channel("curator", &s.curator, own)?)),
+            explorer: Arc::new(ExplorerClient::new(channel("explorer", &s.explorer)?)),
+            reflector: Arc::new(ReflectorClient::new(channel("reflector", &s.reflector)?)),
+            policy: Arc::new(PolicyClient::new(channel("policy", &s.policy)?)),
+            curator: Arc::new(CuratorClient::new(channel("curator", &s.curator)?)),
         })
     }
 }
@@ -258,6 +261,7 @@ impl Context {
                 .map(|k| k.expose_secret());
             agent_learning_api::set_process_key(key).what("auth.internal_key")?;
         }
+        tls::apply_client(&settings)?;
         let peers = Peers::new(&settings, own)?;
         Ok(Self {
             settings,
@@ -630,13 +634,15 @@ where
 {
     let bound = listener.local_addr().what("listener")?;
     let keys = api_keys(ctx.settings(), bound)?;
-    let starting = agent_learning_server::Starting::answer(listener)
+    let tls = tls::server(ctx.settings())?;
+    let starting = agent_learning_server::Starting::answer(listener, tls.clone())
         .await
         .what("server")?;
     let mut shutdown = Box::pin(shutdown);
     let mut server = GrpcServer::new(limits(ctx.settings()))
         .what("server")?
-        .with_keys(keys);
+        .with_keys(keys)
+        .with_tls(tls);
     tokio::select! {
         built = build(&ctx, &mut server) => built?,
         _ = &mut shutdown => {
@@ -841,7 +847,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let serving = tokio::spawn(server.serve(listener, stop.clone().cancelled_owned()));
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect_lazy();
         let mut client = HealthClient::new(channel);

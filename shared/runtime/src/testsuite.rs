@@ -46,7 +46,8 @@ impl TestServer {
         let keys = crate::api_keys(ctx.settings(), addr)?;
         let mut server = GrpcServer::new(limits(ctx.settings()))
             .what("server")?
-            .with_keys(keys);
+            .with_keys(keys)
+            .with_tls(crate::tls::server(ctx.settings())?);
         add::<S>(&ctx, &mut server).await?;
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(ctx, server, listener, stop.clone().cancelled_owned()));
@@ -56,6 +57,14 @@ impl TestServer {
     /// A lazily connected channel to the server.
     pub fn channel(&self) -> Channel {
         Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("a loopback URL")
+            .connect_lazy()
+    }
+
+    /// A lazily connected channel over TLS with the process's client settings (see
+    /// [`crate::tls::apply_client`]), checking the certificate against `name`.
+    pub fn tls_channel(&self) -> Channel {
+        agent_learning_api::endpoint(&format!("https://{}", self.addr))
             .expect("a loopback URL")
             .connect_lazy()
     }

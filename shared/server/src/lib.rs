@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::service::RoutesBuilder;
+pub use tonic::transport::ServerTlsConfig;
 pub use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
@@ -56,6 +57,7 @@ pub struct GrpcServer {
     limits: ServerLimits,
     status: Arc<tokio::sync::Mutex<Option<ServingStatus>>>,
     keys: Option<Arc<auth::KeyStore>>,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl GrpcServer {
@@ -81,7 +83,14 @@ impl GrpcServer {
             limits,
             status: Arc::default(),
             keys: None,
+            tls: None,
         })
+    }
+
+    /// Serves TLS (mutual TLS when the config names client CAs); `None`: plaintext.
+    pub fn with_tls(mut self, tls: Option<ServerTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Every call but health checks needs one of these keys (see [`auth`]); `None`: no keys.
@@ -144,8 +153,8 @@ impl GrpcServer {
             let _ = stop_tx.send(());
         });
 
-        info!(%addr, "grpc server listening");
-        let server = tonic::transport::Server::builder()
+        info!(%addr, tls = self.tls.is_some(), "grpc server listening");
+        let server = builder(self.tls)?
             .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
             .timeout(limits.request_timeout)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -181,6 +190,25 @@ impl GrpcServer {
             }
         }
     }
+}
+
+/// A server builder, with TLS when `tls` is set. Handshakes that take longer than 10 s are
+/// dropped (a client that connects and says nothing does not hold a connection).
+fn builder(tls: Option<ServerTlsConfig>) -> Result<tonic::transport::Server, ServeError> {
+    let server = tonic::transport::Server::builder();
+    match tls {
+        None => Ok(server),
+        Some(tls) => {
+            install_crypto_provider();
+            Ok(server.tls_config(tls.timeout(Duration::from_secs(10)))?)
+        }
+    }
+}
+
+/// Makes aws-lc-rs the process's TLS provider (tonic's server and the Redis client ask rustls
+/// for the default one; two are compiled in). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// Connections accepted from a listener that may be shared with a server that answered before
@@ -363,7 +391,10 @@ pub struct Starting {
 }
 
 impl Starting {
-    pub async fn answer(listener: TcpListener) -> Result<Self, ServeError> {
+    pub async fn answer(
+        listener: TcpListener,
+        tls: Option<ServerTlsConfig>,
+    ) -> Result<Self, ServeError> {
         let listener = Arc::new(listener);
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -374,7 +405,7 @@ impl Starting {
             .await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let incoming = accept(listener.clone());
-        let server = tonic::transport::Server::builder()
+        let server = builder(tls)?
             .layer(tower::layer::layer_fn(|inner| OnlyHealth { inner }))
             .add_service(health_service)
             .serve_with_incoming_shutdown(incoming, async move {

@@ -33,6 +33,11 @@ impl TestDatabase {
     }
 
     /// Drops the database, closing whatever connections are left.
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub async fn drop_database(self) {
         self.admin
             .execute_unprepared(&format!("DROP DATABASE {} WITH (FORCE)", self.name))

@@ -66,7 +66,13 @@ fn main() -> anyhow::Result<()> {
                 request_timeout: Duration::from_secs(30),
                 shutdown_grace: Duration::from_secs(1),
             };
-            serve_environment("driving", limits, listener, std::future::pending()).await?;
+            serve_environment(
+                "driving",
+                agent_learning_server::GrpcServer::new(limits)?,
+                listener,
+                std::future::pending(),
+            )
+            .await?;
             Ok(())
         })
     });
