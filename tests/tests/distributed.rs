@@ -36,32 +36,6 @@ const ALTERNATIVES: u64 = 2;
 /// Each reflection's model call takes this long, so work is in flight when processes die.
 const MODEL_DELAY: Duration = Duration::from_millis(2500);
 
-/// The CLI binary, built beside this test by `cargo test --workspace`.
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .join("agent-learning");
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo test --workspace` builds it (or `cargo build -p agent-learning-cli`)",
-        bin.display()
-    );
-    bin
-}
-
-/// Ports for every process, held until all are chosen so none is handed out twice.
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
 /// One service process: `agent-learning service NAME`, its settings in the environment only.
 struct Node {
     name: String,
@@ -85,26 +59,8 @@ impl Node {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(binary());
+        let mut cmd = agent_learning_tests::agent_learning();
         cmd.args(["service", self.service]);
-        // Nothing from the test's own environment configures the process.
-        for (k, _) in std::env::vars() {
-            let ours = k.starts_with("AGENT_LEARNING__") && k != "AGENT_LEARNING__MODELS_DIR";
-            if ours
-                || matches!(
-                    k.as_str(),
-                    "AGENT_LEARNING_CONFIG"
-                        | "REDIS_URL"
-                        | "QDRANT_URL"
-                        | "DATABASE_URL"
-                        | "OPENAI_API_KEY"
-                        | "OTEL_EXPORTER_OTLP_ENDPOINT"
-                        | "RUST_LOG"
-                )
-            {
-                cmd.env_remove(k);
-            }
-        }
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "AGENT_LEARNING__SERVER__ADDR",
@@ -341,7 +297,7 @@ async fn split_deployment_survives_kills_and_restarts() {
         ("coord-b", "coordinator"),
         ("curator-2", "curator"),
     ];
-    let ports = free_ports(layout.len() * 2);
+    let ports = agent_learning_tests::free_ports(layout.len() * 2);
     let url_of = |name: &str| {
         let i = layout.iter().position(|(n, _)| *n == name).unwrap();
         format!("http://127.0.0.1:{}", ports[2 * i])

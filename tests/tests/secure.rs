@@ -11,19 +11,18 @@
 //! loopback with TLS on, and `redis-server` (started here on a port of its own); without
 //! `redis-server` the test says so and is skipped.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_learning_llm::testsuite::ScriptedEndpoint;
 use agent_learning_proto::v1 as pb;
 use agent_learning_server::auth::key_hash;
 use agent_learning_store::testsuite::TestDatabase;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use agent_learning_tests::{Pki, Process, agent_learning, free_port};
 use sea_orm::{ConnectionTrait as _, Database, Statement};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -33,136 +32,6 @@ const INTERNAL_KEY: &str = "canary-internal-7f3a9c";
 const LEARN_KEY: &str = "canary-learner-51d2e8";
 const DECIDE_KEY: &str = "canary-decider-0b6f44";
 const REDIS_PASSWORD: &str = "canary-redis-c81d07";
-
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .join("agent-learning");
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo test --workspace` builds it",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-/// A CA, a server certificate for 127.0.0.1 and localhost, and client certificates from
-/// that CA and from another one.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn create(dir: &Path) -> Self {
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-        };
-        let ours = ca("agent-learning test CA");
-        let theirs = ca("some other CA");
-        let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
-        write("ca.pem", ours.pem());
-        write("other-ca.pem", theirs.pem());
-        for (name, sans, issuer) in [
-            (
-                "server",
-                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
-                &ours,
-            ),
-            ("client", vec!["client.agent-learning".to_owned()], &ours),
-            (
-                "stranger",
-                vec!["client.agent-learning".to_owned()],
-                &theirs,
-            ),
-        ] {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(sans)
-                .unwrap()
-                .signed_by(&key, issuer)
-                .unwrap();
-            write(&format!("{name}.pem"), cert.pem());
-            write(&format!("{name}.key"), key.serialize_pem());
-        }
-        Self {
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.dir.join(name)).unwrap()
-    }
-
-    /// A client TLS config trusting `ca`, presenting `who`'s certificate when given.
-    fn client(&self, ca: &str, who: Option<&str>) -> ClientTlsConfig {
-        let mut c = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.read(ca)))
-            .domain_name("localhost");
-        if let Some(who) = who {
-            c = c.identity(Identity::from_pem(
-                self.read(&format!("{who}.pem")),
-                self.read(&format!("{who}.key")),
-            ));
-        }
-        c
-    }
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The environment of every agent-learning process here, cleared of the test's own settings.
-fn command(bin: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    for (k, _) in std::env::vars() {
-        let ours = k.starts_with("AGENT_LEARNING__") && k != "AGENT_LEARNING__MODELS_DIR";
-        if ours
-            || matches!(
-                k.as_str(),
-                "AGENT_LEARNING_CONFIG"
-                    | "AGENT_LEARNING_API_KEY"
-                    | "REDIS_URL"
-                    | "QDRANT_URL"
-                    | "OPENAI_API_KEY"
-                    | "RUST_LOG"
-            )
-        {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
 
 async fn health(endpoint: Endpoint) -> Result<(), String> {
     let channel = endpoint
@@ -195,7 +64,7 @@ fn with_key<T>(key: &str, msg: T) -> tonic::Request<T> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_everywhere_with_keys() {
-    let Some(redis_server) = on_path("redis-server") else {
+    let Some(redis_server) = agent_learning_tests::on_path("redis-server") else {
         eprintln!("skipped: needs redis-server on PATH (Redis with TLS is started here)");
         return;
     };
@@ -245,7 +114,7 @@ async fn tls_everywhere_with_keys() {
             .env("AGENT_LEARNING__TLS__CLIENT_KEY", pki.path("client.key"))
             .env("AGENT_LEARNING__TLS__SERVER_NAME", "localhost");
     };
-    let mut serve = command(&binary());
+    let mut serve = agent_learning();
     serve
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
         .env(
@@ -283,7 +152,7 @@ async fn tls_everywhere_with_keys() {
     };
     let started = Instant::now();
     while let Err(e) = health(trusted()).await {
-        if let Ok(Some(status)) = server.0.try_wait() {
+        if let Some(status) = server.exited() {
             panic!("serve exited with {status}:\n{}", log_text());
         }
         assert!(
@@ -373,6 +242,123 @@ async fn tls_everywhere_with_keys() {
         .unwrap_err();
     assert_eq!(elsewhere.code(), Code::PermissionDenied, "{elsewhere:?}");
 
+    // Every mutating RPC of every service: UNAUTHENTICATED without a key; PERMISSION_DENIED
+    // for a key without the role (decide-only; learn+read against the admin RPCs).
+    let mut world_model = pb::world_model_client::WorldModelClient::new(channel.clone());
+    let mut explorer = pb::explorer_client::ExplorerClient::new(channel.clone());
+    let mut reflector = pb::reflector_client::ReflectorClient::new(channel.clone());
+    let ns = || "secure-driving".to_owned();
+    macro_rules! call {
+        ($client:ident . $method:ident ($msg:expr), $key:expr) => {{
+            let mut r = tonic::Request::new($msg);
+            if let Some(k) = $key {
+                r.metadata_mut().insert(
+                    "authorization",
+                    MetadataValue::try_from(format!("Bearer {k}")).unwrap(),
+                );
+            }
+            $client.$method(r).await.map(drop).map_err(|s| s.code())
+        }};
+    }
+    macro_rules! each_key {
+        ($client:ident . $method:ident ($msg:expr)) => {
+            [None, Some(DECIDE_KEY), Some(LEARN_KEY)]
+                .map(|k| (stringify!($method), k))
+                .into_iter()
+                .zip([
+                    call!($client.$method($msg), None::<&str>),
+                    call!($client.$method($msg), Some(DECIDE_KEY)),
+                    call!($client.$method($msg), Some(LEARN_KEY)),
+                ])
+                .collect::<Vec<_>>()
+        };
+    }
+    let mut outcomes = Vec::new();
+    outcomes.extend(each_key!(world_model.fit(pb::FitRequest {
+        namespace: ns(),
+        ..Default::default()
+    })));
+    outcomes.extend(each_key!(explorer.explore(pb::ExploreRequest {
+        namespace: ns(),
+        ..Default::default()
+    })));
+    outcomes.extend(each_key!(reflector.reflect(pb::ReflectRequest {
+        namespace: ns(),
+        ..Default::default()
+    })));
+    outcomes.extend(each_key!(curator.curate(pb::CurateRequest {
+        namespace: ns(),
+        ..Default::default()
+    })));
+    outcomes.extend(each_key!(curator.record_feedback(
+        pb::RecordFeedbackRequest {
+            namespace: ns(),
+            ..Default::default()
+        }
+    )));
+    outcomes.extend(each_key!(coordinator.start_training(
+        pb::StartTrainingRequest {
+            namespace: ns(),
+            ..Default::default()
+        }
+    )));
+    outcomes.extend(each_key!(coordinator.start_live_loop(
+        pb::StartLiveLoopRequest {
+            namespace: ns(),
+            ..Default::default()
+        }
+    )));
+    let admin_rpcs = [
+        "update_bullet",
+        "delete_bullet",
+        "merge_bullets",
+        "set_bullet_stage",
+        "compile",
+        "cancel_run",
+    ];
+    outcomes.extend(each_key!(curator.update_bullet(pb::UpdateBulletRequest {
+        namespace: ns(),
+        ..Default::default()
+    })));
+    outcomes.extend(each_key!(curator.delete_bullet(pb::DeleteBulletRequest {
+        namespace: ns(),
+        ..Default::default()
+    })));
+    outcomes.extend(each_key!(curator.merge_bullets(pb::MergeBulletsRequest {
+        namespace: ns(),
+        ..Default::default()
+    })));
+    outcomes.extend(each_key!(curator.set_bullet_stage(
+        pb::SetBulletStageRequest {
+            namespace: ns(),
+            ..Default::default()
+        }
+    )));
+    outcomes.extend(each_key!(policy.compile(pb::CompileRequest {
+        namespace: ns(),
+        ..Default::default()
+    })));
+    outcomes.extend(each_key!(coordinator.cancel_run(pb::CancelRunRequest {
+        run_id: "00000000-0000-0000-0000-000000000000".into(),
+    })));
+    assert_eq!(outcomes.len(), 13 * 3);
+    for ((rpc, key), got) in outcomes {
+        let expected = match key {
+            None => Some(Code::Unauthenticated),
+            Some(DECIDE_KEY) => Some(Code::PermissionDenied),
+            Some(_) if admin_rpcs.contains(&rpc) => Some(Code::PermissionDenied),
+            // The learner passes the gate; the empty request then fails on its content.
+            Some(_) => None,
+        };
+        match expected {
+            Some(code) => assert_eq!(got, Err(code), "{rpc} with {key:?}"),
+            None => assert!(
+                !matches!(got, Err(Code::Unauthenticated | Code::PermissionDenied)),
+                "{rpc} with the learn key: {got:?}"
+            ),
+        }
+    }
+
     // A training run from another process: the CLI over mutual TLS with the learner's key;
     // the server's own services call each other over TLS with the internal key, the queue
     // is Redis over TLS and the record PostgreSQL over TLS.
@@ -380,7 +366,7 @@ async fn tls_everywhere_with_keys() {
     let demos_file = dir.path().join("demos.jsonl");
     agent_learning_envs::write_demos(&mut std::fs::File::create(&demos_file).unwrap(), &demos)
         .unwrap();
-    let mut train = command(&binary());
+    let mut train = agent_learning();
     train
         .args(["train", "--env", "driving", "--namespace", "secure-driving"])
         .args(["--server", &https])
@@ -451,11 +437,9 @@ async fn tls_everywhere_with_keys() {
     drop(admin);
 
     // SIGTERM: the server stops by itself, then its log is searched for every secret.
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status();
+    server.terminate();
     let stopped = Instant::now();
-    while server.0.try_wait().unwrap().is_none() {
+    while server.exited().is_none() {
         assert!(
             stopped.elapsed() < Duration::from_secs(30),
             "still running 30 s after SIGTERM"

@@ -208,6 +208,7 @@ impl Curator {
         if content.trim().is_empty() {
             return Err(InvalidInput::new(field, "must not be empty").into());
         }
+        agent_learning_domain::check_no_nul(field, content)?;
         if content.len() > self.opts.max_content_bytes {
             return Err(InvalidInput::new(
                 field,
@@ -246,6 +247,8 @@ impl Curator {
                 )
                 .into());
             }
+            agent_learning_domain::check_no_nul(&f("id"), &insight.id)?;
+            agent_learning_domain::check_no_nul(&f("source"), &insight.source)?;
             self.validate_section(&f("section"), &insight.section)?;
             self.validate_content(&f("content"), &insight.content)?;
             if insight.source.len() > MAX_SOURCE_BYTES {
@@ -496,6 +499,7 @@ impl Curator {
         if text.trim().is_empty() {
             return Err(InvalidInput::new(field, "must not be empty").into());
         }
+        agent_learning_domain::check_no_nul(field, text)?;
         if text.len() > MAX_QUERY_BYTES {
             return Err(InvalidInput::new(
                 field,
@@ -613,6 +617,7 @@ impl Curator {
             )
             .into());
         }
+        agent_learning_domain::check_no_nul("feedback_id", feedback_id)?;
         if feedback_id.len() > MAX_ID_BYTES {
             return Err(
                 InvalidInput::new("feedback_id", format!("at most {MAX_ID_BYTES} bytes")).into(),

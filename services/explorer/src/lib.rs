@@ -179,6 +179,12 @@ impl Explorer {
                         ),
                     ));
                 }
+                if s.state.contains('\0') || s.action.contains('\0') {
+                    return Err(invalid(
+                        format!("demos[{i}].steps[{j}]"),
+                        "holds a NUL character (U+0000), which no text field accepts",
+                    ));
+                }
                 if s.state.trim().is_empty() || s.action.trim().is_empty() {
                     return Err(invalid(
                         format!("demos[{i}].steps[{j}]"),

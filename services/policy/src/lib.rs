@@ -76,6 +76,10 @@ impl From<PolicyError> for ApiError {
             PolicyError::Model(m) => ApiError::unavailable("model", m),
             PolicyError::Curator { what, source } => match source {
                 ApiError::NotFound(m) => ApiError::NotFound(m),
+                // A full curator is a full service: the caller backs off, as from us.
+                busy if busy.code() == tonic::Code::ResourceExhausted => ApiError::Remote(
+                    tonic::Status::resource_exhausted(format!("curator {what}: {busy}")),
+                ),
                 other => ApiError::unavailable(format!("curator {what}"), other),
             },
         }
@@ -115,6 +119,7 @@ impl Policy {
             .instructions_template
             .filter(|t| !t.trim().is_empty())
             .unwrap_or_else(|| self.defaults.instructions_template.clone());
+        agent_learning_domain::check_no_nul("instructions_template", &template)?;
         if template.len() > MAX_TEMPLATE {
             return Err(InvalidInput::new(
                 "instructions_template",
@@ -202,6 +207,7 @@ impl Policy {
         if r.state.len() > MAX_STATE {
             return Err(InvalidInput::new("state", format!("more than {MAX_STATE} bytes")).into());
         }
+        agent_learning_domain::check_no_nul("state", &r.state)?;
         // The caller says what may be done in this state; actions are never taken from
         // whatever Fit stored for the namespace.
         if r.valid_actions.is_empty() {
@@ -220,6 +226,9 @@ impl Policy {
             return Err(
                 InvalidInput::new(format!("valid_actions[{i}]"), "must not be empty").into(),
             );
+        }
+        for (i, a) in r.valid_actions.iter().enumerate() {
+            agent_learning_domain::check_no_nul(&format!("valid_actions[{i}]"), a)?;
         }
         Ok(())
     }

@@ -290,6 +290,16 @@ impl Reflector {
                 format!("at most {MAX_ALTERNATIVES}"),
             ));
         }
+        agent_learning_domain::check_no_nul("state", &req.state)?;
+        agent_learning_domain::check_no_nul("expert_action", &req.expert_action)?;
+        agent_learning_domain::check_no_nul("expert_next_state", &req.expert_next_state)?;
+        for (i, a) in req.alternatives.iter().enumerate() {
+            agent_learning_domain::check_no_nul(&format!("alternatives[{i}].action"), &a.action)?;
+            agent_learning_domain::check_no_nul(
+                &format!("alternatives[{i}].next_state"),
+                &a.next_state,
+            )?;
+        }
         let mut key = format!(
             "{}\u{1f}{}\u{1f}{}",
             req.namespace, req.state, req.expert_action

@@ -67,6 +67,7 @@ fn check_text(field: &str, s: &str) -> Result<()> {
     if s.trim().is_empty() {
         return Err(InvalidInput::new(field, "must not be empty").into());
     }
+    agent_learning_domain::check_no_nul(field, s)?;
     if s.len() > MAX_TEXT {
         return Err(
             InvalidInput::new(field, format!("{} bytes is more than {MAX_TEXT}", s.len())).into(),

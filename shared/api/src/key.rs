@@ -24,9 +24,13 @@ pub fn set_process_key(key: Option<&str>) -> Result<(), InvalidKey> {
     Ok(())
 }
 
-/// The key of one client; `Debug` never shows it.
+/// The key of one client (and, for a process's calls to its own server, the peer header);
+/// `Debug` never shows either.
 #[derive(Clone, Default)]
-pub struct ApiKey(Option<MetadataValue<Ascii>>);
+pub struct ApiKey(
+    Option<MetadataValue<Ascii>>,
+    Option<(&'static str, MetadataValue<Ascii>)>,
+);
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,12 +55,20 @@ impl ApiKey {
     }
 
     pub fn new(key: &str) -> Result<Self, InvalidKey> {
-        Ok(Self(Some(Self::header(key)?)))
+        Ok(Self(Some(Self::header(key)?), None))
     }
 
     /// No key: an anonymous caller.
     pub fn none() -> Self {
-        Self(None)
+        Self(None, None)
+    }
+
+    /// The same key, and `name: value` on every call (a process's calls to its own server).
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Result<Self, InvalidKey> {
+        let mut v: MetadataValue<Ascii> = value.parse().map_err(|_| InvalidKey)?;
+        v.set_sensitive(true);
+        self.1 = Some((name, v));
+        Ok(self)
     }
 
     /// The process's key (see [`set_process_key`]).
@@ -66,6 +78,7 @@ impl ApiKey {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            None,
         )
     }
 }
@@ -74,6 +87,9 @@ impl Interceptor for ApiKey {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some((name, v)) = &self.1 {
+            req.metadata_mut().insert(*name, v.clone());
         }
         Ok(req)
     }

@@ -14,4 +14,6 @@ pub use playbook::{
     Bullet, BulletEvent, DeltaKind, DeltaOp, EventKind, Insight, PromotionGates, Stage,
 };
 pub use tokens::{clip_bytes, estimate_tokens};
-pub use validate::{InvalidInput, MAX_STATE_BYTES, MAX_TOKEN_BUDGET, validate_namespace};
+pub use validate::{
+    InvalidInput, MAX_STATE_BYTES, MAX_TOKEN_BUDGET, check_no_nul, validate_namespace,
+};

@@ -37,6 +37,20 @@ pub fn validate_namespace(field: &str, namespace: &str) -> Result<(), InvalidInp
     }
 }
 
+/// Refuses text holding a NUL character (U+0000): PostgreSQL cannot store one, so every
+/// service refuses it whatever its backend, and the embedded default and a production
+/// deployment accept the same input.
+pub fn check_no_nul(field: &str, text: &str) -> Result<(), InvalidInput> {
+    if text.contains('\0') {
+        Err(InvalidInput::new(
+            field,
+            "holds a NUL character (U+0000), which no text field accepts",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The largest state (or search text) any service accepts, in bytes: Decide and the curator's
 /// RenderContext and SearchPlaybook share it, so a state Decide accepts is never refused by
 /// the curator behind it.

@@ -58,7 +58,18 @@ fn check(demo: &Demo) -> Result<(), String> {
         return Err("steps: an episode has at least one step".into());
     }
     let last = demo.steps.len() - 1;
+    // PostgreSQL cannot store a NUL character; a demo holding one is refused here, with its
+    // line, rather than by the database later.
+    let nul = |t: &str| t.contains('\0');
+    if nul(&demo.id) || nul(&demo.env) {
+        return Err("id/env: holds a NUL character (\\u0000)".into());
+    }
     for (i, s) in demo.steps.iter().enumerate() {
+        if nul(&s.state) || nul(&s.action) || nul(&s.next_state) {
+            return Err(format!(
+                "steps[{i}]: holds a NUL character (\\u0000), which no text field accepts"
+            ));
+        }
         if s.state.trim().is_empty() {
             return Err(format!("steps[{i}].state: must not be empty"));
         }

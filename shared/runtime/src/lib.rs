@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_learning_api::{
-    CuratorApi, CuratorClient, ExplorerApi, ExplorerClient, PolicyApi, PolicyClient, ReflectorApi,
-    ReflectorClient, WorldModelApi, WorldModelClient,
+    ApiKey, CuratorApi, CuratorClient, ExplorerApi, ExplorerClient, PolicyApi, PolicyClient,
+    ReflectorApi, ReflectorClient, WorldModelApi, WorldModelClient,
 };
 use agent_learning_config::{Settings, Sources};
 use agent_learning_embed::Embedder;
@@ -215,15 +215,41 @@ impl Peers {
         let s = &settings.services;
         let scheme = tls::own_scheme(settings);
         let channel = |key: &str, url: &str| channel(key, url, own, scheme);
+        // Calls to this process's own server carry its peer token: they are part of a
+        // request the server already let in.
+        let key = |url: &str| -> Result<ApiKey> {
+            let key = ApiKey::process();
+            if url.is_empty() {
+                key.with_header(
+                    agent_learning_server::PEER_HEADER,
+                    agent_learning_server::peer_token(),
+                )
+                .what("peer token")
+            } else {
+                Ok(key)
+            }
+        };
         Ok(Self {
-            world_model: Arc::new(WorldModelClient::new(channel(
-                "world_model",
-                &s.world_model,
-            )?)),
-            explorer: Arc::new(ExplorerClient::new(channel("explorer", &s.explorer)?)),
-            reflector: Arc::new(ReflectorClient::new(channel("reflector", &s.reflector)?)),
-            policy: Arc::new(PolicyClient::new(channel("policy", &s.policy)?)),
-            curator: Arc::new(CuratorClient::new(channel("curator", &s.curator)?)),
+            world_model: Arc::new(WorldModelClient::new_with_key(
+                channel("world_model", &s.world_model)?,
+                key(&s.world_model)?,
+            )),
+            explorer: Arc::new(ExplorerClient::new_with_key(
+                channel("explorer", &s.explorer)?,
+                key(&s.explorer)?,
+            )),
+            reflector: Arc::new(ReflectorClient::new_with_key(
+                channel("reflector", &s.reflector)?,
+                key(&s.reflector)?,
+            )),
+            policy: Arc::new(PolicyClient::new_with_key(
+                channel("policy", &s.policy)?,
+                key(&s.policy)?,
+            )),
+            curator: Arc::new(CuratorClient::new_with_key(
+                channel("curator", &s.curator)?,
+                key(&s.curator)?,
+            )),
         })
     }
 }

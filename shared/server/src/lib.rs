@@ -274,7 +274,10 @@ where
         let started = Instant::now();
         let call = self.inner.call(req);
         Box::pin(async move {
-            let response = call.await;
+            let mut response = call.await;
+            if let Ok(r) = &mut response {
+                oversize_is_invalid_argument(r.headers_mut());
+            }
             let code = match &response {
                 Ok(r) => r
                     .headers()
@@ -297,9 +300,51 @@ where
     }
 }
 
+/// A request over `server.max_message_bytes` is the caller's input over a limit: tonic answers
+/// OUT_OF_RANGE while decoding it, every other input limit is INVALID_ARGUMENT, so this one is
+/// too (its message, which names the size and the limit, stays).
+fn oversize_is_invalid_argument(headers: &mut http::HeaderMap) {
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("length%20too%20large") || m.contains("length too large"));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+}
+
+/// The header a process's clients put on calls to its own server (the all-in-one server's
+/// services reach each other through it), carrying [`peer_token`]: a Decide already counted
+/// in flight is not refused halfway by its own RenderContext call when the server is full.
+pub const PEER_HEADER: &str = "x-agent-learning-peer";
+
+/// A random token of this process, for [`PEER_HEADER`]; never logged, never sent elsewhere.
+pub fn peer_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let word = |salt: u64| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(salt);
+            h.write_u32(std::process::id());
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.finish()
+        };
+        format!("{:016x}{:016x}", word(1), word(2))
+    })
+}
+
 /// Sheds load: while `max` requests are in flight, one more is answered RESOURCE_EXHAUSTED at
 /// once (a client backs off or tries another replica) instead of queueing behind them.
-/// Health checks always pass, so probes see a busy server, not a dead one.
+/// Health checks always pass, so probes see a busy server, not a dead one; so do the process's
+/// calls to itself (see [`PEER_HEADER`]).
 #[derive(Clone)]
 struct InFlight<S> {
     inner: S,
@@ -325,7 +370,11 @@ where
         let Some(permits) = &self.permits else {
             return Box::pin(self.inner.call(req));
         };
-        if req.uri().path().starts_with("/grpc.health.") {
+        let own_peer = req
+            .headers()
+            .get(PEER_HEADER)
+            .is_some_and(|v| v.as_bytes() == peer_token().as_bytes());
+        if own_peer || req.uri().path().starts_with("/grpc.health.") {
             return Box::pin(self.inner.call(req));
         }
         match permits.clone().try_acquire_owned() {
