@@ -88,6 +88,29 @@ impl ScriptedEndpoint {
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
+
+    /// The messages of every request received so far, each request's joined by newlines:
+    /// what the model was shown.
+    pub async fn prompts(&self) -> Vec<String> {
+        self.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                body["messages"]
+                    .as_array()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|m| m["content"].as_str())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
 }
 
 struct Answer {
