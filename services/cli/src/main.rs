@@ -3,6 +3,7 @@
 //! models and the playbook.
 
 mod demo;
+mod export;
 mod playbook;
 
 use agent_learning_cli::{all, health, train};
@@ -100,6 +101,9 @@ enum Command {
         #[command(subcommand)]
         command: DemosCommand,
     },
+    /// Fine-tuning data from the record: implicit world modelling and self-reflection, as
+    /// chat JSONL.
+    Export(export::ExportArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -589,6 +593,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Playbook(args) => {
             let settings = settings(&cli, None)?;
             playbook::run(&settings, args).await
+        }
+        Command::Export(args) => {
+            let settings = settings(&cli, None)?;
+            export::run(&settings, args).await
         }
     }
 }

@@ -229,6 +229,69 @@ async fn train_then_decide_on_the_trained_state() {
     assert!(calls.load(Ordering::SeqCst) >= 6);
     assert_no_duplicates(sqlite(&data).await, 6, 2).await;
 
+    // The record as fine-tuning data: both Early Experience training sets, as chat JSONL.
+    let export = dir.path().join("export.jsonl");
+    let out = Command::new(BIN)
+        .args(["export", "--namespace", "driving", "--data-dir"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    let mut world = std::collections::BTreeSet::new();
+    let mut reflections = 0;
+    for l in &lines {
+        let m = l["messages"].as_array().expect("messages");
+        let roles: Vec<&str> = m.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["system", "user", "assistant"], "{l}");
+        assert!(
+            m.iter()
+                .all(|m| !m["content"].as_str().unwrap().trim().is_empty())
+        );
+        let (user, answer) = (
+            m[1]["content"].as_str().unwrap(),
+            m[2]["content"].as_str().unwrap(),
+        );
+        if m[0]["content"].as_str().unwrap().starts_with("You predict") {
+            assert!(
+                user.starts_with("State:\n") && user.contains("\n\nAction: "),
+                "{user}"
+            );
+            assert!(
+                world.insert((user.to_owned(), answer.to_owned())),
+                "twice: {user}"
+            );
+        } else {
+            reflections += 1;
+            let action = answer
+                .rsplit_once("Action: ")
+                .expect("ends with the action")
+                .1;
+            assert!(
+                agent_learning_envs::DRIVING_ACTIONS.contains(&action),
+                "{answer}"
+            );
+            assert!(user.contains(&format!("- {action} led to:")), "{user}");
+            assert!(user.matches(" led to:").count() >= 2, "{user}");
+        }
+    }
+    assert_eq!(reflections, 6, "one per valid reflection");
+    assert!(
+        world.len() >= 12,
+        "the expert's fitted steps and the real branches: {}",
+        world.len()
+    );
+
     // The trained state is served afterwards.
     let server = serve(&data, &model, &[]);
     let mut policy = PolicyClient::new(channel(&server.url).await);

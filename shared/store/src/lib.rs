@@ -4,6 +4,7 @@
 
 mod decisions;
 pub mod entity;
+mod export;
 mod migration;
 mod outbox;
 mod playbook;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
+pub use export::{ObservedTransition, ReflectedBranch};
 pub use outbox::Outbox;
 pub use playbook::{
     AppliedInsight, BulletPage, CurationChange, HealthCounts, IndexedBullet, ListFilter, NewBullet,
