@@ -106,7 +106,7 @@ def make_servicer(pb, rpc, grpc):
                 if request.action not in Corridor.ACTIONS:
                     context.abort(
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        f"action: {request.action!r} is not one of {', '.join(Corridor.ACTIONS)}",
+                        f"action: {request.action!r} is not allowed; valid actions: {', '.join(Corridor.ACTIONS)}",
                     )
                 state, done = env.step(request.action)
                 outcome = pb.Outcome(success=env.success, metrics={"steps": float(env.steps)}) if done else None
@@ -132,6 +132,13 @@ def make_servicer(pb, rpc, grpc):
                     context.abort(grpc.StatusCode.NOT_FOUND, f"snapshot_id: no snapshot {request.snapshot_id!r}")
                 self.episodes[request.episode_id] = copy.deepcopy(saved)
                 return pb.RestoreResponse(state=saved.render())
+
+        def Close(self, request, context):
+            with self.lock:
+                self.episodes.pop(request.episode_id, None)
+                for key in [k for k in self.snapshots if k[0] == request.episode_id]:
+                    del self.snapshots[key]
+                return pb.CloseResponse()
 
     return Servicer()
 

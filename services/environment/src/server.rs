@@ -81,6 +81,23 @@ impl EnvService {
 
 #[tonic::async_trait]
 impl EnvironmentRpc for EnvService {
+    async fn close(
+        &self,
+        request: Request<pb::CloseRequest>,
+    ) -> Result<Response<pb::CloseResponse>, Status> {
+        let id = request.into_inner().episode_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument(
+                "episode_id: must be set (Reset returns it)",
+            ));
+        }
+        let mut episodes = self.episodes.lock().map_err(poisoned)?;
+        if episodes.by_id.remove(&id).is_some() {
+            episodes.order.retain(|e| *e != id);
+        }
+        Ok(Response::new(pb::CloseResponse {}))
+    }
+
     async fn reset(
         &self,
         request: Request<pb::ResetRequest>,

@@ -177,6 +177,49 @@ async fn unknown_episodes_and_missing_ids_are_named() {
     assert!(err.message().contains("episode_id"), "{}", err.message());
 }
 
+#[tokio::test]
+async fn a_closed_episode_is_forgotten() {
+    let url = tokio::task::spawn_blocking(|| serve("driving"))
+        .await
+        .unwrap();
+    let mut client = pb::environment_client::EnvironmentClient::connect(url)
+        .await
+        .unwrap();
+    let id = client
+        .reset(pb::ResetRequest { seed: 1 })
+        .await
+        .unwrap()
+        .into_inner()
+        .episode_id;
+    client
+        .snapshot(pb::SnapshotRequest {
+            episode_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    client
+        .close(pb::CloseRequest {
+            episode_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let err = client
+        .step(pb::StepRequest {
+            episode_id: id.clone(),
+            action: "keep_lane".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    // Closing again, or an episode the server never had, is not an error.
+    client
+        .close(pb::CloseRequest { episode_id: id })
+        .await
+        .unwrap();
+    let err = client.close(pb::CloseRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
 struct Python(Child);
 
 impl Drop for Python {
@@ -231,8 +274,14 @@ fn the_python_example_environment_through_the_rust_client() {
         vec!["left".to_string(), "right".into(), "wait".into()]
     );
     let snap = env.snapshot().unwrap();
-    let err = env.step("jump").unwrap_err();
-    assert!(matches!(err, EnvError::InvalidAction { .. }), "{err}");
+    // The contract: an invalid action's error ends with the valid ones.
+    match env.step("jump").unwrap_err() {
+        EnvError::InvalidAction { action, valid } => {
+            assert_eq!(action, "jump");
+            assert_eq!(valid, "left, right, wait");
+        }
+        err => panic!("{err}"),
+    }
     let mut states = Vec::new();
     loop {
         let s = env.step("right").unwrap();

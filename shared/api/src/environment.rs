@@ -25,6 +25,7 @@ enum Call {
     Actions(String),
     Snapshot(String),
     Restore(String, String),
+    Close(String),
 }
 
 enum Answer {
@@ -33,6 +34,7 @@ enum Answer {
     Actions(Vec<String>),
     Snapshot(String),
     Restore(String),
+    Closed,
 }
 
 type Job = (Call, mpsc::Sender<Result<Answer, Status>>);
@@ -85,6 +87,16 @@ async fn answer(
                 .into_inner()
                 .state,
         ),
+        Call::Close(episode_id) => {
+            match client.close(pb::CloseRequest { episode_id }).await {
+                // A server from before Close keeps its episodes until it evicts them.
+                Err(s) if s.code() == Code::Unimplemented => {}
+                other => {
+                    other?;
+                }
+            }
+            Answer::Closed
+        }
     })
 }
 
@@ -180,6 +192,21 @@ impl RemoteEnvironment {
     fn episode(&self) -> Result<String, EnvError> {
         self.episode.clone().ok_or(EnvError::NotStarted)
     }
+
+    /// Tells the server the current episode is over (it forgets it and its snapshots). Not
+    /// waited for: the worker sends it before any later call.
+    fn close_episode(&mut self) {
+        if let Some(id) = self.episode.take() {
+            let (tx, _rx) = mpsc::channel();
+            let _ = self.jobs.send((Call::Close(id), tx));
+        }
+    }
+}
+
+impl Drop for RemoteEnvironment {
+    fn drop(&mut self) {
+        self.close_episode();
+    }
 }
 
 impl Environment for RemoteEnvironment {
@@ -188,6 +215,7 @@ impl Environment for RemoteEnvironment {
     }
 
     fn reset(&mut self, seed: u64) -> Result<String, EnvError> {
+        self.close_episode();
         match self.call(Call::Reset(seed)).map_err(|s| remote(s, ""))? {
             Answer::Reset(r) => {
                 self.episode = Some(r.episode_id);
