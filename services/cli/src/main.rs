@@ -3,6 +3,7 @@
 //! models and the playbook.
 
 mod demo;
+mod eval;
 mod export;
 mod playbook;
 
@@ -104,6 +105,9 @@ enum Command {
     /// Fine-tuning data from the record: implicit world modelling and self-reflection, as
     /// chat JSONL.
     Export(export::ExportArgs),
+    /// Success rates with Wilson intervals of the trained policy and its baselines (expert,
+    /// random, nearest-demo imitation, the LLM bare and with exemplars only) on unseen seeds.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -593,6 +597,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Playbook(args) => {
             let settings = settings(&cli, None)?;
             playbook::run(&settings, args).await
+        }
+        Command::Eval(args) => {
+            let settings = settings(&cli, None)?;
+            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"), None)?;
+            eval::run(&settings, args).await
         }
         Command::Export(args) => {
             let settings = settings(&cli, None)?;

@@ -74,42 +74,67 @@ pub async fn run(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
             .collect()
     });
 
-    let stop = CancellationToken::new();
-    let (url, server) = match &args.server {
-        Some(addr) => (endpoint(addr), None),
-        None => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!(
-                "{}://{}",
-                agent_learning_runtime::tls::own_scheme(settings),
-                listener.local_addr()?
-            );
-            let s = settings.clone();
-            let token = stop.clone();
-            let mut handle = tokio::spawn(async move {
-                serve_all(&s, listener, async move { token.cancelled().await }, None).await
+    let server = Server::start(settings, args.server.as_deref()).await?;
+    let result = drive(&server.url, &namespace, &args.env, &text, demos.len(), args).await;
+    server.stop(result).await
+}
+
+/// The server a command talks to: a running one (`--server`), or an all-in-one server started
+/// in this process on the data dir, stopped by [`Server::stop`].
+pub struct Server {
+    pub url: String,
+    stop: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    pub async fn start(settings: &Settings, server: Option<&str>) -> anyhow::Result<Self> {
+        let stop = CancellationToken::new();
+        if let Some(addr) = server {
+            return Ok(Self {
+                url: endpoint(addr),
+                stop,
+                handle: None,
             });
-            // The server answers NOT_SERVING while it loads the model; a server that fails to
-            // start ends its task with the reason.
-            tokio::select! {
-                ready = wait_for_coordinator(&url) => ready?,
-                ended = &mut handle => {
-                    ended??;
-                    anyhow::bail!("the in-process server stopped while starting");
-                }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!(
+            "{}://{}",
+            agent_learning_runtime::tls::own_scheme(settings),
+            listener.local_addr()?
+        );
+        let s = settings.clone();
+        let token = stop.clone();
+        let mut handle = tokio::spawn(async move {
+            serve_all(&s, listener, async move { token.cancelled().await }, None).await
+        });
+        // The server answers NOT_SERVING while it loads the model; a server that fails to
+        // start ends its task with the reason.
+        tokio::select! {
+            ready = wait_for_coordinator(&url) => ready?,
+            ended = &mut handle => {
+                ended??;
+                anyhow::bail!("the in-process server stopped while starting");
             }
-            (url, Some(handle))
         }
-    };
-    let result = drive(&url, &namespace, &args.env, &text, demos.len(), args).await;
-    stop.cancel();
-    if let Some(h) = server {
-        match h.await {
-            Ok(Err(e)) if result.is_ok() => return Err(e),
-            _ => {}
-        }
+        Ok(Self {
+            url,
+            stop,
+            handle: Some(handle),
+        })
     }
-    result
+
+    /// Stops an in-process server; its error wins over a successful `result`.
+    pub async fn stop<T>(self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        self.stop.cancel();
+        if let Some(h) = self.handle {
+            match h.await {
+                Ok(Err(e)) if result.is_ok() => return Err(e),
+                _ => {}
+            }
+        }
+        result
+    }
 }
 
 /// Starts a run on the coordinator at `url`, shows its progress and prints its summary.

@@ -292,6 +292,83 @@ async fn train_then_decide_on_the_trained_state() {
         world.len()
     );
 
+    // The policy and its baselines on seeds no demo used.
+    let report_dir = dir.path().join("eval");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "eval",
+        "--env",
+        "driving",
+        "--episodes",
+        "3",
+        "--max-steps",
+        "30",
+    ])
+    .arg("--data-dir")
+    .arg(&data)
+    .arg("--demos")
+    .arg(&file)
+    .arg("--output")
+    .arg(&report_dir);
+    model_env(&mut cmd, &model);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(report_dir.join("eval.json")).unwrap())
+            .unwrap();
+    let demo_seeds: Vec<u64> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seed"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let seeds: Vec<u64> = report["seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert_eq!(seeds.len(), 3);
+    assert!(seeds.iter().all(|s| !demo_seeds.contains(s)), "{seeds:?}");
+    let configs = report["configs"].as_array().unwrap();
+    let names: Vec<&str> = configs
+        .iter()
+        .map(|c| c["config"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "expert",
+            "random",
+            "nearest-demo",
+            "llm-bare",
+            "llm-exemplars",
+            "full"
+        ]
+    );
+    for c in configs {
+        let rate = c["success_rate"].as_f64().unwrap();
+        let (lo, hi) = (
+            c["wilson95"][0].as_f64().unwrap(),
+            c["wilson95"][1].as_f64().unwrap(),
+        );
+        assert_eq!(c["episodes"], 3, "{c}");
+        assert!(lo <= rate && rate <= hi && hi - lo > 0.3, "{c}");
+        let llm = c["config"].as_str().unwrap().starts_with("llm") || c["config"] == "full";
+        assert_eq!(c["decisions"].as_u64().unwrap() > 0, llm, "{c}");
+        assert_eq!(c["decide_ms_p50"].is_number(), llm, "{c}");
+    }
+    let md = std::fs::read_to_string(report_dir.join("eval.md")).unwrap();
+    assert!(md.contains("| full (the trained policy) |"), "{md}");
+
     // The trained state is served afterwards.
     let server = serve(&data, &model, &[]);
     let mut policy = PolicyClient::new(channel(&server.url).await);
