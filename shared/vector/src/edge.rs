@@ -20,6 +20,8 @@ use crate::{Filter, Hit, Point, Result, VectorError, VectorIndex};
 pub struct EdgeIndex {
     root: PathBuf,
     shards: Mutex<HashMap<String, (Arc<EdgeShard>, usize)>>,
+    /// Held while open: the engine's files belong to one process at a time.
+    _lock: std::fs::File,
 }
 
 fn engine(e: impl std::fmt::Display) -> VectorError {
@@ -63,9 +65,30 @@ impl EdgeIndex {
     /// Opens (or creates) the engine's root directory.
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(engine)?;
+        // Two processes writing one engine directory corrupt it (segments vanish under the
+        // other's feet): the second is refused, naming the directory.
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(".lock"))
+            .map_err(engine)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(VectorError::Engine(format!(
+                    "{} is in use by another process: the in-process engine serves one \
+                     process (give each its own data_dir, or share a Qdrant server through \
+                     vector.qdrant_url)",
+                    root.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(engine(e)),
+        }
         Ok(Self {
             root: root.to_owned(),
             shards: Mutex::new(HashMap::new()),
+            _lock: lock,
         })
     }
 

@@ -176,6 +176,23 @@ async fn edge_contract_and_persistence() {
     assert_eq!(hits.len(), 1);
 }
 
+#[test]
+fn one_process_at_a_time_opens_the_engine_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = EdgeIndex::open(dir.path()).unwrap();
+    let err = match EdgeIndex::open(dir.path()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a second open of a directory in use succeeded"),
+    };
+    assert!(
+        err.contains("in use by another process")
+            && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    drop(first);
+    EdgeIndex::open(dir.path()).expect("free again once the first is closed");
+}
+
 #[tokio::test]
 async fn remote_contract() {
     let Ok(url) = std::env::var("AGENT_LEARNING_TEST_QDRANT_URL") else {
