@@ -286,6 +286,11 @@ impl Policy {
                 ("state", &r.state),
             ],
         );
+        let vote = exemplar_vote(
+            &exemplars,
+            &candidates,
+            self.defaults.exemplar_vote_min_similarity,
+        );
         let (action, reasoning, fallback, usage) = match self
             .model
             .choose(&[Message::user(prompt)], &candidates)
@@ -316,6 +321,21 @@ impl Policy {
                 )
             }
             Err(e) => return Err(PolicyError::Model(e)),
+        };
+        // The demonstrations' evidence, where it is clear, outweighs a small model's choice.
+        let (action, reasoning) = match vote {
+            Some(v) if v.action != action => {
+                let reasoning = format!(
+                    "{reasoning}\n[policy] followed the nearest demonstrations: {} of {} chose \
+                     {:?} (nearest similarity {:.2}); the model chose {action:?}",
+                    v.votes,
+                    exemplars.len(),
+                    v.action,
+                    v.best_similarity
+                );
+                (v.action, reasoning)
+            }
+            _ => (action, reasoning),
         };
         let record = DecisionRecord {
             id: Uuid::new_v4().to_string(),
@@ -384,6 +404,63 @@ impl Policy {
     }
 }
 
+/// What the exemplars say when they are clear about it.
+#[derive(Debug, PartialEq)]
+struct Vote {
+    action: String,
+    votes: usize,
+    best_similarity: f32,
+}
+
+/// A demonstrated state this similar is the same situation: its action decides alone.
+const SAME_SITUATION: f32 = 0.95;
+
+/// What the exemplars decide, when they are clear: the action of a demonstrated state at least
+/// [`SAME_SITUATION`] similar to this one; else the valid action with more than half of the
+/// exemplars' similarity-weighted votes, when the nearest is at least `min_similarity`
+/// similar. `None`: the model decides.
+fn exemplar_vote(
+    exemplars: &[agent_learning_transitions::Found],
+    candidates: &[String],
+    min_similarity: f32,
+) -> Option<Vote> {
+    let valid: Vec<&agent_learning_transitions::Found> = exemplars
+        .iter()
+        .filter(|e| candidates.contains(&e.action))
+        .collect();
+    let nearest = valid
+        .iter()
+        .max_by(|x, y| x.similarity.total_cmp(&y.similarity))?;
+    let best = nearest.similarity;
+    if best < min_similarity {
+        return None;
+    }
+    if best >= SAME_SITUATION.max(min_similarity) {
+        return Some(Vote {
+            action: nearest.action.clone(),
+            votes: valid.iter().filter(|e| e.action == nearest.action).count(),
+            best_similarity: best,
+        });
+    }
+    let total: f32 = valid.iter().map(|e| e.similarity.max(0.0)).sum();
+    let mut weights: Vec<(&str, f32, usize)> = Vec::new();
+    for e in &valid {
+        match weights.iter_mut().find(|(a, _, _)| *a == e.action) {
+            Some(w) => {
+                w.1 += e.similarity.max(0.0);
+                w.2 += 1;
+            }
+            None => weights.push((&e.action, e.similarity.max(0.0), 1)),
+        }
+    }
+    let (action, weight, votes) = weights.into_iter().max_by(|x, y| x.1.total_cmp(&y.1))?;
+    (total > 0.0 && weight / total > 0.5).then(|| Vote {
+        action: action.to_owned(),
+        votes,
+        best_similarity: best,
+    })
+}
+
 #[async_trait]
 impl PolicyApi for Policy {
     async fn compile(&self, req: CompileRequest) -> Result<PolicyVersion, ApiError> {
@@ -437,5 +514,76 @@ impl Service for Policy {
     ) -> Result<(), RuntimeError> {
         grpc::mount(self.clone(), server);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Vote, exemplar_vote};
+    use agent_learning_transitions::Found;
+
+    fn ex(action: &str, similarity: f32) -> Found {
+        Found {
+            id: uuid::Uuid::new_v4(),
+            state: "s".into(),
+            action: action.into(),
+            next_state: "n".into(),
+            done: false,
+            similarity,
+        }
+    }
+
+    #[test]
+    fn the_exemplars_decide_only_when_clear_and_close() {
+        let valid = ["brake".to_owned(), "keep_lane".to_owned()];
+        // Two of three close exemplars agree: they decide.
+        assert_eq!(
+            exemplar_vote(
+                &[ex("brake", 0.95), ex("keep_lane", 0.9), ex("brake", 0.85)],
+                &valid,
+                0.8
+            ),
+            Some(Vote {
+                action: "brake".into(),
+                votes: 2,
+                best_similarity: 0.95
+            })
+        );
+        // Too far from the state: the model decides.
+        assert_eq!(
+            exemplar_vote(&[ex("brake", 0.6), ex("brake", 0.5)], &valid, 0.8),
+            None
+        );
+        // No majority of the weight.
+        assert_eq!(
+            exemplar_vote(&[ex("brake", 0.9), ex("keep_lane", 0.9)], &valid, 0.8),
+            None
+        );
+        // The same situation demonstrated: its action, whatever the others say.
+        assert_eq!(
+            exemplar_vote(
+                &[ex("keep_lane", 0.97), ex("brake", 0.93), ex("brake", 0.92)],
+                &valid,
+                0.8
+            )
+            .map(|v| v.action),
+            Some("keep_lane".into())
+        );
+        // Actions the caller does not allow never vote.
+        assert_eq!(
+            exemplar_vote(
+                &[
+                    ex("accelerate", 0.99),
+                    ex("accelerate", 0.98),
+                    ex("keep_lane", 0.9)
+                ],
+                &valid,
+                0.8
+            )
+            .map(|v| v.action),
+            Some("keep_lane".into())
+        );
+        // Above 1: never.
+        assert_eq!(exemplar_vote(&[ex("brake", 0.99)], &valid, 1.5), None);
     }
 }

@@ -166,6 +166,10 @@ pub struct PolicySettings {
     pub min_stage: agent_learning_domain::Stage,
     /// Token budget of the playbook part of a Decide prompt.
     pub token_budget: u32,
+    /// Decide follows the nearest demonstrations over the model when a similarity-weighted
+    /// majority of its exemplars chose one valid action and the nearest of them is at least
+    /// this similar to the state (cosine); above 1: never.
+    pub exemplar_vote_min_similarity: f32,
 }
 
 /// Where language model calls go.
@@ -377,6 +381,7 @@ instructions_template = "You act in the {env} environment. Choose the next actio
 exemplars_k = 3
 min_stage = "shadow"
 token_budget = 600
+exemplar_vote_min_similarity = 0.8
 "#;
 
 /// Where configuration comes from, besides the environment.
