@@ -5,8 +5,6 @@
 //! saw. Then the playbook's own life: paraphrased insights merge, new knowledge adds, votes
 //! move bullets through their stages, and the context a policy receives fits its budget.
 
-use std::time::Duration;
-
 use agent_learning_api::{
     CuratorApi as _, DecideRequest, FeedbackItem, PolicyApi as _, PolicyClient,
 };
@@ -76,33 +74,19 @@ const UNSEEN_SEED: u64 = 1_000_003;
 
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     crate::fetch_models(settings, &agent_learning_embed::ALL_MODELS)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serve_settings = settings.clone();
-    let server = tokio::spawn(async move {
-        crate::all::serve_all(
-            &serve_settings,
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-            None,
-        )
-        .await
-    });
-    let url = format!("http://{addr}");
+    let server = agent_learning_cli::train::Server::start(settings, None).await?;
     println!(
-        "serving the embedded services on {addr} (data dir {})",
+        "serving the embedded services on {} (data dir {})",
+        server.url,
         settings.data_dir.display()
     );
-    wait_serving(&url).await?;
-
-    learn(settings, &url).await?;
-    curate(&url).await?;
-
-    let _ = stop.send(());
-    server.await.context("server task")??;
+    let url = server.url.clone();
+    let shown = async {
+        learn(settings, &url).await?;
+        curate(&url).await
+    }
+    .await;
+    server.stop(shown).await?;
     Ok(())
 }
 
@@ -277,13 +261,4 @@ async fn curate(url: &str) -> anyhow::Result<()> {
     );
     println!("   run again: every insight and vote is recognised as already applied.");
     Ok(())
-}
-
-async fn wait_serving(url: &str) -> anyhow::Result<()> {
-    agent_learning_cli::health::wait_serving(
-        url,
-        agent_learning_proto::service_names::CURATOR,
-        Duration::from_secs(60),
-    )
-    .await
 }

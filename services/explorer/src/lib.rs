@@ -179,12 +179,9 @@ impl Explorer {
                         ),
                     ));
                 }
-                if s.state.contains('\0') || s.action.contains('\0') {
-                    return Err(invalid(
-                        format!("demos[{i}].steps[{j}]"),
-                        "holds a NUL character (U+0000), which no text field accepts",
-                    ));
-                }
+                let field = format!("demos[{i}].steps[{j}]");
+                agent_learning_domain::check_no_nul(&field, &s.state)?;
+                agent_learning_domain::check_no_nul(&field, &s.action)?;
                 if s.state.trim().is_empty() || s.action.trim().is_empty() {
                     return Err(invalid(
                         format!("demos[{i}].steps[{j}]"),
