@@ -302,6 +302,7 @@ async fn a_run_survives_outages_and_bad_input_is_refused() {
         code_of(
             policy
                 .decide(pb::DecideRequest {
+                    history: Vec::new(),
                     namespace: "Team/A".into(),
                     ..decide("speed 20".into())
                 })
@@ -314,6 +315,7 @@ async fn a_run_survives_outages_and_bad_input_is_refused() {
         code_of(
             policy
                 .decide(pb::DecideRequest {
+                    history: Vec::new(),
                     valid_actions: vec!["brake\0".into()],
                     ..decide("speed 20".into())
                 })

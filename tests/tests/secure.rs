@@ -230,6 +230,7 @@ async fn tls_everywhere_with_keys() {
         .decide(with_key(
             DECIDE_KEY,
             pb::DecideRequest {
+                history: Vec::new(),
                 namespace: "other-team".into(),
                 ..decide()
             },

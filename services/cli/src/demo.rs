@@ -120,6 +120,7 @@ async fn learn(settings: &Settings, url: &str) -> anyhow::Result<()> {
         if step % 15 == 5 {
             let d = policy
                 .decide(DecideRequest {
+                    history: Vec::new(),
                     namespace: "driving".into(),
                     state: state.clone(),
                     valid_actions: env.actions().unwrap_or_default(),

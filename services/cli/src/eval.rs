@@ -437,6 +437,7 @@ async fn evaluate(
                         let t = Instant::now();
                         let d = policy
                             .decide(DecideRequest {
+                                history: Vec::new(),
                                 namespace: ns.to_owned(),
                                 state: state.clone(),
                                 valid_actions: valid.clone(),

@@ -3,4 +3,5 @@
 
 pub mod all;
 pub mod health;
+pub mod live;
 pub mod train;

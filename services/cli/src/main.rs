@@ -108,6 +108,9 @@ enum Command {
     /// Success rates with Wilson intervals of the trained policy and its baselines (expert,
     /// random, nearest-demo imitation, the LLM bare and with exemplars only) on unseen seeds.
     Eval(eval::EvalArgs),
+    /// The live loop: episodes acting through Decide while the namespace keeps learning from
+    /// them (reflections, curation, votes from the outcome); prints the learning curve.
+    Live(agent_learning_cli::live::LiveArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -606,6 +609,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Export(args) => {
             let settings = settings(&cli, None)?;
             export::run(&settings, args).await
+        }
+        Command::Live(args) => {
+            let settings = settings(&cli, None)?;
+            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"), None)?;
+            agent_learning_cli::live::run(&settings, args)
+                .await
+                .map(|_| ())
         }
     }
 }

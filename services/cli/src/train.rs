@@ -46,7 +46,7 @@ fn endpoint(addr: &str) -> String {
     }
 }
 
-async fn wait_for_coordinator(url: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_coordinator(url: &str) -> anyhow::Result<()> {
     crate::health::wait_serving(
         url,
         agent_learning_proto::service_names::COORDINATOR,
@@ -195,14 +195,14 @@ fn write_summary(path: &Path, summary: &serde_json::Value) -> anyhow::Result<()>
 }
 
 /// One progress bar per stage on a terminal; a line per change otherwise.
-struct Bars {
+pub(crate) struct Bars {
     tty: bool,
     stage: String,
     last_line: Instant,
 }
 
 impl Bars {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             tty: std::io::stderr().is_terminal(),
             stage: String::new(),
@@ -210,7 +210,7 @@ impl Bars {
         }
     }
 
-    fn show(&mut self, e: &RunEvent) {
+    pub(crate) fn show(&mut self, e: &RunEvent) {
         let Some(stage) = e.stage.map(|s| s.as_str()) else {
             return;
         };
@@ -241,7 +241,7 @@ impl Bars {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if self.tty {
             let _ = writeln!(std::io::stderr());
         }

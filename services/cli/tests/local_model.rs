@@ -128,6 +128,7 @@ async fn train_with_the_local_model_then_decide() {
     for _ in 0..100 {
         match policy
             .decide(pb::DecideRequest {
+                history: Vec::new(),
                 namespace: "driving".into(),
                 state: first["steps"][5]["state"].as_str().unwrap().into(),
                 valid_actions: actions.clone(),

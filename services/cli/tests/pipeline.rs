@@ -380,6 +380,7 @@ async fn train_then_decide_on_the_trained_state() {
         .to_vec();
     let d = policy
         .decide(pb::DecideRequest {
+            history: Vec::new(),
             namespace: "driving".into(),
             state: state.clone(),
             valid_actions: actions.clone(),
@@ -411,6 +412,7 @@ async fn train_then_decide_on_the_trained_state() {
     // Bad input names the field.
     let err = policy
         .decide(pb::DecideRequest {
+            history: Vec::new(),
             namespace: "driving".into(),
             state: " ".into(),
             valid_actions: actions.clone(),
@@ -422,6 +424,7 @@ async fn train_then_decide_on_the_trained_state() {
     assert!(err.message().contains("state"), "{err}");
     let err = policy
         .decide(pb::DecideRequest {
+            history: Vec::new(),
             namespace: "untrained".into(),
             state,
             valid_actions: actions,
@@ -836,4 +839,209 @@ async fn a_cancelled_run_stops_and_stays_cancelled() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.runs.len(), 1);
+}
+
+/// The live loop end to end: a trained namespace plays episodes through Decide, the episodes
+/// it sends to the reflectors come back as curated reflections, the bullets its decisions used
+/// get one vote per episode from the outcome, and a kill -9 mid-loop loses and repeats nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_loop_learns_from_its_episodes_and_survives_a_kill() {
+    fetch_embedder();
+    let (model, _) = scripted_model(Duration::from_millis(150)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let demos_text = std::fs::read_to_string(demos(dir.path(), 4)).unwrap();
+    let fast_claim = [("AGENT_LEARNING__QUEUE__VISIBILITY_TIMEOUT_SECS", "2")];
+    let live = |ns: &str, episodes: u32| pb::StartLiveLoopRequest {
+        namespace: ns.into(),
+        env: "driving".into(),
+        episodes,
+        concurrency: 2,
+        max_steps: 8,
+        reflect_every: 2,
+        ..Default::default()
+    };
+    let run_id = {
+        let server = serve(&data, &model, &fast_claim);
+        let mut c = CoordinatorClient::new(channel(&server.url).await);
+        // Nothing to act with yet: refused, naming why.
+        let e = c.start_live_loop(live("driving", 6)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("no compiled policy"), "{e:?}");
+        let run = c
+            .start_training(pb::StartTrainingRequest {
+                namespace: "driving".into(),
+                demos_jsonl: demos_text,
+                env: "driving".into(),
+                config_json: r#"{"holdout": 0}"#.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let run = wait_for_run(&mut c, &run.id, Duration::from_secs(240)).await;
+        assert_eq!(run.state, pb::RunState::Succeeded as i32, "{}", run.error);
+        for (req, field) in [
+            (live("driving", 0), "episodes"),
+            (
+                pb::StartLiveLoopRequest {
+                    concurrency: 65,
+                    ..live("driving", 6)
+                },
+                "concurrency",
+            ),
+            (
+                pb::StartLiveLoopRequest {
+                    stop_success_rate: 1.5,
+                    ..live("driving", 6)
+                },
+                "stop_success_rate",
+            ),
+            (
+                pb::StartLiveLoopRequest {
+                    env: "chess".into(),
+                    ..live("driving", 6)
+                },
+                "env",
+            ),
+        ] {
+            let e = c.start_live_loop(req).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e:?}");
+            assert!(e.message().contains(field), "{field}: {e:?}");
+        }
+        let run = c
+            .start_live_loop(live("driving", 6))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(run.kind, "live");
+        // Watch until two episodes are recorded, then kill -9.
+        let mut events = c
+            .watch_run(pb::WatchRunRequest {
+                run_id: run.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        loop {
+            let e = events
+                .message()
+                .await
+                .unwrap()
+                .expect("live run ended before its second episode");
+            if e.stage == "live" && e.done >= 2 {
+                assert!(e.done < 6, "kill must land mid-loop: {e:?}");
+                assert!(
+                    e.message.contains("episodes/min") && e.message.contains("bullets"),
+                    "WatchRun shows the loop's pace and playbook: {e:?}"
+                );
+                break;
+            }
+        }
+        let mut server = server;
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+        run.id
+    };
+    let server = serve(&data, &model, &fast_claim);
+    let mut c = CoordinatorClient::new(channel(&server.url).await);
+    let run = wait_for_run(&mut c, &run_id, Duration::from_secs(300)).await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{}", run.error);
+    let s: Value = serde_json::from_str(&run.summary_json).unwrap();
+    assert_eq!(s["episodes"], 6, "{s}");
+    assert_eq!(s["curve"].as_array().unwrap().len(), 6, "{s}");
+    assert_eq!(s["reflected"], 3, "every second episode: {s}");
+    assert_eq!(s["reflections"], 3, "{s}");
+    assert_eq!(s["reflections_valid"], 3, "{s}");
+    assert!(s["curated"].as_u64().unwrap() >= 1, "{s}");
+
+    // Decide skips an action that already left this very state unchanged: the scripted model
+    // answers the first option it is shown.
+    let mut policy = PolicyClient::new(channel(&server.url).await);
+    let state = "ego lane 1 of 3, speed 20 m/s; road ahead free; exit in 900 m on the right";
+    let options: Vec<String> = ["keep", "accelerate", "brake"]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    let first = policy
+        .decide(pb::DecideRequest {
+            namespace: "driving".into(),
+            state: state.into(),
+            valid_actions: options.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let again = policy
+        .decide(pb::DecideRequest {
+            namespace: "driving".into(),
+            state: state.into(),
+            valid_actions: options.clone(),
+            history: vec![pb::PastStep {
+                state: state.into(),
+                action: first.action.clone(),
+                next_state: state.into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        again.action, first.action,
+        "{:?} changed nothing here and must not be chosen again",
+        first.action
+    );
+    let e = policy
+        .decide(pb::DecideRequest {
+            namespace: "driving".into(),
+            state: state.into(),
+            valid_actions: options,
+            history: vec![pb::PastStep::default(); 17],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("history"), "{e:?}");
+    drop(server);
+
+    // The record: each episode once, each reflected one published once, one vote per episode.
+    let store = sqlite(&data).await;
+    let episodes = store.live_episodes(&run_id).await.unwrap();
+    assert_eq!(
+        episodes.iter().map(|e| e.index).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4, 5]
+    );
+    assert!(episodes.iter().all(|e| e.published && e.voted));
+    assert!(episodes.iter().all(|e| e.steps >= 1 && e.steps <= 8));
+    let count = |sql: String| {
+        let store = &store;
+        async move {
+            use sea_orm::ConnectionTrait as _;
+            let rows = store
+                .connection()
+                .query_all_raw(sea_orm::Statement::from_string(
+                    sea_orm::DatabaseBackend::Sqlite,
+                    sql,
+                ))
+                .await
+                .unwrap();
+            rows[0].try_get_by_index::<i64>(0).unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM queue_entries WHERE stream = 'agent_learning:episodes'".into())
+            .await,
+        3,
+        "each reflected episode published once"
+    );
+    let with_bullets = episodes.len() as i64;
+    let votes =
+        count("SELECT COUNT(*) FROM feedback_requests WHERE feedback_id LIKE 'episode:%'".into())
+            .await;
+    assert!(
+        votes >= 1 && votes <= with_bullets,
+        "at most one vote per episode: {votes}"
+    );
 }

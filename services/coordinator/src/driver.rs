@@ -53,7 +53,7 @@ fn holdout_indexes(len: usize, n: usize) -> Vec<usize> {
     (0..n).map(|i| i * step + step / 2).collect()
 }
 
-enum Stop {
+pub(crate) enum Stop {
     Cancelled,
     Failed(String),
     /// An outage that may pass (a backend or peer not answering): the stage is tried again,
@@ -315,6 +315,18 @@ impl Coordinator {
         events: &broadcast::Sender<RunEvent>,
     ) -> Result<(), Stop> {
         let (run, stages) = self.store.load_run(run_id).await?;
+        if run.kind == agent_learning_domain::run_kind::LIVE {
+            let cfg: crate::LiveConfig = serde_json::from_str(&run.config)
+                .map_err(|e| Stop::Failed(format!("stored live config: {e}")))?;
+            let ctx = crate::live::LiveCtx {
+                run_id,
+                ns: &run.namespace,
+                env: &run.env,
+                cancel,
+                events,
+            };
+            return self.run_live(&ctx, &cfg).await;
+        }
         let cfg: TrainingConfig = serde_json::from_str(&run.config)
             .map_err(|e| Stop::Failed(format!("stored run config: {e}")))?;
         let demos = parse_demos(run.demos.as_bytes(), "stored demos")
@@ -329,7 +341,7 @@ impl Coordinator {
             events,
         };
         let tolerance = Duration::from_secs(self.settings.pipeline.outage_tolerance_secs);
-        for &stage in RunStage::ALL {
+        for &stage in RunStage::TRAINING {
             let row = stages.iter().find(|s| s.stage == stage);
             if row.is_some_and(|r| r.finished) {
                 continue;
@@ -400,6 +412,7 @@ impl Coordinator {
             RunStage::Reflect => self.reflect(ctx, base, started).await?,
             RunStage::Curate => self.curate(ctx, base, started).await?,
             RunStage::Compile => self.compile(ctx).await?,
+            RunStage::Live => return Err(Stop::Failed("a training run has no live stage".into())),
         };
         let seconds = base + started.elapsed().as_secs_f64();
         self.store

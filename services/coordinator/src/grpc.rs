@@ -58,11 +58,11 @@ impl CoordinatorRpc for CoordinatorService {
 
     async fn start_live_loop(
         &self,
-        _req: Request<pb::StartLiveLoopRequest>,
+        req: Request<pb::StartLiveLoopRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        Err(Status::unimplemented(
-            "the live loop is not available yet; use StartTraining",
-        ))
+        let r = agent_learning_api::LiveLoopRequest::from_pb(req.into_inner());
+        let run = self.0.start_live_loop(r).await?;
+        Ok(Response::new(run_info_to_pb(run)))
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {

@@ -9,6 +9,7 @@
 mod config;
 mod driver;
 pub mod grpc;
+mod live;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -31,6 +32,7 @@ use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
 pub use config::TrainingConfig;
+pub use live::{LiveConfig, episode_id, wilson};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -40,6 +42,10 @@ pub enum CoordinatorError {
     NoSuchRun(String),
     #[error("run {id} already {state}")]
     Ended { id: String, state: RunState },
+    #[error("{0}")]
+    Precondition(String),
+    #[error("a service the coordinator calls: {0}")]
+    Peer(ApiError),
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -60,7 +66,10 @@ impl From<CoordinatorError> for ApiError {
         match e {
             CoordinatorError::Invalid(i) => ApiError::Invalid(i),
             CoordinatorError::NoSuchRun(_) => ApiError::NotFound(e.to_string()),
-            CoordinatorError::Ended { .. } => ApiError::FailedPrecondition(e.to_string()),
+            CoordinatorError::Ended { .. } | CoordinatorError::Precondition(_) => {
+                ApiError::FailedPrecondition(e.to_string())
+            }
+            CoordinatorError::Peer(p) => p,
             CoordinatorError::Store(s) => ApiError::internal("coordinator record", s),
             CoordinatorError::Queue(q) => ApiError::unavailable("queue", q),
         }
@@ -135,20 +144,7 @@ impl Coordinator {
     /// Validates everything, then records the run in one transaction and starts it.
     pub async fn start_training(&self, r: TrainingRequest) -> Result<RunInfo> {
         validate_namespace("namespace", &r.namespace)?;
-        let env = r.env.trim();
-        if env.is_empty() {
-            return Err(InvalidInput::new("env", "must not be empty").into());
-        }
-        if env.starts_with("grpc://") {
-            agent_learning_api::RemoteEnvAllowlist::new(
-                self.settings.environments.allowed_remotes.clone(),
-            )
-            .check(env)
-            .map_err(|why| InvalidInput::new("env", why))?;
-        } else {
-            agent_learning_envs::factory(env)
-                .map_err(|e| InvalidInput::new("env", e.to_string()))?;
-        }
+        let env = self.check_env(&r.env)?;
         if r.demos_jsonl.trim().is_empty() {
             return Err(InvalidInput::new("demos_jsonl", "must not be empty").into());
         }
@@ -177,6 +173,8 @@ impl Coordinator {
             .map_err(|e| InvalidInput::new("config_json", e.to_string()))?;
         self.store
             .create_run(NewRun {
+                kind: agent_learning_domain::run_kind::TRAINING,
+                stages: agent_learning_domain::RunStage::TRAINING,
                 id: &id,
                 namespace: &r.namespace,
                 env,
@@ -187,6 +185,25 @@ impl Coordinator {
         tracing::info!(run = %id, namespace = %r.namespace, demos = demos.len(), env, "training run recorded");
         self.drive(id.clone()).await;
         self.get_run(&id).await
+    }
+
+    /// A built-in environment's name, or a `grpc://` address the allowlist lets in.
+    fn check_env<'a>(&self, env: &'a str) -> Result<&'a str> {
+        let env = env.trim();
+        if env.is_empty() {
+            return Err(InvalidInput::new("env", "must not be empty").into());
+        }
+        if env.starts_with("grpc://") {
+            agent_learning_api::RemoteEnvAllowlist::new(
+                self.settings.environments.allowed_remotes.clone(),
+            )
+            .check(env)
+            .map_err(|why| InvalidInput::new("env", why))?;
+        } else {
+            agent_learning_envs::factory(env)
+                .map_err(|e| InvalidInput::new("env", e.to_string()))?;
+        }
+        Ok(env)
     }
 
     async fn load(&self, id: &str) -> Result<(Run, Vec<StageProgress>)> {
@@ -330,6 +347,13 @@ fn run_info(r: Run, stages: Vec<StageProgress>) -> RunInfo {
 impl CoordinatorApi for Coordinator {
     async fn start_training(&self, req: TrainingRequest) -> Result<RunInfo, ApiError> {
         Ok(Coordinator::start_training(self, req).await?)
+    }
+
+    async fn start_live_loop(
+        &self,
+        req: agent_learning_api::LiveLoopRequest,
+    ) -> Result<RunInfo, ApiError> {
+        Ok(Coordinator::start_live_loop(self, req).await?)
     }
 
     async fn get_run(&self, run_id: &str) -> Result<RunInfo, ApiError> {

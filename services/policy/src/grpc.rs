@@ -78,6 +78,15 @@ impl PolicyRpc for PolicyService {
                 namespace: r.namespace,
                 state: r.state,
                 valid_actions: r.valid_actions,
+                history: r
+                    .history
+                    .into_iter()
+                    .map(|h| agent_learning_api::PastStep {
+                        state: h.state,
+                        action: h.action,
+                        next_state: h.next_state,
+                    })
+                    .collect(),
             })
             .await?;
         Ok(Response::new(pb::Decision {

@@ -30,6 +30,8 @@ const MAX_STATE: usize = agent_learning_domain::MAX_STATE_BYTES;
 const MAX_TEMPLATE: usize = 16 * 1024;
 /// Longest exemplar state shown in a prompt, in bytes.
 const EXEMPLAR_STATE: usize = 600;
+/// Past steps a Decide may carry.
+pub const MAX_HISTORY: usize = 16;
 /// Compiles racing for the next version number retry this often.
 const COMPILE_ATTEMPTS: usize = 5;
 
@@ -230,6 +232,31 @@ impl Policy {
         for (i, a) in r.valid_actions.iter().enumerate() {
             agent_learning_domain::check_no_nul(&format!("valid_actions[{i}]"), a)?;
         }
+        if r.history.len() > MAX_HISTORY {
+            return Err(
+                InvalidInput::new("history", format!("more than {MAX_HISTORY} steps")).into(),
+            );
+        }
+        for (i, h) in r.history.iter().enumerate() {
+            for (field, text) in [
+                ("state", &h.state),
+                ("action", &h.action),
+                ("next_state", &h.next_state),
+            ] {
+                let field = format!("history[{i}].{field}");
+                if text.len() > MAX_STATE {
+                    return Err(
+                        InvalidInput::new(field, format!("more than {MAX_STATE} bytes")).into(),
+                    );
+                }
+                agent_learning_domain::check_no_nul(&field, text)?;
+            }
+            if h.action.trim().is_empty() {
+                return Err(
+                    InvalidInput::new(format!("history[{i}].action"), "must not be empty").into(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -252,7 +279,9 @@ impl Policy {
             .transitions
             .nearest(&r.namespace, vector, p.exemplars_k as usize, None, None)
             .await?;
-        let candidates = r.valid_actions.clone();
+        // An action that already left this very state unchanged is not tried again while
+        // another remains.
+        let (candidates, no_ops) = without_no_ops(&r.state, &r.valid_actions, &r.history);
         let playbook = self
             .curator
             .render_context(&r.namespace, &r.state, p.token_budget.max(1), p.min_stage)
@@ -283,7 +312,7 @@ impl Policy {
                 ("instructions", &instructions),
                 ("playbook", &playbook.text),
                 ("exemplars", &exemplar_text),
-                ("state", &r.state),
+                ("state", &with_history(&r.state, &r.history, &no_ops)),
             ],
         );
         let vote = exemplar_vote(
@@ -402,6 +431,54 @@ impl Policy {
             })?;
         Ok(d.bullet_ids)
     }
+}
+
+/// The valid actions without those the history shows leaving `state` unchanged (all of them
+/// when every one did), and the ones left out.
+fn without_no_ops(
+    state: &str,
+    valid: &[String],
+    history: &[agent_learning_api::PastStep],
+) -> (Vec<String>, Vec<String>) {
+    let state = state.trim();
+    let (no_ops, rest): (Vec<String>, Vec<String>) = valid.iter().cloned().partition(|a| {
+        history
+            .iter()
+            .any(|h| h.action == *a && h.state.trim() == state && h.next_state.trim() == state)
+    });
+    if rest.is_empty() {
+        (valid.to_vec(), Vec::new())
+    } else {
+        (rest, no_ops)
+    }
+}
+
+/// The state as the model sees it: with the episode's recent actions, and the actions that
+/// changed nothing here, when there are any.
+fn with_history(
+    state: &str,
+    history: &[agent_learning_api::PastStep],
+    no_ops: &[String],
+) -> String {
+    if history.is_empty() {
+        return state.to_owned();
+    }
+    let mut text = format!("{state}\n\nThis episode's last actions, oldest first:");
+    for h in history {
+        let effect = if h.state.trim() == h.next_state.trim() {
+            "changed nothing"
+        } else {
+            "changed the state"
+        };
+        text.push_str(&format!("\n- {} ({effect})", h.action));
+    }
+    if !no_ops.is_empty() {
+        text.push_str(&format!(
+            "\nAlready tried here without effect, so not offered: {}",
+            no_ops.join(", ")
+        ));
+    }
+    text
 }
 
 /// What the exemplars say when they are clear about it.

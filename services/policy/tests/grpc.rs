@@ -150,6 +150,7 @@ async fn serve_policy() -> Served {
 
 fn decide(ns: &str, state: &str, actions: &[&str]) -> DecideRequest {
     DecideRequest {
+        history: Vec::new(),
         namespace: ns.into(),
         state: state.into(),
         valid_actions: actions.iter().map(|a| (*a).to_owned()).collect(),

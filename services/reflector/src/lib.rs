@@ -61,6 +61,12 @@ const DIRECT_NS: Uuid = Uuid::from_u128(0x1d4b_77e0_3a9f_4e21_b5c8_0f6e_2a3d_9c1
 /// Longest state shown to the model, in bytes.
 const STATE_IN_PROMPT: usize = 1500;
 const MAX_ALTERNATIVES: usize = 32;
+/// Lessons of an episode shown to the model.
+const EPISODE_BULLETS: usize = 12;
+/// Steps of an episode shown to the model: the first two and the last ones.
+const EPISODE_STEPS: usize = 10;
+/// Longest state of an episode step shown to the model, in bytes.
+const EPISODE_STATE: usize = 400;
 
 #[derive(Clone)]
 pub struct Reflector {
@@ -226,13 +232,23 @@ impl Reflector {
             ],
         );
         let rollout_ids: Vec<String> = g.rollouts.iter().map(|r| r.id.clone()).collect();
-        let mut r = Reflection {
+        let r = Reflection {
             id: g.id.clone(),
             namespace: g.namespace.clone(),
             run_id: g.run_id.clone(),
             rollout_ids,
             ..Default::default()
         };
+        self.ask(r, prompt, &prompts::REFLECT).await
+    }
+
+    /// Puts the prompt to the model and checks the four sections it answers.
+    async fn ask(
+        &self,
+        mut r: Reflection,
+        prompt: String,
+        template: &prompts::Template,
+    ) -> Result<Reflection> {
         let messages = [Message::user(prompt)];
         match self
             .model
@@ -248,7 +264,7 @@ impl Reflector {
                     prompt_tokens: s.usage.prompt_tokens,
                     completion_tokens: s.usage.completion_tokens,
                 };
-                let instructions = format!("{}\n{}", prompts::REFLECT.text, prompts::SECTIONS.text);
+                let instructions = format!("{}\n{}", template.text, prompts::SECTIONS.text);
                 match check_structure(&s.sections, self.max_chars)
                     .and_then(|()| check_content(&s.sections, &instructions))
                 {
@@ -260,7 +276,7 @@ impl Reflector {
                 r.problem = format!("the model's answer was unusable: {p}");
             }
             Err(LlmError::InvalidRequest(p)) => {
-                r.problem = format!("the branch point could not be put to the model: {p}");
+                r.problem = format!("the reflection could not be put to the model: {p}");
             }
             Err(e) => return Err(ReflectorError::Model(e)),
         }
@@ -273,6 +289,108 @@ impl Reflector {
         )
         .increment(1);
         Ok(r)
+    }
+
+    /// The reflection on a finished live episode: the stored one if it exists (published if
+    /// it was not yet), else a new one, stored and published. Its id is the episode's.
+    pub async fn reflect_episode(&self, e: &pb::LiveEpisode) -> Result<Reflection> {
+        validate_namespace("namespace", &e.namespace)?;
+        if e.id.trim().is_empty() {
+            return Err(invalid("id", "must not be empty"));
+        }
+        let stored = match self.store.reflection(&e.id).await? {
+            Some(existing) => existing,
+            None => {
+                let prompt = self.episode_prompt(e).await?;
+                let r = Reflection {
+                    id: e.id.clone(),
+                    namespace: e.namespace.clone(),
+                    run_id: e.run_id.clone(),
+                    ..Default::default()
+                };
+                let r = self.ask(r, prompt, &prompts::REFLECT_EPISODE).await?;
+                self.store.insert_reflection(&r).await?
+            }
+        };
+        self.publish(&stored).await?;
+        Ok(stored)
+    }
+
+    /// The episode as the model reads it: the outcome, the lessons its decisions were shown,
+    /// and its steps (the first and the last ones of a long episode).
+    async fn episode_prompt(&self, e: &pb::LiveEpisode) -> Result<String> {
+        let outcome = match (e.outcome_known, e.success, e.truncated) {
+            (_, _, true) => "failed: it reached the step limit without finishing",
+            (true, true, _) => "succeeded",
+            (true, false, _) => "failed",
+            (false, _, _) => "ended; the environment does not say whether it succeeded",
+        };
+        let mut ids: Vec<Uuid> = Vec::new();
+        for s in &e.steps {
+            for b in &s.bullet_ids {
+                if let Ok(id) = Uuid::parse_str(b)
+                    && !ids.contains(&id)
+                {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.truncate(EPISODE_BULLETS);
+        let bullets = self.store.bullets_by_ids(&e.namespace, &ids).await?;
+        let bullets = if bullets.is_empty() {
+            "(none)".to_owned()
+        } else {
+            bullets
+                .iter()
+                .map(|b| format!("- {}", clip_bytes(&b.content, 400)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let n = e.steps.len();
+        let shown: Vec<usize> = if n <= EPISODE_STEPS {
+            (0..n).collect()
+        } else {
+            (0..2).chain(n - (EPISODE_STEPS - 2)..n).collect()
+        };
+        let mut steps = String::new();
+        let mut previous = None;
+        for i in shown {
+            if previous.is_some_and(|p| p + 1 != i) {
+                steps.push_str(&format!(
+                    "... ({} steps not shown) ...\n",
+                    i - previous.unwrap_or(0) - 1
+                ));
+            }
+            previous = Some(i);
+            let s = &e.steps[i];
+            let effect = if s.invalid {
+                " (refused: not allowed in that state)"
+            } else if s.state.trim() == s.next_state.trim() {
+                " (changed nothing)"
+            } else {
+                ""
+            };
+            steps.push_str(&format!(
+                "Step {}. State: {}\nAction: {}{effect}\n",
+                i + 1,
+                clip_bytes(s.state.trim(), EPISODE_STATE),
+                s.action
+            ));
+        }
+        if let Some(last) = e.steps.last() {
+            steps.push_str(&format!(
+                "Final state: {}",
+                clip_bytes(last.next_state.trim(), EPISODE_STATE)
+            ));
+        }
+        Ok(prompts::render(
+            &prompts::REFLECT_EPISODE,
+            &[
+                ("outcome", outcome),
+                ("bullets", &bullets),
+                ("steps", &steps),
+            ],
+        ))
     }
 
     /// The direct Reflect RPC: the same reflection path, keyed by the request's content.
@@ -379,6 +497,47 @@ impl Reflector {
                 }
             }));
         }
+        for i in 0..n {
+            let me = self.clone();
+            let opts = ConsumerOptions {
+                stream: streams::EPISODES.into(),
+                group: streams::REFLECTORS.into(),
+                consumer: format!("{consumer}-episodes-{i}"),
+                batch: 1,
+                block,
+            };
+            let queue = self.queue.clone();
+            let shutdown = shutdown.clone();
+            ctx.spawn_worker(consume(queue, opts, shutdown, move |d| {
+                let me = me.clone();
+                async move {
+                    let e = match pb::LiveEpisode::decode(d.payload.as_slice()) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::warn!(key = %d.key, error = %e, "episodes entry is not a LiveEpisode; skipped");
+                            return Ok(());
+                        }
+                    };
+                    if !e.run_id.is_empty()
+                        && me.store.run_state(&e.run_id).await? == Some(RunState::Cancelled)
+                    {
+                        tracing::info!(episode = %e.id, run = %e.run_id, "run cancelled; episode skipped");
+                        return Ok(());
+                    }
+                    match me.reflect_episode(&e).await {
+                        Ok(r) => {
+                            tracing::info!(reflection = %r.id, valid = r.valid, deliveries = d.deliveries, "reflected on an episode");
+                            Ok(())
+                        }
+                        Err(ReflectorError::Invalid(err)) => {
+                            tracing::warn!(key = %d.key, error = %err, "episode rejected; skipped");
+                            Ok(())
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
+            }));
+        }
     }
 }
 
@@ -423,11 +582,16 @@ impl Service for Reflector {
             Duration::from_millis(s.queue.block_ms),
             ctx.stop_token(),
         );
-        ctx.report_queue_lag(
-            ctx.queue().await?,
+        for stream in [
             agent_learning_queue::streams::ROLLOUTS,
-            agent_learning_queue::streams::REFLECTORS,
-        );
+            agent_learning_queue::streams::EPISODES,
+        ] {
+            ctx.report_queue_lag(
+                ctx.queue().await?,
+                stream,
+                agent_learning_queue::streams::REFLECTORS,
+            );
+        }
         Ok(())
     }
 }

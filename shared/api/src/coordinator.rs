@@ -25,6 +25,55 @@ pub struct TrainingRequest {
     pub config_json: String,
 }
 
+/// A live loop: episodes acting through Decide while the namespace learns from them. Zero
+/// means the default for every number.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LiveLoopRequest {
+    pub namespace: String,
+    /// A built-in environment or `grpc://HOST:PORT`.
+    pub env: String,
+    pub episodes: u32,
+    pub reflect_every: u32,
+    pub concurrency: u32,
+    pub max_steps: u32,
+    pub first_seed: u64,
+    pub stop_success_rate: f64,
+    pub stop_window: u32,
+    pub history: u32,
+}
+
+impl LiveLoopRequest {
+    pub fn to_pb(&self) -> pb::StartLiveLoopRequest {
+        pb::StartLiveLoopRequest {
+            namespace: self.namespace.clone(),
+            env: self.env.clone(),
+            episodes: self.episodes,
+            reflect_every: self.reflect_every,
+            concurrency: self.concurrency,
+            max_steps: self.max_steps,
+            first_seed: self.first_seed,
+            stop_success_rate: self.stop_success_rate,
+            stop_window: self.stop_window,
+            history: self.history,
+        }
+    }
+
+    pub fn from_pb(r: pb::StartLiveLoopRequest) -> Self {
+        Self {
+            namespace: r.namespace,
+            env: r.env,
+            episodes: r.episodes,
+            reflect_every: r.reflect_every,
+            concurrency: r.concurrency,
+            max_steps: r.max_steps,
+            first_seed: r.first_seed,
+            stop_success_rate: r.stop_success_rate,
+            stop_window: r.stop_window,
+            history: r.history,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageInfo {
     pub stage: RunStage,
@@ -74,6 +123,8 @@ pub type RunEventStream = Pin<Box<dyn Stream<Item = Result<RunEvent, ApiError>> 
 pub trait CoordinatorApi: Send + Sync {
     /// Validates everything, records the run in one transaction, and starts driving it.
     async fn start_training(&self, req: TrainingRequest) -> Result<RunInfo, ApiError>;
+    /// Validates the request, records a live run and starts driving it.
+    async fn start_live_loop(&self, req: LiveLoopRequest) -> Result<RunInfo, ApiError>;
     async fn get_run(&self, run_id: &str) -> Result<RunInfo, ApiError>;
     /// The run's current state, then its events until it ends.
     async fn watch_run(&self, run_id: &str) -> Result<RunEventStream, ApiError>;
@@ -215,6 +266,15 @@ impl CoordinatorApi for CoordinatorClient {
                 env: req.env,
                 config_json: req.config_json,
             })
+            .await?
+            .into_inner();
+        run_info_from_pb(r).map_err(answer)
+    }
+
+    async fn start_live_loop(&self, req: LiveLoopRequest) -> Result<RunInfo, ApiError> {
+        let r = self
+            .client()
+            .start_live_loop(req.to_pb())
             .await?
             .into_inner();
         run_info_from_pb(r).map_err(answer)

@@ -14,8 +14,9 @@ mod tls;
 mod world_model;
 
 pub use coordinator::{
-    CoordinatorApi, CoordinatorClient, RunEvent, RunEventStream, RunInfo, RunPage, StageInfo,
-    TrainingRequest, run_event_from_pb, run_event_to_pb, run_info_from_pb, run_info_to_pb,
+    CoordinatorApi, CoordinatorClient, LiveLoopRequest, RunEvent, RunEventStream, RunInfo, RunPage,
+    StageInfo, TrainingRequest, run_event_from_pb, run_event_to_pb, run_info_from_pb,
+    run_info_to_pb,
 };
 pub use curator::{
     CuratorApi, CuratorClient, FeedbackItem, FeedbackOutcome, Health, PlaybookPage, PlaybookQuery,
@@ -25,7 +26,7 @@ pub use environment::{RemoteEnvAllowlist, RemoteEnvironment, RemoteError, open_e
 pub use error::ApiError;
 pub use explorer::{Demo, ExploreRequest, ExplorerApi, ExplorerClient, RolloutStream};
 pub use key::{ApiKey, InvalidKey, KeyedChannel, set_process_key};
-pub use policy::{CompileRequest, DecideRequest, Decision, PolicyApi, PolicyClient};
+pub use policy::{CompileRequest, DecideRequest, Decision, PastStep, PolicyApi, PolicyClient};
 pub use reflector::{ReflectRequest, ReflectorApi, ReflectorClient};
 pub use tls::{ClientTls, endpoint, set_process_tls};
 pub use world_model::{

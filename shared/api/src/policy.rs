@@ -25,6 +25,16 @@ pub struct DecideRequest {
     pub valid_actions: Vec<String>,
     /// The latest version when `None`.
     pub policy_version: Option<i64>,
+    /// The episode's most recent steps, oldest first.
+    pub history: Vec<PastStep>,
+}
+
+/// A step the episode already took, as Decide is told of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PastStep {
+    pub state: String,
+    pub action: String,
+    pub next_state: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +115,15 @@ impl PolicyApi for PolicyClient {
                     .policy_version
                     .map(|v| v.to_string())
                     .unwrap_or_default(),
+                history: req
+                    .history
+                    .into_iter()
+                    .map(|h| pb::PastStep {
+                        state: h.state,
+                        action: h.action,
+                        next_state: h.next_state,
+                    })
+                    .collect(),
             })
             .await?
             .into_inner();

@@ -8,7 +8,7 @@ mod validate;
 
 pub use pipeline::{
     DecisionRecord, PolicyVersion, Reflection, Rollout, RolloutGroup, RolloutSource, Run,
-    RunCounts, RunStage, RunState, StageProgress, TokenUsage, Transition, UnknownValue,
+    RunCounts, RunStage, RunState, StageProgress, TokenUsage, Transition, UnknownValue, run_kind,
 };
 pub use playbook::{
     Bullet, BulletEvent, DeltaKind, DeltaOp, EventKind, Insight, PromotionGates, Stage,

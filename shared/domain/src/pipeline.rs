@@ -83,8 +83,28 @@ closed_set!(
         Reflect => "reflect",
         Curate => "curate",
         Compile => "compile",
+        Live => "live",
     }
 );
+
+impl RunStage {
+    /// The stages of a training run, in order.
+    pub const TRAINING: &'static [RunStage] = &[
+        RunStage::Fit,
+        RunStage::Explore,
+        RunStage::Reflect,
+        RunStage::Curate,
+        RunStage::Compile,
+    ];
+    /// The stages of a live-loop run.
+    pub const LIVE: &'static [RunStage] = &[RunStage::Live];
+}
+
+/// What a run does: the offline pipeline, or the live loop.
+pub mod run_kind {
+    pub const TRAINING: &str = "training";
+    pub const LIVE: &str = "live";
+}
 
 closed_set!(
     /// How a rollout's outcome was found.

@@ -39,6 +39,12 @@ pub const REFLECT: Template = Template {
     text: include_str!("../prompts/reflect.v2.txt"),
 };
 
+pub const REFLECT_EPISODE: Template = Template {
+    name: "reflect_episode",
+    version: 1,
+    text: include_str!("../prompts/reflect_episode.v1.txt"),
+};
+
 pub const DECIDE: Template = Template {
     name: "decide",
     version: 1,

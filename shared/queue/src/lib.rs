@@ -22,9 +22,11 @@ pub use redis_streams::{RedisQueue, RedisTls};
 pub mod streams {
     /// Rollout groups (one branch point each), from the explorer to the reflectors.
     pub const ROLLOUTS: &str = "agent_learning:rollouts";
+    /// Finished live-loop episodes, from the coordinator to the reflectors.
+    pub const EPISODES: &str = "agent_learning:episodes";
     /// Reflections, from the reflectors to the curator.
     pub const REFLECTIONS: &str = "agent_learning:reflections";
-    /// Consumer group of the reflectors on [`ROLLOUTS`].
+    /// Consumer group of the reflectors on [`ROLLOUTS`] and [`EPISODES`].
     pub const REFLECTORS: &str = "reflectors";
     /// Consumer group of the curator on [`REFLECTIONS`].
     pub const CURATORS: &str = "curators";

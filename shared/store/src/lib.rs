@@ -5,6 +5,7 @@
 mod decisions;
 pub mod entity;
 mod export;
+mod live;
 mod migration;
 mod outbox;
 mod playbook;
@@ -23,6 +24,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
 pub use export::{ObservedTransition, ReflectedBranch};
+pub use live::{LiveEpisodeRecord, NewLiveEpisode};
 pub use outbox::Outbox;
 pub use playbook::{
     AppliedInsight, BulletPage, CurationChange, HealthCounts, IndexedBullet, ListFilter, NewBullet,

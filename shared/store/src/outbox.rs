@@ -8,7 +8,7 @@ use std::future::Future;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use crate::entity::{reflection, rollout};
+use crate::entity::{live_episode, reflection, rollout};
 use crate::{Result, Store, StoreError};
 
 /// A stored thing that is published to a stream once.
@@ -18,6 +18,8 @@ pub enum Outbox<'a> {
     RolloutGroup(&'a str),
     /// One reflection, by id.
     Reflection(&'a str),
+    /// One live-loop episode, by id.
+    Episode(&'a str),
 }
 
 impl Store {
@@ -34,6 +36,10 @@ impl Store {
                 .one(db)
                 .await?
                 .is_some_and(|r| r.published),
+            Outbox::Episode(id) => live_episode::Entity::find_by_id(id.to_owned())
+                .one(db)
+                .await?
+                .is_some_and(|e| e.published),
         })
     }
 
@@ -51,6 +57,13 @@ impl Store {
                 reflection::Entity::update_many()
                     .col_expr(reflection::Column::Published, Expr::value(true))
                     .filter(reflection::Column::Id.eq(id))
+                    .exec(db)
+                    .await?;
+            }
+            Outbox::Episode(id) => {
+                live_episode::Entity::update_many()
+                    .col_expr(live_episode::Column::Published, Expr::value(true))
+                    .filter(live_episode::Column::Id.eq(id))
                     .exec(db)
                     .await?;
             }

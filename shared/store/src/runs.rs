@@ -18,6 +18,10 @@ pub use agent_learning_domain::Run;
 /// What `create_run` records.
 pub struct NewRun<'a> {
     pub id: &'a str,
+    /// [`agent_learning_domain::run_kind`]: training or live.
+    pub kind: &'a str,
+    /// The stages it goes through, in order.
+    pub stages: &'a [RunStage],
     pub namespace: &'a str,
     pub env: &'a str,
     pub config: &'a str,
@@ -76,7 +80,7 @@ impl Store {
         run::ActiveModel {
             id: Set(r.id.to_owned()),
             namespace: Set(r.namespace.to_owned()),
-            kind: Set("training".into()),
+            kind: Set(r.kind.to_owned()),
             state: Set(RunState::Pending.as_str().into()),
             current_stage: Set(String::new()),
             error: Set(String::new()),
@@ -89,7 +93,7 @@ impl Store {
         }
         .insert(&txn)
         .await?;
-        for stage in RunStage::ALL {
+        for stage in r.stages {
             run_stage::ActiveModel {
                 run_id: Set(r.id.to_owned()),
                 stage: Set(stage.as_str().into()),

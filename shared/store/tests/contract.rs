@@ -397,6 +397,8 @@ async fn policy_versions_conflict_by_key(store: &Store) {
 async fn runs_keep_typed_states_and_stages(store: &Store) {
     store
         .create_run(NewRun {
+            kind: agent_learning_domain::run_kind::TRAINING,
+            stages: agent_learning_domain::RunStage::TRAINING,
             id: "contract-run",
             namespace: "contract-runs",
             env: "driving",
@@ -410,7 +412,7 @@ async fn runs_keep_typed_states_and_stages(store: &Store) {
     assert_eq!(run.current_stage, None);
     assert_eq!(
         stages.iter().map(|s| s.stage).collect::<Vec<_>>(),
-        RunStage::ALL.to_vec()
+        RunStage::TRAINING.to_vec()
     );
     store
         .set_run_state(
@@ -513,6 +515,8 @@ async fn leases_and_conditional_ends(store: &Store) {
 
     store
         .create_run(NewRun {
+            kind: agent_learning_domain::run_kind::TRAINING,
+            stages: agent_learning_domain::RunStage::TRAINING,
             id: "contract-end",
             namespace: "contract-runs",
             env: "driving",

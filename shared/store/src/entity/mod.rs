@@ -5,6 +5,7 @@ pub mod bullet;
 pub mod bullet_event;
 pub mod decision;
 pub mod feedback_request;
+pub mod live_episode;
 pub mod namespace;
 pub mod policy;
 pub mod queue_entry;

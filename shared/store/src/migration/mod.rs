@@ -6,6 +6,7 @@ mod m0001_playbook;
 mod m0002_pipeline;
 mod m0003_run_leases;
 mod m0004_stage_pins;
+mod m0005_live_episodes;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_pipeline::Migration),
             Box::new(m0003_run_leases::Migration),
             Box::new(m0004_stage_pins::Migration),
+            Box::new(m0005_live_episodes::Migration),
         ]
     }
 }
