@@ -1,13 +1,18 @@
 //! The main job on the embedded default: start every service in-process on a free port, then
-//! drive it through its gRPC clients as any backend would. First the learning loop: expert
-//! driving demos -> world-model fit -> exploration -> reflections by the local model ->
-//! curated playbook -> compiled policy, then Decide on states of an episode the demos never
-//! saw. Then the playbook's own life: paraphrased insights merge, new knowledge adds, votes
-//! move bullets through their stages, and the context a policy receives fits its budget.
+//! drive it through its gRPC clients as any backend would.
+//!
+//! A. expert support demos -> world-model fit -> exploration -> reflections by the local model
+//!    -> curated playbook -> compiled policy;
+//! B. the live loop: episodes on seeds no demo used, acting through Decide while the namespace
+//!    learns from them (reflections, curation, votes from the outcome);
+//! C. the evaluation: the trained policy against the expert, random, nearest-demo imitation and
+//!    the bare model, on unseen seeds, with Wilson intervals;
+//! D-G. the playbook's own life: paraphrased insights merge, new knowledge adds, votes move
+//!    bullets through their stages, and the context a policy receives fits its budget.
+//!
+//! Everything it measured goes to `<data dir>/demo/report.md` (and JSON beside it).
 
-use agent_learning_api::{
-    CuratorApi as _, DecideRequest, FeedbackItem, PolicyApi as _, PolicyClient,
-};
+use agent_learning_api::{CuratorApi as _, FeedbackItem};
 use agent_learning_config::Settings;
 use agent_learning_domain::{Insight, Stage};
 use anyhow::Context as _;
@@ -67,13 +72,20 @@ const INSIGHTS: &[(&str, &str)] = &[
 const STATE: &str = "ego lane 0 of 3, speed 28 m/s; car ahead in lane 0 at 18 m doing 22 m/s; \
                      lane 1 free ahead, car behind at 25 m; exit in 600 m on the right";
 
-/// Demos trained on: enough to show every stage, few enough for a few minutes on two cores.
-const DEMOS: usize = 8;
-/// A seed none of the demos used.
-const UNSEEN_SEED: u64 = 1_000_003;
+/// The task the demo learns: short episodes, so that the local model's share stays minutes.
+const ENV: &str = "support";
+/// Demos trained on.
+const DEMOS: usize = 10;
+/// Episodes of the live loop.
+const LIVE_EPISODES: u32 = 16;
+/// Episodes per configuration in the evaluation.
+const EVAL_EPISODES: usize = 8;
+/// Steps after which an episode counts as failed.
+const MAX_STEPS: u32 = 12;
 
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     crate::fetch_models(settings, &agent_learning_embed::ALL_MODELS)?;
+    let started = std::time::Instant::now();
     let server = agent_learning_cli::train::Server::start(settings, None).await?;
     println!(
         "serving the embedded services on {} (data dir {})",
@@ -82,80 +94,137 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     );
     let url = server.url.clone();
     let shown = async {
-        learn(settings, &url).await?;
-        curate(&url).await
+        let report = learn(settings, &url).await?;
+        curate(&url).await?;
+        Ok::<_, anyhow::Error>(report)
     }
     .await;
-    server.stop(shown).await?;
+    let report = server.stop(shown).await?;
+    let dir = settings.data_dir.join("demo");
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    let report = format!(
+        "{report}\nThe whole demo took {:.0} s.\n",
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::write(dir.join("report.md"), &report)?;
+    println!(
+        "\nreport: {} ({:.0} s in all)",
+        dir.join("report.md").display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
-/// The learning loop on driving, then decisions on an episode the demos never saw.
-async fn learn(settings: &Settings, url: &str) -> anyhow::Result<()> {
-    println!("\nA. learn driving from {DEMOS} expert demonstrations, with no reward");
-    let demos = agent_learning_envs::generate_demos("driving", DEMOS, 42)?;
+/// Train, run the live loop, evaluate; returns the report's Markdown.
+async fn learn(settings: &Settings, url: &str) -> anyhow::Result<String> {
+    println!("\nA. learn {ENV} from {DEMOS} expert demonstrations, with no reward");
+    let demos = agent_learning_envs::generate_demos(ENV, DEMOS, 42)?;
     let mut jsonl = Vec::new();
     agent_learning_envs::write_demos(&mut jsonl, &demos)?;
     let jsonl = String::from_utf8(jsonl)?;
-    let path = settings.data_dir.join("demo-driving.jsonl");
-    std::fs::write(&path, &jsonl).with_context(|| path.display().to_string())?;
+    let dir = settings.data_dir.join("demo");
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    let demos_path = dir.join(format!("{ENV}-demos.jsonl"));
+    std::fs::write(&demos_path, &jsonl).with_context(|| demos_path.display().to_string())?;
+    let summary_path = dir.join("train.json");
     let args = crate::train::TrainArgs {
-        demos: path,
-        env: "driving".into(),
-        namespace: Some("driving".into()),
+        demos: demos_path.clone(),
+        env: ENV.into(),
+        namespace: Some(ENV.into()),
         server: Some(url.to_owned()),
-        summary: Some(settings.data_dir.join("demo-summary.json")),
+        summary: Some(summary_path.clone()),
         config_json: r#"{"holdout": 2}"#.into(),
     };
-    crate::train::drive(url, "driving", "driving", &jsonl, DEMOS, &args).await?;
+    crate::train::drive(url, ENV, ENV, &jsonl, DEMOS, &args).await?;
+    let train: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)?;
 
-    println!("\nB. Decide on an episode none of the demos saw (seed {UNSEEN_SEED})");
-    let (mut env, mut expert) = agent_learning_envs::built_in("driving")?;
-    let policy = PolicyClient::new(agent_learning_api::endpoint(url)?.connect().await?);
-    let mut state = env.reset(UNSEEN_SEED)?;
-    let mut agree = 0;
-    let mut asked = 0;
-    for step in 0..60 {
-        let expert_action = expert.act(env.as_ref());
-        if step % 15 == 5 {
-            let d = policy
-                .decide(DecideRequest {
-                    history: Vec::new(),
-                    namespace: "driving".into(),
-                    state: state.clone(),
-                    valid_actions: env.actions().unwrap_or_default(),
-                    policy_version: None,
-                })
-                .await?;
-            asked += 1;
-            agree += usize::from(d.action == expert_action);
-            let reasoning: String = d.reasoning.chars().take(120).collect();
-            println!(
-                "   step {step:>2}: policy v{} chose {:<17} expert {:<17} ({} bullets, {} exemplars){}\n            {}",
-                d.policy_version,
-                d.action,
-                expert_action,
-                d.bullet_ids.len(),
-                d.exemplar_ids.len(),
-                if d.fallback { " fallback" } else { "" },
-                reasoning.trim()
-            );
-        }
-        let s = env.step(&expert_action)?;
-        state = s.state;
-        if s.done {
-            break;
-        }
+    println!(
+        "\nB. the live loop: {LIVE_EPISODES} episodes on seeds no demo used, learning as they finish"
+    );
+    let live = agent_learning_cli::live::drive(
+        url,
+        &agent_learning_api::LiveLoopRequest {
+            namespace: ENV.into(),
+            env: ENV.into(),
+            episodes: LIVE_EPISODES,
+            reflect_every: 4,
+            concurrency: 2,
+            max_steps: MAX_STEPS,
+            ..Default::default()
+        },
+    )
+    .await?;
+    agent_learning_cli::live::write(&dir, &live)?;
+
+    println!(
+        "\nC. evaluate the policy against its baselines: {EVAL_EPISODES} episodes each on other unseen seeds"
+    );
+    let eval = crate::eval::run(
+        settings,
+        &crate::eval::EvalArgs {
+            env: ENV.into(),
+            namespace: Some(ENV.into()),
+            episodes: EVAL_EPISODES,
+            seeds: "100000..".into(),
+            demos: Some(demos_path),
+            server: Some(url.to_owned()),
+            max_steps: MAX_STEPS as usize,
+            configs: vec![
+                crate::eval::Config::Expert,
+                crate::eval::Config::Random,
+                crate::eval::Config::NearestDemo,
+                crate::eval::Config::LlmBare,
+                crate::eval::Config::Full,
+            ],
+            output: Some(dir.clone()),
+        },
+    )
+    .await?;
+
+    let mut md = format!(
+        "# agent-learning demo\n\n## Training on {ENV}\n\n{} demos, {} transitions; {} rollouts; {} reflections ({} valid), {} curated; {} bullets; policy version {}.\n",
+        train["demos"],
+        train["transitions"],
+        train["rollouts"],
+        train["reflections"],
+        train["reflections_valid"],
+        train["curated"],
+        train["bullets"],
+        train["policy_version"].as_str().unwrap_or_default(),
+    );
+    md.push_str(&format!(
+        "\n## Live loop\n\n{} episodes in {:.0} s, success {}/{} (Wilson 95% {:.2}-{:.2}); {} reflections ({} valid), {} curated; playbook {} -> {} bullets, {} merges.\n\n| episodes (in finishing order) | successes |\n|---|---|\n",
+        live["episodes"],
+        live["seconds"].as_f64().unwrap_or_default(),
+        live["successes"],
+        live["episodes"],
+        live["wilson95"][0].as_f64().unwrap_or_default(),
+        live["wilson95"][1].as_f64().unwrap_or_default(),
+        live["reflections"],
+        live["reflections_valid"],
+        live["curated"],
+        live["bullets_before"],
+        live["bullets"],
+        live["merges"],
+    ));
+    for (first, n, ok) in agent_learning_cli::live::curve_blocks(&live, 4) {
+        md.push_str(&format!("| {first}-{} | {ok}/{n} |\n", first + n - 1));
     }
-    println!("   the policy agreed with the expert on {agree} of {asked} states");
-    Ok(())
+    md.push_str(&format!(
+        "\n## Evaluation\n\n{}\n",
+        eval["markdown"].as_str().unwrap_or_default()
+    ));
+    Ok(md)
 }
 
 /// The playbook's own life, on a namespace of its own.
 async fn curate(url: &str) -> anyhow::Result<()> {
     let curator = crate::playbook::connect(url).await?;
 
-    println!("\nC. curate {} insights", INSIGHTS.len());
+    println!(
+        "\nD. the playbook's own life: curate {} insights",
+        INSIGHTS.len()
+    );
     let insights: Vec<Insight> = INSIGHTS
         .iter()
         .enumerate()
@@ -184,7 +253,7 @@ async fn curate(url: &str) -> anyhow::Result<()> {
     }
 
     println!(
-        "\nD. feedback: the following-distance bullet helped 5 times, the hard-braking one misled twice"
+        "\nE. feedback: the following-distance bullet helped 5 times, the hard-braking one misled twice"
     );
     let bullets = crate::playbook::all_bullets(&curator, NAMESPACE, None, None).await?;
     let helpful = bullets
@@ -234,8 +303,8 @@ async fn curate(url: &str) -> anyhow::Result<()> {
     }
 
     for (step, label, min_stage) in [
-        ("E1", "any stage", Stage::Shadow),
-        ("E2", "production only", Stage::Production),
+        ("F1", "any stage", Stage::Shadow),
+        ("F2", "production only", Stage::Production),
     ] {
         let ctx = curator
             .render_context(NAMESPACE, STATE, 120, min_stage)
@@ -250,7 +319,7 @@ async fn curate(url: &str) -> anyhow::Result<()> {
 
     let h = curator.health(NAMESPACE).await?;
     println!(
-        "\nF. playbook health: {} bullets (shadow {}, staging {}, production {}, quarantined {}); \
+        "\nG. playbook health: {} bullets (shadow {}, staging {}, production {}, quarantined {}); \
          {} insights applied, merge rate {:.0}%",
         h.total,
         h.shadow,

@@ -219,7 +219,8 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-pub async fn run(settings: &Settings, args: &EvalArgs) -> anyhow::Result<()> {
+/// Runs the evaluation, prints and writes its table; returns the report (as eval.json holds it).
+pub async fn run(settings: &Settings, args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
     let namespace = match (&args.namespace, args.env.starts_with("grpc://")) {
         (Some(ns), _) => ns.clone(),
         (None, false) => args.env.clone(),
@@ -327,9 +328,11 @@ pub async fn run(settings: &Settings, args: &EvalArgs) -> anyhow::Result<()> {
         dir.join("eval.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    std::fs::write(dir.join("eval.md"), md)?;
+    std::fs::write(dir.join("eval.md"), &md)?;
     eprintln!("wrote {}", dir.display());
-    Ok(())
+    let mut report = report;
+    report["markdown"] = json!(md);
+    Ok(report)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -72,7 +72,8 @@ enum Command {
         #[command(subcommand)]
         command: EnvCommand,
     },
-    /// The main job: curate a driving playbook end to end on the embedded backends.
+    /// The main job on the embedded backends: expert demos, training, the live loop, the
+    /// evaluation against the baselines and a report; then the playbook's own life.
     Demo,
     /// Train a namespace from expert demos: world-model fit, exploration, reflection,
     /// curation, policy compile.
@@ -604,7 +605,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Eval(args) => {
             let settings = settings(&cli, None)?;
             let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"), None)?;
-            eval::run(&settings, args).await
+            eval::run(&settings, args).await.map(|_| ())
         }
         Command::Export(args) => {
             let settings = settings(&cli, None)?;

@@ -47,7 +47,12 @@ impl Respond for Scripted {
             })
             .unwrap_or_default();
         let text = if all.contains("Answer in exactly these sections") {
-            let action = between(&all, "Expert action: ", "\n").unwrap_or("the expert action");
+            // The action at stake: the expert's at a branch point, else an episode's first.
+            let action = between(&all, "The expert chose ", ", which")
+                .or_else(|| {
+                    between(&all, "\nAction: ", "\n").map(|a| a.split(" (").next().unwrap_or(a))
+                })
+                .unwrap_or("the expert action");
             format!(
                 "Situation: The agent must choose how to act here.\nEvaluation: The expert chose {action}, which kept the episode on track.\nAlternatives: The other actions led to worse states.\nConclusion: In states like this one, prefer {action} over the alternatives."
             )
@@ -389,12 +394,34 @@ async fn train_then_decide_on_the_trained_state() {
         .await
         .unwrap()
         .into_inner();
-    assert!(actions.contains(&d.action), "{d:?}");
     assert_eq!(d.policy_version, "1");
     assert!(!d.exemplar_ids.is_empty(), "exemplars from the demos");
+    // A demonstrated state is the same situation: its action, without the model or playbook.
+    assert_eq!(
+        d.action,
+        demo["steps"][3]["action"].as_str().unwrap(),
+        "{d:?}"
+    );
+    assert!(d.reasoning.contains("same situation"), "{d:?}");
+    assert!(d.bullet_ids.is_empty(), "{d:?}");
+    // A state no demo showed goes to the model, with the playbook.
+    let d = policy
+        .decide(pb::DecideRequest {
+            namespace: "driving".into(),
+            state: "ego lane 2 of 3, speed 31 m/s; truck ahead in lane 2 at 9 m braking hard; \
+                    lane 1 blocked by a car alongside; the exit was passed"
+                .into(),
+            valid_actions: actions.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(actions.contains(&d.action), "{d:?}");
+    assert!(!d.reasoning.contains("same situation"), "{d:?}");
     assert!(
         !d.bullet_ids.is_empty(),
-        "the shadow policy uses the new playbook"
+        "the shadow policy uses the new playbook: {d:?}"
     );
     assert!(!d.fallback);
     let fb = policy

@@ -282,14 +282,27 @@ impl Policy {
         // An action that already left this very state unchanged is not tried again while
         // another remains.
         let (candidates, no_ops) = without_no_ops(&r.state, &r.valid_actions, &r.history);
-        let playbook = self
-            .curator
-            .render_context(&r.namespace, &r.state, p.token_budget.max(1), p.min_stage)
-            .await
-            .map_err(|source| PolicyError::Curator {
-                what: "RenderContext",
-                source,
-            })?;
+        let vote = exemplar_vote(
+            &exemplars,
+            &candidates,
+            self.defaults.exemplar_vote_min_similarity,
+        );
+        // A demonstrated state this close is the same situation: its action is taken without
+        // asking the model (which could only be overruled) or reading the playbook (whose
+        // bullets then play no part in the decision and get no votes for it).
+        let same = SAME_SITUATION.max(self.defaults.exemplar_vote_min_similarity);
+        let settled = vote.as_ref().filter(|v| v.best_similarity >= same);
+        let playbook = if settled.is_some() {
+            agent_learning_api::RenderedContext::default()
+        } else {
+            self.curator
+                .render_context(&r.namespace, &r.state, p.token_budget.max(1), p.min_stage)
+                .await
+                .map_err(|source| PolicyError::Curator {
+                    what: "RenderContext",
+                    source,
+                })?
+        };
         let exemplar_text = if exemplars.is_empty() {
             "(none)".to_owned()
         } else {
@@ -315,41 +328,49 @@ impl Policy {
                 ("state", &with_history(&r.state, &r.history, &no_ops)),
             ],
         );
-        let vote = exemplar_vote(
-            &exemplars,
-            &candidates,
-            self.defaults.exemplar_vote_min_similarity,
-        );
-        let (action, reasoning, fallback, usage) = match self
-            .model
-            .choose(&[Message::user(prompt)], &candidates)
-            .await
-        {
-            Ok(c) => (
-                c.option,
-                c.reasoning,
+        let (action, reasoning, fallback, usage) = if let Some(v) = settled {
+            (
+                v.action.clone(),
+                format!(
+                    "[policy] the same situation was demonstrated (similarity {:.2}): its action \
+                     {:?} is taken; the model was not asked",
+                    v.best_similarity, v.action
+                ),
                 false,
-                TokenUsage {
-                    prompt_tokens: c.usage.prompt_tokens,
-                    completion_tokens: c.usage.completion_tokens,
-                },
-            ),
-            Err(LlmError::InvalidOutput(why) | LlmError::Malformed(why)) => {
-                let nearest = exemplars
-                    .iter()
-                    .find(|e| candidates.contains(&e.action))
-                    .map(|e| e.action.clone())
-                    .unwrap_or_else(|| candidates[0].clone());
-                (
-                    nearest,
-                    format!(
-                        "fallback to the nearest exemplar's action: the model's answer was unusable ({why})"
-                    ),
-                    true,
-                    TokenUsage::default(),
-                )
+                TokenUsage::default(),
+            )
+        } else {
+            match self
+                .model
+                .choose(&[Message::user(prompt)], &candidates)
+                .await
+            {
+                Ok(c) => (
+                    c.option,
+                    c.reasoning,
+                    false,
+                    TokenUsage {
+                        prompt_tokens: c.usage.prompt_tokens,
+                        completion_tokens: c.usage.completion_tokens,
+                    },
+                ),
+                Err(LlmError::InvalidOutput(why) | LlmError::Malformed(why)) => {
+                    let nearest = exemplars
+                        .iter()
+                        .find(|e| candidates.contains(&e.action))
+                        .map(|e| e.action.clone())
+                        .unwrap_or_else(|| candidates[0].clone());
+                    (
+                        nearest,
+                        format!(
+                            "fallback to the nearest exemplar's action: the model's answer was unusable ({why})"
+                        ),
+                        true,
+                        TokenUsage::default(),
+                    )
+                }
+                Err(e) => return Err(PolicyError::Model(e)),
             }
-            Err(e) => return Err(PolicyError::Model(e)),
         };
         // The demonstrations' evidence, where it is clear, outweighs a small model's choice.
         let (action, reasoning) = match vote {

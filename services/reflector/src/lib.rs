@@ -135,6 +135,29 @@ pub fn check_content(sections: &[(String, String)], instructions: &str) -> Resul
     Ok(())
 }
 
+/// Why a conclusion is not a rule an agent can follow, if it is not: it must name one of the
+/// actions at stake (every word of it, in any form of spacing or case). Small models otherwise
+/// conclude "the decision was a good decision".
+pub fn check_names_an_action(
+    sections: &[(String, String)],
+    actions: &[String],
+) -> Result<(), String> {
+    if actions.is_empty() {
+        return Ok(());
+    }
+    let conclusion = words(&section(sections, "Conclusion"));
+    let conclusion: Vec<&str> = conclusion.split(' ').collect();
+    let named = actions.iter().any(|a| {
+        let a = words(a);
+        !a.is_empty() && a.split(' ').all(|w| conclusion.contains(&w))
+    });
+    if named {
+        Ok(())
+    } else {
+        Err("the conclusion names none of the actions at stake".into())
+    }
+}
+
 fn section(sections: &[(String, String)], name: &str) -> String {
     sections
         .iter()
@@ -239,7 +262,9 @@ impl Reflector {
             rollout_ids,
             ..Default::default()
         };
-        self.ask(r, prompt, &prompts::REFLECT).await
+        let mut actions = vec![g.expert_action.clone()];
+        actions.extend(g.rollouts.iter().map(|r| r.action.clone()));
+        self.ask(r, prompt, &prompts::REFLECT, &actions).await
     }
 
     /// Puts the prompt to the model and checks the four sections it answers.
@@ -248,6 +273,7 @@ impl Reflector {
         mut r: Reflection,
         prompt: String,
         template: &prompts::Template,
+        actions: &[String],
     ) -> Result<Reflection> {
         let messages = [Message::user(prompt)];
         match self
@@ -267,6 +293,7 @@ impl Reflector {
                 let instructions = format!("{}\n{}", template.text, prompts::SECTIONS.text);
                 match check_structure(&s.sections, self.max_chars)
                     .and_then(|()| check_content(&s.sections, &instructions))
+                    .and_then(|()| check_names_an_action(&s.sections, actions))
                 {
                     Ok(()) => r.valid = true,
                     Err(problem) => r.problem = problem,
@@ -308,7 +335,15 @@ impl Reflector {
                     run_id: e.run_id.clone(),
                     ..Default::default()
                 };
-                let r = self.ask(r, prompt, &prompts::REFLECT_EPISODE).await?;
+                let mut actions: Vec<String> = Vec::new();
+                for step in &e.steps {
+                    if !actions.contains(&step.action) {
+                        actions.push(step.action.clone());
+                    }
+                }
+                let r = self
+                    .ask(r, prompt, &prompts::REFLECT_EPISODE, &actions)
+                    .await?;
                 self.store.insert_reflection(&r).await?
             }
         };
@@ -669,5 +704,20 @@ mod tests {
             ("Conclusion", "x y z"),
         ]);
         assert!(check_structure(&same, 100).unwrap_err().contains("same"));
+        let actions = ["close_ticket".to_owned(), "ask for details".to_owned()];
+        assert_eq!(check_names_an_action(&good, &[]), Ok(()));
+        let vague = s(&[("Conclusion", "The decision was a good decision.")]);
+        assert!(
+            check_names_an_action(&vague, &actions)
+                .unwrap_err()
+                .contains("names none")
+        );
+        let rule = s(&[(
+            "Conclusion",
+            "When the fix is confirmed, Close ticket at once.",
+        )]);
+        assert_eq!(check_names_an_action(&rule, &actions), Ok(()));
+        let other = s(&[("Conclusion", "Ask the customer for the details first.")]);
+        assert_eq!(check_names_an_action(&other, &actions), Ok(()));
     }
 }

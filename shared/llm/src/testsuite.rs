@@ -37,10 +37,17 @@ fn instant_answer(messages: &[Message]) -> String {
     let last = messages.last().map(|m| m.content.as_str()).unwrap_or("");
     if last.contains("Answer in exactly these sections") {
         let all: String = messages.iter().map(|m| m.content.as_str()).collect();
+        // The action at stake: the expert's at a branch point, else an episode's first.
         let action = all
-            .split("Expert action: ")
+            .split("The expert chose ")
             .nth(1)
-            .and_then(|r| r.lines().next())
+            .and_then(|r| r.split(", which").next())
+            .or_else(|| {
+                all.split("\nAction: ")
+                    .nth(1)
+                    .and_then(|r| r.lines().next())
+                    .map(|a| a.split(" (").next().unwrap_or(a))
+            })
             .unwrap_or("keep");
         format!(
             "Situation: A state of the task.\nEvaluation: {action} fits it.\nAlternatives: The others were worse.\nConclusion: Prefer {action} in states like this one."
