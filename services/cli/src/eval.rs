@@ -103,18 +103,7 @@ pub struct EvalArgs {
     pub output: Option<PathBuf>,
 }
 
-/// The Wilson score interval of `k` successes in `n` trials, at 95%.
-pub fn wilson(k: usize, n: usize) -> (f64, f64) {
-    if n == 0 {
-        return (0.0, 1.0);
-    }
-    let (k, n, z) = (k as f64, n as f64, 1.96_f64);
-    let p = k / n;
-    let denom = 1.0 + z * z / n;
-    let centre = (p + z * z / (2.0 * n)) / denom;
-    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
-    ((centre - half).max(0.0), (centre + half).min(1.0))
-}
+use agent_learning_domain::wilson;
 
 #[derive(Default)]
 struct Tally {
@@ -329,7 +318,25 @@ pub async fn run(settings: &Settings, args: &EvalArgs) -> anyhow::Result<serde_j
         serde_json::to_string_pretty(&report)?,
     )?;
     std::fs::write(dir.join("eval.md"), &md)?;
-    eprintln!("wrote {}", dir.display());
+    let bars: Vec<agent_learning_cli::plot::Bar> = rows
+        .iter()
+        .map(|r| agent_learning_cli::plot::Bar {
+            name: r["config"].as_str().unwrap_or_default().to_owned(),
+            successes: r["successes"].as_u64().unwrap_or_default() as usize,
+            episodes: r["episodes"].as_u64().unwrap_or_default() as usize,
+            low: r["wilson95"][0].as_f64().unwrap_or_default(),
+            high: r["wilson95"][1].as_f64().unwrap_or_default(),
+        })
+        .collect();
+    agent_learning_cli::plot::success_chart(
+        &dir.join("success.png"),
+        &format!("{namespace} on {}: success on unseen seeds", args.env),
+        &bars,
+    )?;
+    eprintln!(
+        "wrote eval.json, eval.md and success.png to {}",
+        dir.display()
+    );
     let mut report = report;
     report["markdown"] = json!(md);
     Ok(report)

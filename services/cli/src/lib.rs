@@ -4,4 +4,5 @@
 pub mod all;
 pub mod health;
 pub mod live;
+pub mod plot;
 pub mod train;

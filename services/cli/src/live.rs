@@ -6,11 +6,9 @@ use std::path::PathBuf;
 
 use agent_learning_api::{CoordinatorApi, CoordinatorClient, LiveLoopRequest};
 use agent_learning_config::Settings;
-use agent_learning_domain::RunState;
 use anyhow::{Context as _, bail};
-use futures::StreamExt as _;
 
-use crate::train::{Bars, Server, wait_for_coordinator};
+use crate::train::{Server, wait_for_coordinator};
 
 #[derive(clap::Args, Clone)]
 pub struct LiveArgs {
@@ -92,13 +90,33 @@ pub async fn run(settings: &Settings, args: &LiveArgs) -> anyhow::Result<serde_j
     Ok(summary)
 }
 
-/// Writes live.json (the run summary with its learning curve) under `dir`.
+/// Writes live.json (the run summary with its learning curve) and learning-curve.png under
+/// `dir`.
 pub fn write(dir: &std::path::Path, summary: &serde_json::Value) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let path = dir.join("live.json");
     std::fs::write(&path, serde_json::to_string_pretty(summary)? + "\n")
         .with_context(|| path.display().to_string())?;
-    eprintln!("wrote {}", path.display());
+    let successes: Vec<bool> = summary["curve"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p["success"].as_bool().unwrap_or(false))
+                .collect()
+        })
+        .unwrap_or_default();
+    let curve = dir.join("learning-curve.png");
+    crate::plot::learning_curve(
+        &curve,
+        &format!(
+            "live loop on {} ({})",
+            summary["env"].as_str().unwrap_or_default(),
+            summary["namespace"].as_str().unwrap_or_default()
+        ),
+        &successes,
+        5,
+    )?;
+    eprintln!("wrote {} and {}", path.display(), curve.display());
     Ok(())
 }
 
@@ -116,24 +134,7 @@ pub async fn drive(url: &str, req: &LiveLoopRequest) -> anyhow::Result<serde_jso
         "live run {} started: {} episodes of {} on namespace {}",
         run.id, req.episodes, req.env, req.namespace
     );
-    let mut events = coordinator.watch_run(&run.id).await?;
-    let mut bars = Bars::new();
-    while let Some(e) = events.next().await {
-        let e = e?;
-        bars.show(&e);
-        if e.state.terminal() {
-            break;
-        }
-    }
-    bars.finish();
-    let run = coordinator.get_run(&run.id).await?;
-    match run.state {
-        RunState::Succeeded => {}
-        RunState::Cancelled => bail!("live run {} was cancelled", run.id),
-        _ => bail!("live run {} failed: {}", run.id, run.error),
-    }
-    let summary: serde_json::Value =
-        serde_json::from_str(&run.summary_json).context("live run summary")?;
+    let summary = crate::train::follow(&coordinator, &run.id, "live run").await?;
     print_summary(&summary);
     Ok(summary)
 }

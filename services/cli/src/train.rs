@@ -164,7 +164,21 @@ pub async fn drive(
         "run {} started: {demos} demos, env {env}, namespace {namespace}",
         run.id
     );
-    let mut events = coordinator.watch_run(&run.id).await?;
+    let summary = follow(&coordinator, &run.id, "run").await?;
+    print_summary(&summary);
+    if let Some(path) = &args.summary {
+        write_summary(path, &summary)?;
+    }
+    Ok(())
+}
+
+/// Shows a run's progress until it ends; its summary when it succeeded, else why not.
+pub(crate) async fn follow(
+    coordinator: &CoordinatorClient,
+    run_id: &str,
+    what: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let mut events = coordinator.watch_run(run_id).await?;
     let mut bars = Bars::new();
     while let Some(e) = events.next().await {
         let e = e?;
@@ -174,19 +188,13 @@ pub async fn drive(
         }
     }
     bars.finish();
-    let run = coordinator.get_run(&run.id).await?;
+    let run = coordinator.get_run(run_id).await?;
     match run.state {
         RunState::Succeeded => {}
-        RunState::Cancelled => bail!("run {} was cancelled", run.id),
-        _ => bail!("run {} failed: {}", run.id, run.error),
+        RunState::Cancelled => bail!("{what} {} was cancelled", run.id),
+        _ => bail!("{what} {} failed: {}", run.id, run.error),
     }
-    let summary: serde_json::Value =
-        serde_json::from_str(&run.summary_json).context("run summary")?;
-    print_summary(&summary);
-    if let Some(path) = &args.summary {
-        write_summary(path, &summary)?;
-    }
-    Ok(())
+    serde_json::from_str(&run.summary_json).with_context(|| format!("{what} summary"))
 }
 
 fn write_summary(path: &Path, summary: &serde_json::Value) -> anyhow::Result<()> {

@@ -93,9 +93,12 @@ impl From<ApiError> for Stop {
             other => format!("{code}: {other}"),
         };
         match code {
+            // A peer call that timed out reads as CANCELLED on this side: the peer was slow,
+            // not the run cancelled.
             tonic::Code::Unavailable
             | tonic::Code::DeadlineExceeded
-            | tonic::Code::ResourceExhausted => Stop::Transient(why),
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Cancelled => Stop::Transient(why),
             _ => Stop::Failed(why),
         }
     }

@@ -32,7 +32,7 @@ use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
 pub use config::TrainingConfig;
-pub use live::{LiveConfig, episode_id, wilson};
+pub use live::{LiveConfig, episode_id};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {

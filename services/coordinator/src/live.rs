@@ -228,12 +228,13 @@ impl Coordinator {
             .ensure_group(streams::REFLECTIONS, streams::CURATORS)
             .await?;
         // Episodes a previous driver recorded: their votes and publication are finished first.
-        let recorded = self.store.live_episodes(ctx.run_id).await?;
-        for r in &recorded {
-            self.settle(ctx, cfg, r).await?;
+        let mut all = self.store.live_episodes(ctx.run_id).await?;
+        for r in &all {
+            self.settle(ctx, cfg, r, None).await?;
         }
+        let recorded = &all;
         let done: HashSet<u32> = recorded.iter().map(|r| r.index).collect();
-        let stop_early = Arc::new(AtomicBool::new(stop_reached(cfg, &recorded)));
+        let stop_early = Arc::new(AtomicBool::new(stop_reached(cfg, recorded)));
         let todo: Vec<u32> = (0..cfg.episodes).filter(|i| !done.contains(i)).collect();
         let started = Instant::now();
         let mut pace = Pace {
@@ -274,10 +275,10 @@ impl Coordinator {
             .buffer_unordered(cfg.concurrency.max(1) as usize);
         while let Some(played) = episodes.next().await {
             let Some(episode) = played? else { continue };
-            let record = self.record(ctx, &episode).await?;
-            self.settle(ctx, cfg, &record).await?;
+            let (record, payload) = self.record(ctx, &episode).await?;
+            self.settle(ctx, cfg, &record, Some(&payload)).await?;
+            all.push(record);
             pace.played_here += 1;
-            let all = self.store.live_episodes(ctx.run_id).await?;
             if stop_reached(cfg, &all) && !stop_early.swap(true, Ordering::SeqCst) {
                 tracing::info!(run = %ctx.run_id, "live loop reached its stop condition");
             }
@@ -402,16 +403,18 @@ impl Coordinator {
                     next_state: s.next_state.clone(),
                 })
                 .collect();
-            let d = tokio::select! {
-                _ = ctx.cancel.cancelled() => return Err(Stop::Cancelled),
-                d = self.peers.policy.decide(DecideRequest {
-                    namespace: ctx.ns.to_owned(),
-                    state: state.clone(),
-                    valid_actions: valid,
-                    policy_version: None,
-                    history,
-                }) => d?,
-            };
+            let d = self
+                .decide_patiently(
+                    ctx,
+                    DecideRequest {
+                        namespace: ctx.ns.to_owned(),
+                        state: state.clone(),
+                        valid_actions: valid,
+                        policy_version: None,
+                        history,
+                    },
+                )
+                .await?;
             let action = d.action.clone();
             let (e, stepped) = on_env(env, move |e| e.step(&action)).await?;
             env = e;
@@ -462,11 +465,42 @@ impl Coordinator {
         })
     }
 
+    /// Decide, asked again while the policy is slow or unavailable (a local model busy with
+    /// reflections answers late), for up to `pipeline.outage_tolerance_secs`: the episode goes
+    /// on from where it was instead of failing.
+    async fn decide_patiently(
+        &self,
+        ctx: &LiveCtx<'_>,
+        req: DecideRequest,
+    ) -> Result<agent_learning_api::Decision, Stop> {
+        let tolerance = Duration::from_secs(self.settings.pipeline.outage_tolerance_secs);
+        let since = Instant::now();
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let answer = tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(Stop::Cancelled),
+                d = self.peers.policy.decide(req.clone()) => d,
+            };
+            match answer.map_err(Stop::from) {
+                Ok(d) => return Ok(d),
+                Err(Stop::Transient(why)) if since.elapsed() < tolerance => {
+                    tracing::info!(run = %ctx.run_id, error = %why, "Decide did not answer; asking again");
+                    tokio::select! {
+                        _ = ctx.cancel.cancelled() => return Err(Stop::Cancelled),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn record(
         &self,
         ctx: &LiveCtx<'_>,
         e: &pb::LiveEpisode,
-    ) -> Result<LiveEpisodeRecord, Stop> {
+    ) -> Result<(LiveEpisodeRecord, Vec<u8>), Stop> {
         let payload = e.encode_to_vec();
         self.store
             .insert_live_episode(NewLiveEpisode {
@@ -483,12 +517,20 @@ impl Coordinator {
                 payload: &payload,
             })
             .await?;
-        self.store
-            .live_episodes(ctx.run_id)
-            .await?
-            .into_iter()
-            .find(|r| r.id == e.id)
-            .ok_or_else(|| Stop::Failed(format!("episode {} was not recorded", e.id)))
+        let record = LiveEpisodeRecord {
+            id: e.id.clone(),
+            index: e.index,
+            seed: e.seed,
+            steps: e.steps.len() as u32,
+            decisions: e.steps.len() as u32,
+            outcome_known: e.outcome_known,
+            success: e.success,
+            truncated: e.truncated,
+            published: false,
+            voted: false,
+            created_at: chrono::Utc::now(),
+        };
+        Ok((record, payload))
     }
 
     /// The episode's votes and publication, each once whatever happened before.
@@ -497,15 +539,19 @@ impl Coordinator {
         ctx: &LiveCtx<'_>,
         cfg: &LiveConfig,
         r: &LiveEpisodeRecord,
+        payload: Option<&[u8]>,
     ) -> Result<(), Stop> {
         if r.voted && r.published {
             return Ok(());
         }
-        let payload = self
-            .store
-            .live_episode_payload(&r.id)
-            .await?
-            .ok_or_else(|| Stop::Failed(format!("episode {} lost its record", r.id)))?;
+        let payload = match payload {
+            Some(p) => p.to_vec(),
+            None => self
+                .store
+                .live_episode_payload(&r.id)
+                .await?
+                .ok_or_else(|| Stop::Failed(format!("episode {} lost its record", r.id)))?,
+        };
         let episode = pb::LiveEpisode::decode(payload.as_slice())
             .map_err(|e| Stop::Failed(format!("stored episode {}: {e}", r.id)))?;
         if !r.voted {
@@ -709,18 +755,7 @@ impl Coordinator {
     }
 }
 
-/// The Wilson score interval of `k` successes in `n` trials, at 95%.
-pub fn wilson(k: usize, n: usize) -> (f64, f64) {
-    if n == 0 {
-        return (0.0, 1.0);
-    }
-    let (k, n, z) = (k as f64, n as f64, 1.96_f64);
-    let p = k / n;
-    let denom = 1.0 + z * z / n;
-    let centre = (p + z * z / (2.0 * n)) / denom;
-    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
-    ((centre - half).max(0.0), (centre + half).min(1.0))
-}
+use agent_learning_domain::wilson;
 
 /// Insights the curator merged into an existing bullet, from its health counters.
 fn merges(h: &agent_learning_api::Health) -> u64 {

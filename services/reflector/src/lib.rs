@@ -64,9 +64,9 @@ const MAX_ALTERNATIVES: usize = 32;
 /// Lessons of an episode shown to the model.
 const EPISODE_BULLETS: usize = 12;
 /// Steps of an episode shown to the model: the first two and the last ones.
-const EPISODE_STEPS: usize = 10;
+const EPISODE_STEPS: usize = 8;
 /// Longest state of an episode step shown to the model, in bytes.
-const EPISODE_STATE: usize = 400;
+const EPISODE_STATE: usize = 240;
 
 #[derive(Clone)]
 pub struct Reflector {
@@ -478,7 +478,8 @@ impl Reflector {
         self.reflect_group(&g).await
     }
 
-    /// Runs `n` consumers of the rollouts stream until `shutdown`.
+    /// Runs `n` consumers of the rollouts stream and `n` of the episodes stream until
+    /// `shutdown`.
     pub fn spawn_consumers(
         &self,
         ctx: &Context,
@@ -487,93 +488,82 @@ impl Reflector {
         block: Duration,
         shutdown: CancellationToken,
     ) {
-        for i in 0..n {
-            let me = self.clone();
-            let opts = ConsumerOptions {
-                stream: streams::ROLLOUTS.into(),
-                group: streams::REFLECTORS.into(),
-                consumer: format!("{consumer}-{i}"),
-                batch: 1,
-                block,
-            };
-            let queue = self.queue.clone();
-            let shutdown = shutdown.clone();
-            ctx.spawn_worker(consume(queue, opts, shutdown, move |d| {
-                let me = me.clone();
-                async move {
-                    let g = match pb::RolloutGroup::decode(d.payload.as_slice())
-                        .map_err(|e| e.to_string())
-                        .and_then(|g| group_from_pb(g).map_err(|e| e.to_string()))
-                    {
-                        Ok(g) => g,
-                        Err(e) => {
-                            tracing::warn!(key = %d.key, error = %e, "rollouts entry is not a RolloutGroup; skipped");
-                            return Ok(());
+        for (stream, name) in [
+            (streams::ROLLOUTS, consumer.to_owned()),
+            (streams::EPISODES, format!("{consumer}-episodes")),
+        ] {
+            for i in 0..n {
+                let me = self.clone();
+                let opts = ConsumerOptions {
+                    stream: stream.into(),
+                    group: streams::REFLECTORS.into(),
+                    consumer: format!("{name}-{i}"),
+                    batch: 1,
+                    block,
+                };
+                ctx.spawn_worker(consume(
+                    self.queue.clone(),
+                    opts,
+                    shutdown.clone(),
+                    move |d| {
+                        let me = me.clone();
+                        async move {
+                            match me.take(stream, &d).await {
+                                Ok(()) => Ok(()),
+                                Err(ReflectorError::Invalid(e)) => {
+                                    tracing::warn!(stream, key = %d.key, error = %e, "entry rejected; skipped");
+                                    Ok(())
+                                }
+                                Err(e) => Err(e),
+                            }
                         }
-                    };
-                    // A cancelled run's branch points are dropped, not reflected.
-                    if !g.run_id.is_empty()
-                        && me.store.run_state(&g.run_id).await? == Some(RunState::Cancelled)
-                    {
-                        tracing::info!(group = %g.id, run = %g.run_id, "run cancelled; branch point skipped");
-                        return Ok(());
-                    }
-                    match me.reflect_group(&g).await {
-                        Ok(r) => {
-                            tracing::info!(reflection = %r.id, valid = r.valid, deliveries = d.deliveries, "reflected");
-                            Ok(())
-                        }
-                        Err(ReflectorError::Invalid(e)) => {
-                            tracing::warn!(key = %d.key, error = %e, "rollout group rejected; skipped");
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-            }));
-        }
-        for i in 0..n {
-            let me = self.clone();
-            let opts = ConsumerOptions {
-                stream: streams::EPISODES.into(),
-                group: streams::REFLECTORS.into(),
-                consumer: format!("{consumer}-episodes-{i}"),
-                batch: 1,
-                block,
-            };
-            let queue = self.queue.clone();
-            let shutdown = shutdown.clone();
-            ctx.spawn_worker(consume(queue, opts, shutdown, move |d| {
-                let me = me.clone();
-                async move {
-                    let e = match pb::LiveEpisode::decode(d.payload.as_slice()) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            tracing::warn!(key = %d.key, error = %e, "episodes entry is not a LiveEpisode; skipped");
-                            return Ok(());
-                        }
-                    };
-                    if !e.run_id.is_empty()
-                        && me.store.run_state(&e.run_id).await? == Some(RunState::Cancelled)
-                    {
-                        tracing::info!(episode = %e.id, run = %e.run_id, "run cancelled; episode skipped");
-                        return Ok(());
-                    }
-                    match me.reflect_episode(&e).await {
-                        Ok(r) => {
-                            tracing::info!(reflection = %r.id, valid = r.valid, deliveries = d.deliveries, "reflected on an episode");
-                            Ok(())
-                        }
-                        Err(ReflectorError::Invalid(err)) => {
-                            tracing::warn!(key = %d.key, error = %err, "episode rejected; skipped");
-                            Ok(())
-                        }
-                        Err(err) => Err(err),
-                    }
-                }
-            }));
+                    },
+                ));
+            }
         }
     }
+
+    /// One entry of a stream the reflectors consume: a branch point of a training run, or a
+    /// live episode. A cancelled run's entries are dropped, not reflected; an entry that is
+    /// not what its stream carries is skipped.
+    async fn take(&self, stream: &str, d: &agent_learning_queue::Delivery) -> Result<()> {
+        let (run_id, what) = if stream == streams::EPISODES {
+            match pb::LiveEpisode::decode(d.payload.as_slice()) {
+                Ok(e) => (e.run_id.clone(), Work::Episode(e)),
+                Err(e) => {
+                    tracing::warn!(key = %d.key, error = %e, "episodes entry is not a LiveEpisode; skipped");
+                    return Ok(());
+                }
+            }
+        } else {
+            match pb::RolloutGroup::decode(d.payload.as_slice())
+                .map_err(|e| e.to_string())
+                .and_then(|g| group_from_pb(g).map_err(|e| e.to_string()))
+            {
+                Ok(g) => (g.run_id.clone(), Work::Group(g)),
+                Err(e) => {
+                    tracing::warn!(key = %d.key, error = %e, "rollouts entry is not a RolloutGroup; skipped");
+                    return Ok(());
+                }
+            }
+        };
+        if !run_id.is_empty() && self.store.run_state(&run_id).await? == Some(RunState::Cancelled) {
+            tracing::info!(key = %d.key, run = %run_id, "run cancelled; entry skipped");
+            return Ok(());
+        }
+        let r = match &what {
+            Work::Group(g) => self.reflect_group(g).await?,
+            Work::Episode(e) => self.reflect_episode(e).await?,
+        };
+        tracing::info!(reflection = %r.id, valid = r.valid, deliveries = d.deliveries, stream, "reflected");
+        Ok(())
+    }
+}
+
+/// What an entry asks a reflector to reflect on.
+enum Work {
+    Group(RolloutGroup),
+    Episode(pb::LiveEpisode),
 }
 
 #[async_trait]

@@ -15,5 +15,5 @@ pub use playbook::{
 };
 pub use tokens::{clip_bytes, estimate_tokens};
 pub use validate::{
-    InvalidInput, MAX_STATE_BYTES, MAX_TOKEN_BUDGET, check_no_nul, validate_namespace,
+    InvalidInput, MAX_STATE_BYTES, MAX_TOKEN_BUDGET, check_no_nul, validate_namespace, wilson,
 };

@@ -59,6 +59,19 @@ pub const MAX_STATE_BYTES: usize = 16 * 1024;
 /// The largest token budget a policy or a RenderContext request may ask for.
 pub const MAX_TOKEN_BUDGET: u32 = 32_768;
 
+/// The Wilson score interval of `k` successes in `n` trials, at 95%: (0, 1) when `n` is 0.
+pub fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (k, n, z) = (k as f64, n as f64, 1.96_f64);
+    let p = k / n;
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
