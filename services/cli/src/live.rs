@@ -97,14 +97,7 @@ pub fn write(dir: &std::path::Path, summary: &serde_json::Value) -> anyhow::Resu
     let path = dir.join("live.json");
     std::fs::write(&path, serde_json::to_string_pretty(summary)? + "\n")
         .with_context(|| path.display().to_string())?;
-    let successes: Vec<bool> = summary["curve"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| p["success"].as_bool().unwrap_or(false))
-                .collect()
-        })
-        .unwrap_or_default();
+    let successes = curve_successes(summary);
     let curve = dir.join("learning-curve.png");
     crate::plot::learning_curve(
         &curve,
@@ -139,16 +132,21 @@ pub async fn drive(url: &str, req: &LiveLoopRequest) -> anyhow::Result<serde_jso
     Ok(summary)
 }
 
-/// Success in consecutive blocks of episodes, in the order they finished.
-pub fn curve_blocks(summary: &serde_json::Value, blocks: usize) -> Vec<(usize, usize, usize)> {
-    let points: Vec<bool> = summary["curve"]
+/// Each episode's success, in the order the episodes finished.
+fn curve_successes(summary: &serde_json::Value) -> Vec<bool> {
+    summary["curve"]
         .as_array()
         .map(|a| {
             a.iter()
                 .map(|p| p["success"].as_bool().unwrap_or(false))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Success in consecutive blocks of episodes, in the order they finished.
+pub fn curve_blocks(summary: &serde_json::Value, blocks: usize) -> Vec<(usize, usize, usize)> {
+    let points = curve_successes(summary);
     if points.is_empty() {
         return Vec::new();
     }

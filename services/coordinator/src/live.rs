@@ -283,18 +283,8 @@ impl Coordinator {
                 tracing::info!(run = %ctx.run_id, "live loop reached its stop condition");
             }
             let line = self.pace_line(ctx, cfg, &all, &pace).await?;
-            self.store
-                .update_stage(
-                    ctx.run_id,
-                    RunStage::Live,
-                    StageUpdate {
-                        done: all.len() as u64,
-                        total: u64::from(cfg.episodes),
-                        seconds: base_seconds + started.elapsed().as_secs_f64(),
-                        finished: false,
-                        detail: Some(&detail),
-                    },
-                )
+            let seconds = base_seconds + started.elapsed().as_secs_f64();
+            self.live_progress(ctx, cfg, all.len(), seconds, false, &detail)
                 .await?;
             let _ = ctx.events.send(event(
                 ctx.run_id,
@@ -319,21 +309,36 @@ impl Coordinator {
                 stop_early.load(Ordering::SeqCst),
             )
             .await?;
+        self.live_progress(ctx, cfg, all.len(), seconds, true, &detail)
+            .await?;
+        self.store
+            .set_run_summary(ctx.run_id, &summary.to_string())
+            .await?;
+        Ok(())
+    }
+
+    /// Records the live stage's progress: episodes recorded, time spent over all drivers.
+    async fn live_progress(
+        &self,
+        ctx: &LiveCtx<'_>,
+        cfg: &LiveConfig,
+        done: usize,
+        seconds: f64,
+        finished: bool,
+        detail: &serde_json::Value,
+    ) -> Result<(), Stop> {
         self.store
             .update_stage(
                 ctx.run_id,
                 RunStage::Live,
                 StageUpdate {
-                    done: all.len() as u64,
+                    done: done as u64,
                     total: u64::from(cfg.episodes),
                     seconds,
-                    finished: true,
-                    detail: Some(&detail),
+                    finished,
+                    detail: Some(detail),
                 },
             )
-            .await?;
-        self.store
-            .set_run_summary(ctx.run_id, &summary.to_string())
             .await?;
         Ok(())
     }
