@@ -493,7 +493,7 @@ impl Coordinator {
             // timeout however slow the model, and progress shows.
             let n = held_out.len();
             let (mut exact, mut similarity) = (0.0, 0.0);
-            for (i, t) in held_out.into_iter().enumerate() {
+            for (i, t) in held_out.iter().cloned().enumerate() {
                 ctx.emit(
                     RunStage::Fit,
                     total,
@@ -509,6 +509,15 @@ impl Coordinator {
             }
             detail["exact_match"] = json!(exact / n as f64);
             detail["mean_similarity"] = json!(similarity / n as f64);
+            // Measured, they join the rest: every demonstrated step is an exemplar Decide can
+            // find (a held-out state missing from the index cost the policy its own
+            // demonstrations there).
+            let r = tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(Stop::Cancelled),
+                r = wm.fit(ctx.ns, held_out, "expert") => r?,
+            };
+            detail["stored"] = json!(stored + r.stored);
+            detail["duplicates"] = json!(duplicates + r.duplicates);
         }
         Ok((total, total, detail))
     }

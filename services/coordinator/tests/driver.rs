@@ -354,8 +354,9 @@ async fn a_run_goes_through_every_stage_in_order() {
     let run = until_ended(&h.coordinator, &run.id).await;
     assert_eq!(run.state, RunState::Succeeded, "{}", run.error);
 
-    // Fit: every transition but the two held out, then one evaluation per held-out one.
-    assert_eq!(h.world_model.fitted.lock().unwrap().len(), transitions - 2);
+    // Fit: every transition but the two held out, one evaluation per held-out one, then the
+    // held-out ones too (every demonstrated step is an exemplar).
+    assert_eq!(h.world_model.fitted.lock().unwrap().len(), transitions);
     assert_eq!(h.world_model.evaluated.load(Ordering::SeqCst), 2);
     // Compile: once, with the run's configuration.
     let compiled = h.policy.compiled.lock().unwrap().clone();
