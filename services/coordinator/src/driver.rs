@@ -328,7 +328,38 @@ impl Coordinator {
                 cancel,
                 events,
             };
-            return self.run_live(&ctx, &cfg).await;
+            // Idempotent like a stage: after an outage it goes on from what was recorded.
+            let tolerance = Duration::from_secs(self.settings.pipeline.outage_tolerance_secs);
+            let mut outage_since: Option<Instant> = None;
+            let mut pause = Duration::from_millis(500);
+            loop {
+                let attempt = Instant::now();
+                let outcome = self.run_live(&ctx, &cfg).await;
+                // A loop that ran a while before this outage made progress: a new outage.
+                if attempt.elapsed() > tolerance {
+                    outage_since = None;
+                    pause = Duration::from_millis(500);
+                }
+                match outcome {
+                    Err(Stop::Transient(why))
+                        if outage_since.get_or_insert_with(Instant::now).elapsed() < tolerance =>
+                    {
+                        tracing::warn!(run = %run_id, error = %why, "live loop interrupted; going on");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                    }
+                    Err(Stop::Transient(why)) => {
+                        return Err(Stop::Failed(format!(
+                            "{why} (still failing after pipeline.outage_tolerance_secs = {}s)",
+                            tolerance.as_secs()
+                        )));
+                    }
+                    other => return other,
+                }
+            }
         }
         let cfg: TrainingConfig = serde_json::from_str(&run.config)
             .map_err(|e| Stop::Failed(format!("stored run config: {e}")))?;
