@@ -277,8 +277,13 @@ mod tests {
             "no default for an empty value"
         );
         assert_eq!(
-            RunStage::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            RunStage::TRAINING
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
             ["fit", "explore", "reflect", "curate", "compile"]
         );
+        assert_eq!(RunStage::LIVE, [RunStage::Live]);
+        assert_eq!(RunStage::ALL.len(), 6);
     }
 }
