@@ -7,6 +7,7 @@ can serve an environment this way; agent-learning reaches it with `--env grpc://
 
     python3 -m pip install grpcio grpcio-tools
     python3 examples/python/text_env_server.py --port 50061
+    python3 examples/python/text_env_server.py --write-demos 10 corridor.jsonl   # expert demos
 
 The stubs are generated at start from the repository's proto/ with grpc_tools, so nothing
 generated is checked in.
@@ -143,11 +144,43 @@ def make_servicer(pb, rpc, grpc):
     return Servicer()
 
 
+def write_demos(n, path):
+    """Expert demonstrations (always walk to the door) in agent-learning's demo JSONL."""
+    import json
+
+    with open(path, "w") as out:
+        for seed in range(1, n + 1):
+            env = Corridor()
+            state = env.reset(seed)
+            steps = []
+            while not env.done:
+                next_state, done = env.step("right")
+                steps.append({"state": state, "action": "right", "next_state": next_state, "done": done})
+                state = next_state
+            demo = {
+                "id": f"corridor-{seed}",
+                "env": "corridor",
+                "seed": seed,
+                "steps": steps,
+                "outcome": {"success": env.success, "metrics": {"steps": float(env.steps)}},
+            }
+            out.write(json.dumps(demo) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=50061)
     parser.add_argument("--proto", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parents[2] / "proto")
+    parser.add_argument(
+        "--write-demos",
+        nargs=2,
+        metavar=("N", "FILE"),
+        help="write N expert demonstrations (seeds 1..N) to FILE as demo JSONL, then exit",
+    )
     args = parser.parse_args()
+    if args.write_demos:
+        write_demos(int(args.write_demos[0]), args.write_demos[1])
+        return
     import grpc
 
     pb, rpc = load_stubs(args.proto)

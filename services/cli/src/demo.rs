@@ -177,6 +177,8 @@ async fn learn(settings: &Settings, url: &str) -> anyhow::Result<String> {
                 crate::eval::Config::Full,
             ],
             output: Some(dir.clone()),
+            history: 4,
+            avoid_seeds: Default::default(),
         },
     )
     .await?;

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use agent_learning_api::{CompileRequest, DecideRequest, PolicyApi as _, PolicyClient};
+use agent_learning_api::{CompileRequest, DecideRequest, PastStep, PolicyApi as _, PolicyClient};
 use agent_learning_api::{WorldModelApi as _, WorldModelClient};
 use agent_learning_config::Settings;
 use agent_learning_domain::Transition;
@@ -74,7 +74,7 @@ pub struct EvalArgs {
     /// driving, support, devops, code-review, or grpc://HOST:PORT.
     #[arg(long)]
     pub env: String,
-    /// The trained namespace; the environment's name when absent.
+    /// The trained namespace; else the environment's name (a grpc:// one's from ResetResponse.env).
     #[arg(long)]
     pub namespace: Option<String>,
     /// Episodes per configuration.
@@ -101,6 +101,12 @@ pub struct EvalArgs {
     /// Where eval.json and eval.md go (else <data dir>/eval-<namespace>).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Steps of the episode so far shown to Decide (as the live loop does).
+    #[arg(long, default_value_t = 4)]
+    pub history: usize,
+    /// Seeds to skip besides the demos' (a sweep skips those of all its demos).
+    #[arg(skip)]
+    pub avoid_seeds: BTreeSet<u64>,
 }
 
 use agent_learning_domain::wilson;
@@ -210,19 +216,19 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 /// Runs the evaluation, prints and writes its table; returns the report (as eval.json holds it).
 pub async fn run(settings: &Settings, args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
-    let namespace = match (&args.namespace, args.env.starts_with("grpc://")) {
-        (Some(ns), _) => ns.clone(),
-        (None, false) => args.env.clone(),
-        (None, true) => bail!("--namespace is needed with a grpc:// environment"),
-    };
-    agent_learning_domain::validate_namespace("--namespace", &namespace)?;
     if args.episodes == 0 {
         bail!("--episodes must be at least 1");
+    }
+    if args.history > 16 {
+        bail!("--history must be at most 16");
     }
     let demos = match &args.demos {
         Some(path) => agent_learning_envs::read_demos(path)?,
         None => Vec::new(),
     };
+    let namespace =
+        agent_learning_cli::train::namespace_for(&args.env, args.namespace.as_deref(), &demos)
+            .await?;
     let built_in = !args.env.starts_with("grpc://");
     let wanted: BTreeSet<Config> = if args.configs.is_empty() {
         Config::ALL.into_iter().collect()
@@ -242,7 +248,8 @@ pub async fn run(settings: &Settings, args: &EvalArgs) -> anyhow::Result<serde_j
             None => configs.push(c),
         }
     }
-    let demo_seeds: BTreeSet<u64> = demos.iter().map(|d| d.seed).collect();
+    let mut demo_seeds: BTreeSet<u64> = demos.iter().map(|d| d.seed).collect();
+    demo_seeds.extend(&args.avoid_seeds);
     let seeds: Vec<u64> = (parse_first_seed(&args.seeds)?..)
         .filter(|s| !demo_seeds.contains(s))
         .take(args.episodes)
@@ -418,6 +425,7 @@ async fn evaluate(
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
             let mut state = blocking(|| env.reset(seed))?;
             let mut steps = 0;
+            let mut past: Vec<PastStep> = Vec::new();
             while steps < args.max_steps {
                 let valid = blocking(|| env.actions())
                     .filter(|a| !a.is_empty())
@@ -447,7 +455,7 @@ async fn evaluate(
                         let t = Instant::now();
                         let d = policy
                             .decide(DecideRequest {
-                                history: Vec::new(),
+                                history: past[past.len().saturating_sub(args.history)..].to_vec(),
                                 namespace: ns.to_owned(),
                                 state: state.clone(),
                                 valid_actions: valid.clone(),
@@ -465,7 +473,12 @@ async fn evaluate(
                 steps += 1;
                 match blocking(|| env.step(&action)) {
                     Ok(s) => {
-                        state = s.state;
+                        let before = std::mem::replace(&mut state, s.state);
+                        past.push(PastStep {
+                            state: before,
+                            action,
+                            next_state: state.clone(),
+                        });
                         if s.done {
                             break;
                         }

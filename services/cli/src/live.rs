@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use agent_learning_api::{CoordinatorApi, CoordinatorClient, LiveLoopRequest};
 use agent_learning_config::Settings;
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::train::{Server, wait_for_coordinator};
 
@@ -15,7 +15,7 @@ pub struct LiveArgs {
     /// driving, support, devops, code-review, or grpc://HOST:PORT.
     #[arg(long)]
     pub env: String,
-    /// The trained namespace; the environment's name when absent.
+    /// The trained namespace; else the environment's name (a grpc:// one's from ResetResponse.env).
     #[arg(long)]
     pub namespace: Option<String>,
     /// Episodes to run.
@@ -51,14 +51,9 @@ pub struct LiveArgs {
 }
 
 impl LiveArgs {
-    pub fn namespace(&self) -> anyhow::Result<String> {
-        let ns = match (&self.namespace, self.env.starts_with("grpc://")) {
-            (Some(ns), _) => ns.clone(),
-            (None, false) => self.env.clone(),
-            (None, true) => bail!("--namespace is needed with a grpc:// environment"),
-        };
-        agent_learning_domain::validate_namespace("--namespace", &ns)?;
-        Ok(ns)
+    /// `--namespace`, else the environment's name (a `grpc://` one's as it reports it).
+    pub async fn namespace(&self) -> anyhow::Result<String> {
+        crate::train::namespace_for(&self.env, self.namespace.as_deref(), &[]).await
     }
 
     fn request(&self, namespace: &str) -> LiveLoopRequest {
@@ -78,7 +73,7 @@ impl LiveArgs {
 }
 
 pub async fn run(settings: &Settings, args: &LiveArgs) -> anyhow::Result<serde_json::Value> {
-    let namespace = args.namespace()?;
+    let namespace = args.namespace().await?;
     let server = Server::start(settings, args.server.as_deref()).await?;
     let result = drive(&server.url, &args.request(&namespace)).await;
     let summary = server.stop(result).await?;

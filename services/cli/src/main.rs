@@ -6,6 +6,7 @@ mod demo;
 mod eval;
 mod export;
 mod playbook;
+mod sweep;
 
 use agent_learning_cli::{all, health, train};
 
@@ -112,6 +113,10 @@ enum Command {
     /// The live loop: episodes acting through Decide while the namespace keeps learning from
     /// them (reflections, curation, votes from the outcome); prints the learning curve.
     Live(agent_learning_cli::live::LiveArgs),
+    /// What each part of training buys: namespaces trained on 5/10/25/50 demos (the
+    /// sample-efficiency sweep) and without exploration or reflection (ablations), each
+    /// evaluated against nearest-demo imitation on the same unseen seeds.
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -610,6 +615,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Export(args) => {
             let settings = settings(&cli, None)?;
             export::run(&settings, args).await
+        }
+        Command::Sweep(args) => {
+            let settings = settings(&cli, None)?;
+            let _telemetry = telemetry(&settings, Some(LogFormat::Pretty), Some("warn"), None)?;
+            sweep::run(&settings, args).await
         }
         Command::Live(args) => {
             let settings = settings(&cli, None)?;

@@ -23,7 +23,7 @@ pub struct TrainArgs {
     /// driving, support, devops, code-review, or grpc://HOST:PORT.
     #[arg(long)]
     pub env: String,
-    /// Playbook namespace; the environment's name when absent.
+    /// Playbook namespace; else the environment's name (a grpc:// one's from ResetResponse.env).
     #[arg(long)]
     pub namespace: Option<String>,
     /// A running coordinator (HOST:PORT or http://HOST:PORT); else an all-in-one server runs
@@ -60,23 +60,60 @@ pub async fn run(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
     let demos = agent_learning_envs::read_demos(&args.demos)?;
     let text = std::fs::read_to_string(&args.demos)
         .with_context(|| format!("{}", args.demos.display()))?;
-    let namespace = args.namespace.clone().unwrap_or_else(|| {
-        args.env
-            .trim_start_matches("grpc://")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect()
-    });
+    let namespace = namespace_for(&args.env, args.namespace.as_deref(), &demos).await?;
 
     let server = Server::start(settings, args.server.as_deref()).await?;
     let result = drive(&server.url, &namespace, &args.env, &text, demos.len(), args).await;
     server.stop(result).await
+}
+
+/// The namespace a command works on: `--namespace`, else a built-in environment's name, else
+/// the name a `grpc://` environment reports (`ResetResponse.env`). A `grpc://` environment's
+/// name is checked against the demos' `env` either way: demos of another task are refused,
+/// naming their line.
+pub async fn namespace_for(
+    env: &str,
+    explicit: Option<&str>,
+    demos: &[agent_learning_envs::Demo],
+) -> anyhow::Result<String> {
+    let reported = match env.strip_prefix("grpc://") {
+        Some(addr) => {
+            let (env, addr) = (env.to_owned(), addr.to_owned());
+            Some(tokio::task::spawn_blocking(move || reported_name(&env, &addr)).await??)
+        }
+        None => None,
+    };
+    if let Some(name) = reported.as_deref().filter(|n| !n.is_empty())
+        && let Some((i, d)) = demos
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.env != name && d.env != env)
+    {
+        bail!(
+            "the demos are not of {env}: line {} has env {:?}, and {env} reports {name:?} (ResetResponse.env)",
+            i + 1,
+            d.env
+        );
+    }
+    let ns = match (explicit, reported) {
+        (Some(ns), _) => ns.to_owned(),
+        (None, None) => env.to_owned(),
+        (None, Some(name)) if !name.is_empty() => name,
+        (None, Some(_)) => bail!("{env} reports no name in ResetResponse.env: give --namespace"),
+    };
+    agent_learning_domain::validate_namespace("--namespace", &ns)?;
+    Ok(ns)
+}
+
+/// What a remote environment calls itself: one episode is started to ask, and closed.
+fn reported_name(env: &str, addr: &str) -> anyhow::Result<String> {
+    use agent_learning_envs::Environment as _;
+    let mut remote = agent_learning_api::RemoteEnvironment::connect(&format!("http://{addr}"))
+        .with_context(|| env.to_owned())?;
+    remote
+        .reset(0)
+        .with_context(|| format!("{env}: Reset, to read the environment's name"))?;
+    Ok(remote.reported_name().trim().to_owned())
 }
 
 /// The server a command talks to: a running one (`--server`), or an all-in-one server started

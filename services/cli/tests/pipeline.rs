@@ -1072,3 +1072,89 @@ async fn live_loop_learns_from_its_episodes_and_survives_a_kill() {
         "at most one vote per episode: {votes}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_over_grpc_is_named_by_itself_and_evaluated_like_a_built_in_one() {
+    fetch_embedder();
+    let corridor = common::python_corridor();
+    let env = corridor.url.replacen("http://", "grpc://", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let demos = dir.path().join("corridor.jsonl");
+    let out = Command::new("python3")
+        .arg(common::example("text_env_server.py"))
+        .arg("--write-demos")
+        .arg("4")
+        .arg(&demos)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (model, calls) = scripted_model(Duration::ZERO).await;
+    let eval = |demos: &Path| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["eval", "--env", &env, "--demos"])
+            .arg(demos)
+            .args(["--configs", "random,nearest-demo", "--episodes", "4"])
+            .args(["--max-steps", "25", "--data-dir"])
+            .arg(dir.path());
+        model_env(&mut cmd, &model);
+        cmd.output().unwrap()
+    };
+
+    // No --namespace: the environment's own name (ResetResponse.env), not its address.
+    let out = eval(&demos);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("eval-corridor/eval.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["namespace"], "corridor");
+    let row = |name: &str| {
+        report["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["config"] == name)
+            .unwrap_or_else(|| panic!("no {name} row in {report}"))
+            .clone()
+    };
+    // The demos always walk right, and so does imitating them: every episode reaches the door.
+    assert_eq!(row("nearest-demo")["successes"], 4, "{report}");
+    assert_eq!(row("random")["episodes"], 4);
+    // The seeds of the demos (1..=4) are never evaluated on.
+    let seeds: Vec<u64> = serde_json::from_value(report["seeds"].clone()).unwrap();
+    assert!(seeds.iter().all(|s| *s >= 100_000), "{seeds:?}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "no configuration asked the model"
+    );
+
+    // Demos of another task are refused, naming the line and both names.
+    let text = std::fs::read_to_string(&demos).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(
+        &other,
+        format!(
+            "{}\n{}\n",
+            lines[0],
+            lines[1].replace("\"env\": \"corridor\"", "\"env\": \"maze\"")
+        ),
+    )
+    .unwrap();
+    let out = eval(&other);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("line 2 has env \"maze\"") && err.contains("reports \"corridor\""),
+        "{err}"
+    );
+}

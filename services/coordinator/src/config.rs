@@ -17,6 +17,18 @@ pub struct TrainingConfig {
     pub exemplars_k: u32,
     pub min_stage: Stage,
     pub token_budget: u32,
+    /// Ablation: `false` skips exploration (and so reflection and curation): the policy learns
+    /// from the demonstrations alone.
+    #[serde(default = "yes")]
+    pub explore: bool,
+    /// Ablation: `false` explores without publishing the rollouts to reflectors, and skips
+    /// reflection and curation: the playbook learns nothing from this run.
+    #[serde(default = "yes")]
+    pub reflect: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Every key optional: what `config_json` may say.
@@ -32,6 +44,8 @@ struct Overrides {
     exemplars_k: Option<u32>,
     min_stage: Option<String>,
     token_budget: Option<u32>,
+    explore: Option<bool>,
+    reflect: Option<bool>,
 }
 
 impl TrainingConfig {
@@ -46,6 +60,8 @@ impl TrainingConfig {
             exemplars_k: s.policy.exemplars_k,
             min_stage: s.policy.min_stage,
             token_budget: s.policy.token_budget,
+            explore: true,
+            reflect: true,
         }
     }
 
@@ -115,6 +131,41 @@ impl TrainingConfig {
             }
             c.token_budget = v;
         }
+        if let Some(v) = o.explore {
+            c.explore = v;
+        }
+        if let Some(v) = o.reflect {
+            c.reflect = v;
+        }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::load(&agent_learning_config::Sources::default()).unwrap()
+    }
+
+    #[test]
+    fn ablations_are_off_by_default_and_named_when_wrong() {
+        let s = settings();
+        let c = TrainingConfig::from_json(&s, "").unwrap();
+        assert!(c.explore && c.reflect);
+        let c = TrainingConfig::from_json(&s, r#"{"reflect": false}"#).unwrap();
+        assert!(c.explore && !c.reflect);
+        let c = TrainingConfig::from_json(&s, r#"{"explore": false}"#).unwrap();
+        assert!(!c.explore && c.reflect);
+        let e = TrainingConfig::from_json(&s, r#"{"explore": "no"}"#).unwrap_err();
+        assert_eq!(e.field, "config_json");
+        assert!(e.reason.contains("boolean"), "{e:?}");
+        // A run stored before the ablation keys existed reads as a full run.
+        let mut stored = serde_json::to_value(TrainingConfig::defaults(&s)).unwrap();
+        stored.as_object_mut().unwrap().remove("explore");
+        stored.as_object_mut().unwrap().remove("reflect");
+        let c: TrainingConfig = serde_json::from_value(stored).unwrap();
+        assert!(c.explore && c.reflect);
     }
 }

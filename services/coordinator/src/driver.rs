@@ -131,6 +131,17 @@ impl Ctx<'_> {
         ));
     }
 
+    /// Why reflection and curation have nothing to do in this run (an ablation), if so.
+    fn no_playbook(&self) -> Option<&'static str> {
+        if !self.cfg.explore {
+            Some("config_json.explore is false")
+        } else if !self.cfg.reflect {
+            Some("config_json.reflect is false")
+        } else {
+            None
+        }
+    }
+
     async fn pause(&self) -> Result<(), Stop> {
         tokio::select! {
             _ = self.cancel.cancelled() => Err(Stop::Cancelled),
@@ -329,37 +340,13 @@ impl Coordinator {
                 events,
             };
             // Idempotent like a stage: after an outage it goes on from what was recorded.
-            let tolerance = Duration::from_secs(self.settings.pipeline.outage_tolerance_secs);
-            let mut outage_since: Option<Instant> = None;
-            let mut pause = Duration::from_millis(500);
-            loop {
-                let attempt = Instant::now();
-                let outcome = self.run_live(&ctx, &cfg).await;
-                // A loop that ran a while before this outage made progress: a new outage.
-                if attempt.elapsed() > tolerance {
-                    outage_since = None;
-                    pause = Duration::from_millis(500);
-                }
-                match outcome {
-                    Err(Stop::Transient(why))
-                        if outage_since.get_or_insert_with(Instant::now).elapsed() < tolerance =>
-                    {
-                        tracing::warn!(run = %run_id, error = %why, "live loop interrupted; going on");
-                        tokio::select! {
-                            _ = cancel.cancelled() => return Err(Stop::Cancelled),
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                        pause = (pause * 2).min(Duration::from_secs(10));
-                    }
-                    Err(Stop::Transient(why)) => {
-                        return Err(Stop::Failed(format!(
-                            "{why} (still failing after pipeline.outage_tolerance_secs = {}s)",
-                            tolerance.as_secs()
-                        )));
-                    }
-                    other => return other,
-                }
-            }
+            return self
+                .with_outage_tolerance(
+                    cancel,
+                    || self.run_live(&ctx, &cfg),
+                    |why| tracing::warn!(run = %run_id, error = %why, "live loop interrupted; going on"),
+                )
+                .await;
         }
         let cfg: TrainingConfig = serde_json::from_str(&run.config)
             .map_err(|e| Stop::Failed(format!("stored run config: {e}")))?;
@@ -374,49 +361,78 @@ impl Coordinator {
             cancel,
             events,
         };
-        let tolerance = Duration::from_secs(self.settings.pipeline.outage_tolerance_secs);
         for &stage in RunStage::TRAINING {
             let row = stages.iter().find(|s| s.stage == stage);
             if row.is_some_and(|r| r.finished) {
                 continue;
             }
             // A stage is idempotent: after an outage it runs again from what was recorded.
-            let mut outage_since: Option<Instant> = None;
-            let mut pause = Duration::from_millis(500);
-            loop {
-                match self.run_stage(&ctx, stage, row.map(|r| r.seconds)).await {
-                    Ok(()) => break,
-                    Err(Stop::Transient(why))
-                        if outage_since.get_or_insert_with(Instant::now).elapsed() < tolerance =>
-                    {
-                        tracing::warn!(run = %run_id, %stage, error = %why, "stage interrupted; trying again");
-                        ctx.emit(
-                            stage,
-                            0,
-                            0,
-                            format!("{stage} interrupted ({why}); trying again"),
-                        );
-                        tokio::select! {
-                            _ = cancel.cancelled() => return Err(Stop::Cancelled),
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                        pause = (pause * 2).min(Duration::from_secs(10));
-                    }
-                    Err(Stop::Transient(why)) => {
-                        return Err(Stop::Failed(format!(
-                            "{why} (still failing after pipeline.outage_tolerance_secs = {}s)",
-                            tolerance.as_secs()
-                        )));
-                    }
-                    Err(other) => return Err(other),
-                }
-            }
+            self.with_outage_tolerance(
+                cancel,
+                || self.run_stage(&ctx, stage, row.map(|r| r.seconds)),
+                |why| {
+                    tracing::warn!(run = %run_id, %stage, error = %why, "stage interrupted; trying again");
+                    ctx.emit(
+                        stage,
+                        0,
+                        0,
+                        format!("{stage} interrupted ({why}); trying again"),
+                    );
+                },
+            )
+            .await?;
         }
         let summary = self.summary(&ctx).await?;
         self.store
             .set_run_summary(run_id, &summary.to_string())
             .await?;
         Ok(())
+    }
+
+    /// Runs `attempt` until it ends other than by a transient failure (an outage of a backend
+    /// or peer), backing off between attempts, for up to `pipeline.outage_tolerance_secs` per
+    /// outage. An attempt that ran longer than that made progress before failing: its failure
+    /// starts a new outage.
+    async fn with_outage_tolerance<F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        mut attempt: F,
+        mut on_retry: impl FnMut(&str),
+    ) -> Result<(), Stop>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), Stop>>,
+    {
+        let tolerance = Duration::from_secs(self.settings.pipeline.outage_tolerance_secs);
+        let mut outage_since: Option<Instant> = None;
+        let mut pause = Duration::from_millis(500);
+        loop {
+            let started = Instant::now();
+            let outcome = attempt().await;
+            if started.elapsed() > tolerance {
+                outage_since = None;
+                pause = Duration::from_millis(500);
+            }
+            match outcome {
+                Err(Stop::Transient(why))
+                    if outage_since.get_or_insert_with(Instant::now).elapsed() < tolerance =>
+                {
+                    on_retry(&why);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+                Err(Stop::Transient(why)) => {
+                    return Err(Stop::Failed(format!(
+                        "{why} (still failing after pipeline.outage_tolerance_secs = {}s)",
+                        tolerance.as_secs()
+                    )));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// One stage, from marking it current to recording it finished.
@@ -559,6 +575,9 @@ impl Coordinator {
         base: f64,
         started: Instant,
     ) -> Result<(u64, u64, serde_json::Value), Stop> {
+        if !ctx.cfg.explore {
+            return Ok((0, 0, skipped("config_json.explore is false")));
+        }
         // Groups exist before anything is published, so no entry is missed by a late consumer.
         self.queue
             .ensure_group(streams::ROLLOUTS, streams::REFLECTORS)
@@ -594,7 +613,8 @@ impl Coordinator {
                 alternatives: ctx.cfg.alternatives,
                 branch_points: points,
                 every_step: ctx.cfg.every_step,
-                publish: true,
+                // Without reflection nobody is to read them: stored, not published.
+                publish: ctx.cfg.reflect,
             })
             .await?;
         let mut n = 0u64;
@@ -624,6 +644,9 @@ impl Coordinator {
         base: f64,
         started: Instant,
     ) -> Result<(u64, u64, serde_json::Value), Stop> {
+        if let Some(why) = ctx.no_playbook() {
+            return Ok((0, 0, skipped(why)));
+        }
         let stall = Duration::from_secs(ctx.cfg.stall_timeout_secs);
         let mut last = (u64::MAX, Instant::now());
         loop {
@@ -674,6 +697,9 @@ impl Coordinator {
         base: f64,
         started: Instant,
     ) -> Result<(u64, u64, serde_json::Value), Stop> {
+        if let Some(why) = ctx.no_playbook() {
+            return Ok((0, 0, skipped(why)));
+        }
         let stall = Duration::from_secs(ctx.cfg.stall_timeout_secs);
         let mut last = (u64::MAX, Instant::now());
         let mut drained_polls = 0;
@@ -699,20 +725,8 @@ impl Coordinator {
                     json!({"curated": c.curated, "skipped": c.reflections_valid.saturating_sub(c.curated)}),
                 ))
             };
-            if c.curated >= c.reflections_valid {
+            if self.curation_over(&c, &mut drained_polls).await? {
                 return done();
-            }
-            // The curator skips what it rejects: once its stream is drained and nothing moves,
-            // the rest was skipped.
-            let lag = self
-                .queue
-                .lag(streams::REFLECTIONS, streams::CURATORS)
-                .await?;
-            if lag.drained() {
-                drained_polls += 1;
-                if drained_polls >= 4 {
-                    return done();
-                }
             }
             if last.1.elapsed() > stall {
                 return Err(Stop::Failed(format!(
@@ -724,6 +738,28 @@ impl Coordinator {
             }
             ctx.pause().await?;
         }
+    }
+
+    /// Whether curating a run's valid reflections is over: all of them curated, or the
+    /// curator's stream found drained on four polls since the count last moved (counted in
+    /// `drained_polls`, which the caller resets when it moves): the curator skips what it
+    /// rejects, so the rest was skipped.
+    pub(crate) async fn curation_over(
+        &self,
+        c: &agent_learning_domain::RunCounts,
+        drained_polls: &mut u32,
+    ) -> Result<bool, Stop> {
+        if c.curated >= c.reflections_valid {
+            return Ok(true);
+        }
+        let lag = self
+            .queue
+            .lag(streams::REFLECTIONS, streams::CURATORS)
+            .await?;
+        if lag.drained() {
+            *drained_polls += 1;
+        }
+        Ok(*drained_polls >= 4)
     }
 
     async fn compile(&self, ctx: &Ctx<'_>) -> Result<(u64, u64, serde_json::Value), Stop> {
@@ -773,9 +809,15 @@ impl Coordinator {
                 "mean_similarity": fit["mean_similarity"],
             },
             "tokens": {"prompt": c.prompt_tokens, "completion": c.completion_tokens},
+            "ablation": {"explore": ctx.cfg.explore, "reflect": ctx.cfg.reflect},
             "stages": stages.iter().map(|s| json!({"stage": s.stage, "seconds": s.seconds, "done": s.done, "total": s.total})).collect::<Vec<_>>(),
         }))
     }
+}
+
+/// A stage's detail when an ablation leaves it out.
+fn skipped(why: &str) -> serde_json::Value {
+    json!({"skipped": why})
 }
 
 #[cfg(test)]

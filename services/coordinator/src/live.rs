@@ -662,20 +662,8 @@ impl Coordinator {
                     ),
                 ));
             }
-            if c.reflections >= sent {
-                if c.curated >= c.reflections_valid {
-                    return Ok(());
-                }
-                let lag = self
-                    .queue
-                    .lag(streams::REFLECTIONS, streams::CURATORS)
-                    .await?;
-                if lag.drained() {
-                    drained_polls += 1;
-                    if drained_polls >= 4 {
-                        return Ok(());
-                    }
-                }
+            if c.reflections >= sent && self.curation_over(&c, &mut drained_polls).await? {
+                return Ok(());
             }
             if last.1.elapsed() > stall {
                 let lag = self

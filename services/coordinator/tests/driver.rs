@@ -84,11 +84,14 @@ impl WorldModelApi for FakeWorldModel {
 struct FakeExplorer {
     store: Store,
     hang: bool,
+    /// `publish` of every Explore call.
+    published: Mutex<Vec<bool>>,
 }
 
 #[async_trait]
 impl ExplorerApi for FakeExplorer {
     async fn explore(&self, req: ExploreRequest) -> Result<RolloutStream, ApiError> {
+        self.published.lock().unwrap().push(req.publish);
         if self.hang {
             return Ok(Box::pin(futures::stream::pending()));
         }
@@ -260,6 +263,7 @@ struct Harness {
     coordinator: Arc<Coordinator>,
     world_model: Arc<FakeWorldModel>,
     policy: Arc<FakePolicy>,
+    explorer: Arc<FakeExplorer>,
 }
 
 async fn harness(world_model: FakeWorldModel, hang: bool) -> Harness {
@@ -279,12 +283,14 @@ async fn harness(world_model: FakeWorldModel, hang: bool) -> Harness {
     let queue = Arc::new(EmbeddedQueue::new(store.clone(), QueueOptions::default()));
     let world_model = Arc::new(world_model);
     let policy = Arc::new(FakePolicy::default());
+    let explorer = Arc::new(FakeExplorer {
+        store: store.clone(),
+        hang,
+        published: Mutex::default(),
+    });
     let peers = Peers {
         world_model: world_model.clone(),
-        explorer: Arc::new(FakeExplorer {
-            store: store.clone(),
-            hang,
-        }),
+        explorer: explorer.clone(),
         reflector: Arc::new(Unused),
         policy: policy.clone(),
         curator: Arc::new(Unused),
@@ -302,6 +308,7 @@ async fn harness(world_model: FakeWorldModel, hang: bool) -> Harness {
         coordinator,
         world_model,
         policy,
+        explorer,
     }
 }
 
@@ -373,6 +380,78 @@ async fn a_run_goes_through_every_stage_in_order() {
     assert_eq!(summary["policy_version"], "7");
     assert_eq!(summary["world_model"]["exact_match"], 1.0);
     assert_eq!(summary["rollouts_by_source"]["env"], 3);
+}
+
+#[tokio::test]
+async fn ablations_leave_out_exploration_or_reflection() {
+    let stage_detail = |stages: &[agent_learning_domain::StageProgress], name: &str| {
+        let s = stages.iter().find(|s| s.stage.as_str() == name).unwrap();
+        assert!(s.finished, "{name}: {s:?}");
+        serde_json::from_str::<serde_json::Value>(&s.detail).unwrap()
+    };
+
+    // No exploration: the explorer is never asked; reflection and curation have nothing to
+    // do; the policy is still compiled from the fitted demonstrations.
+    let h = harness(FakeWorldModel::default(), false).await;
+    let run = h
+        .coordinator
+        .start_training(training(demos(3), r#"{"explore": false}"#))
+        .await
+        .unwrap();
+    let run = until_ended(&h.coordinator, &run.id).await;
+    assert_eq!(run.state, RunState::Succeeded, "{}", run.error);
+    assert!(h.explorer.published.lock().unwrap().is_empty());
+    assert_eq!(h.policy.compiled.lock().unwrap().len(), 1);
+    assert!(!h.world_model.fitted.lock().unwrap().is_empty());
+    let (_, stages) = h.store.load_run(&run.id).await.unwrap();
+    for stage in ["explore", "reflect", "curate"] {
+        assert_eq!(
+            stage_detail(&stages, stage)["skipped"],
+            "config_json.explore is false"
+        );
+    }
+    let summary: serde_json::Value = serde_json::from_str(&run.summary_json).unwrap();
+    assert_eq!(summary["rollouts"], 0);
+    assert_eq!(
+        summary["ablation"],
+        serde_json::json!({"explore": false, "reflect": true})
+    );
+
+    // No reflection: rollouts are made and stored but not published to reflectors, and the
+    // run does not wait for reflections (the fake writes some; they are not waited on).
+    let h = harness(FakeWorldModel::default(), false).await;
+    let run = h
+        .coordinator
+        .start_training(training(demos(3), r#"{"reflect": false}"#))
+        .await
+        .unwrap();
+    let run = until_ended(&h.coordinator, &run.id).await;
+    assert_eq!(run.state, RunState::Succeeded, "{}", run.error);
+    assert_eq!(*h.explorer.published.lock().unwrap(), [false]);
+    let (_, stages) = h.store.load_run(&run.id).await.unwrap();
+    assert_eq!(stage_detail(&stages, "explore")["rollouts"], 6);
+    for stage in ["reflect", "curate"] {
+        assert_eq!(
+            stage_detail(&stages, stage)["skipped"],
+            "config_json.reflect is false"
+        );
+    }
+    let summary: serde_json::Value = serde_json::from_str(&run.summary_json).unwrap();
+    assert_eq!(
+        summary["ablation"],
+        serde_json::json!({"explore": true, "reflect": false})
+    );
+
+    // A full run publishes.
+    let h = harness(FakeWorldModel::default(), false).await;
+    let run = h
+        .coordinator
+        .start_training(training(demos(2), ""))
+        .await
+        .unwrap();
+    let run = until_ended(&h.coordinator, &run.id).await;
+    assert_eq!(run.state, RunState::Succeeded, "{}", run.error);
+    assert_eq!(*h.explorer.published.lock().unwrap(), [true]);
 }
 
 #[tokio::test]
@@ -484,7 +563,11 @@ async fn the_client_sees_a_run_from_start_to_end() {
     let ctx = Context::new(settings, addr).unwrap();
     let peers = Peers {
         world_model: Arc::new(FakeWorldModel::default()),
-        explorer: Arc::new(FakeExplorer { store, hang: false }),
+        explorer: Arc::new(FakeExplorer {
+            store,
+            hang: false,
+            published: Mutex::default(),
+        }),
         reflector: Arc::new(Unused),
         policy: Arc::new(FakePolicy::default()),
         curator: Arc::new(Unused),
@@ -562,6 +645,7 @@ fn member(store: &Store, settings: &agent_learning_config::Settings, hang: bool)
         explorer: Arc::new(FakeExplorer {
             store: store.clone(),
             hang,
+            published: Mutex::default(),
         }),
         reflector: Arc::new(Unused),
         policy: policy.clone(),

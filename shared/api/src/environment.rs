@@ -47,6 +47,8 @@ pub struct RemoteEnvironment {
     episode: Option<String>,
     capabilities: pb::Capabilities,
     outcome: Option<Outcome>,
+    /// The name the server gave in its last `ResetResponse.env` (empty when it gives none).
+    reported: String,
 }
 
 async fn answer(
@@ -171,6 +173,7 @@ impl RemoteEnvironment {
                 episode: None,
                 capabilities: pb::Capabilities::default(),
                 outcome: None,
+                reported: String::new(),
             }),
             Ok(Err(message)) => Err(RemoteError::Connect {
                 url: url.to_owned(),
@@ -187,6 +190,12 @@ impl RemoteEnvironment {
             .map_err(|_| Status::unavailable("the client worker stopped"))?;
         rx.recv()
             .map_err(|_| Status::unavailable("the client worker stopped"))?
+    }
+
+    /// The environment's own name, as its last `Reset` reported it (`ResetResponse.env`);
+    /// empty before a reset or when the server names none.
+    pub fn reported_name(&self) -> &str {
+        &self.reported
     }
 
     fn episode(&self) -> Result<String, EnvError> {
@@ -221,6 +230,7 @@ impl Environment for RemoteEnvironment {
                 self.episode = Some(r.episode_id);
                 self.capabilities = r.capabilities.unwrap_or_default();
                 self.outcome = None;
+                self.reported = r.env;
                 Ok(r.state)
             }
             _ => Err(EnvError::Remote("mismatched answer".into())),

@@ -56,3 +56,34 @@ pub async fn channel(url: &str) -> Channel {
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"))
 }
+
+/// grpcio and grpcio-tools for the Python example environment (from PyPI when missing).
+pub fn ensure_grpcio() {
+    let ok = || {
+        Command::new("python3")
+            .args(["-c", "import grpc, grpc_tools"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok() {
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "grpcio", "grpcio-tools"])
+            .status()
+            .expect("python3 -m pip");
+        assert!(status.success(), "pip install grpcio grpcio-tools failed");
+    }
+}
+
+/// The repository's Python example environment (the corridor), serving on a free port.
+pub fn python_corridor() -> Proc {
+    ensure_grpcio();
+    let mut cmd = Command::new("python3");
+    cmd.arg(example("text_env_server.py")).args(["--port", "0"]);
+    spawn_serving(cmd)
+}
+
+pub fn example(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/python")
+        .join(file)
+}
