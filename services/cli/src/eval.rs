@@ -327,12 +327,8 @@ pub async fn run(settings: &Settings, args: &EvalArgs) -> anyhow::Result<serde_j
     std::fs::write(dir.join("eval.md"), &md)?;
     let bars: Vec<agent_learning_cli::plot::Bar> = rows
         .iter()
-        .map(|r| agent_learning_cli::plot::Bar {
-            name: r["config"].as_str().unwrap_or_default().to_owned(),
-            successes: r["successes"].as_u64().unwrap_or_default() as usize,
-            episodes: r["episodes"].as_u64().unwrap_or_default() as usize,
-            low: r["wilson95"][0].as_f64().unwrap_or_default(),
-            high: r["wilson95"][1].as_f64().unwrap_or_default(),
+        .map(|r| {
+            agent_learning_cli::plot::Bar::from_row(r["config"].as_str().unwrap_or_default(), r)
         })
         .collect();
     agent_learning_cli::plot::success_chart(

@@ -29,6 +29,20 @@ pub struct Bar {
     pub high: f64,
 }
 
+impl Bar {
+    /// A bar from a report row as `eval` and `sweep` write them (`successes`, `episodes`,
+    /// `wilson95`).
+    pub fn from_row(name: impl Into<String>, row: &serde_json::Value) -> Self {
+        Self {
+            name: name.into(),
+            successes: row["successes"].as_u64().unwrap_or_default() as usize,
+            episodes: row["episodes"].as_u64().unwrap_or_default() as usize,
+            low: row["wilson95"][0].as_f64().unwrap_or_default(),
+            high: row["wilson95"][1].as_f64().unwrap_or_default(),
+        }
+    }
+}
+
 fn plot_error(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("chart: {e}")
 }

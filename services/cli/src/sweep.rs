@@ -311,17 +311,13 @@ fn write(
     )?;
     let bars: Vec<agent_learning_cli::plot::Bar> = rows
         .iter()
-        .map(|r| agent_learning_cli::plot::Bar {
-            name: match (r["policy"].as_str(), r["training"].as_str()) {
+        .map(|r| {
+            let name = match (r["policy"].as_str(), r["training"].as_str()) {
                 (Some("nearest-demo"), _) => format!("{} nearest", r["demos"]),
-                (_, Some("full")) => format!("{} full", r["demos"]),
                 (_, Some(t)) => format!("{} {t}", r["demos"]),
                 _ => r["namespace"].as_str().unwrap_or_default().to_owned(),
-            },
-            successes: r["successes"].as_u64().unwrap_or_default() as usize,
-            episodes: r["episodes"].as_u64().unwrap_or_default() as usize,
-            low: r["wilson95"][0].as_f64().unwrap_or_default(),
-            high: r["wilson95"][1].as_f64().unwrap_or_default(),
+            };
+            agent_learning_cli::plot::Bar::from_row(name, r)
         })
         .collect();
     agent_learning_cli::plot::success_chart(
