@@ -164,11 +164,14 @@ async fn learn(settings: &Settings, url: &str) -> anyhow::Result<String> {
         &crate::eval::EvalArgs {
             env: ENV.into(),
             namespace: Some(ENV.into()),
-            episodes: EVAL_EPISODES,
-            seeds: "100000..".into(),
+            play: crate::eval::Episodes {
+                episodes: EVAL_EPISODES,
+                seeds: "100000..".into(),
+                max_steps: MAX_STEPS as usize,
+                history: 4,
+            },
             demos: Some(demos_path),
             server: Some(url.to_owned()),
-            max_steps: MAX_STEPS as usize,
             configs: vec![
                 crate::eval::Config::Expert,
                 crate::eval::Config::Random,
@@ -177,7 +180,6 @@ async fn learn(settings: &Settings, url: &str) -> anyhow::Result<String> {
                 crate::eval::Config::Full,
             ],
             output: Some(dir.clone()),
-            history: 4,
             avoid_seeds: Default::default(),
         },
     )

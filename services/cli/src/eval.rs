@@ -69,6 +69,23 @@ impl Config {
     }
 }
 
+/// How each evaluated configuration plays: shared by `eval` and `sweep`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Episodes {
+    /// Episodes per configuration.
+    #[arg(long, default_value_t = 20)]
+    pub episodes: usize,
+    /// First seed (`S` or `S..`): episodes use S, S+1, ..., skipping every seed of the demos.
+    #[arg(long, default_value = "100000..")]
+    pub seeds: String,
+    /// Steps after which an episode counts as failed.
+    #[arg(long, default_value_t = 200)]
+    pub max_steps: usize,
+    /// Steps of the episode so far shown to Decide (as the live loop does).
+    #[arg(long, default_value_t = 4)]
+    pub history: usize,
+}
+
 #[derive(clap::Args)]
 pub struct EvalArgs {
     /// driving, support, devops, code-review, or grpc://HOST:PORT.
@@ -77,12 +94,8 @@ pub struct EvalArgs {
     /// The trained namespace; else the environment's name (a grpc:// one's from ResetResponse.env).
     #[arg(long)]
     pub namespace: Option<String>,
-    /// Episodes per configuration.
-    #[arg(long, default_value_t = 20)]
-    pub episodes: usize,
-    /// First seed (`S` or `S..`): episodes use S, S+1, ..., skipping every seed of the demos.
-    #[arg(long, default_value = "100000..")]
-    pub seeds: String,
+    #[command(flatten)]
+    pub play: Episodes,
     /// The expert demos the namespace was trained on: the nearest-demo baseline, the
     /// exemplars-only policy, the action list of environments that do not list actions, and
     /// the seeds to avoid.
@@ -92,18 +105,12 @@ pub struct EvalArgs {
     /// this process on the data dir.
     #[arg(long)]
     pub server: Option<String>,
-    /// Steps after which an episode counts as failed.
-    #[arg(long, default_value_t = 200)]
-    pub max_steps: usize,
     /// Configurations to run (comma-separated); all that apply when absent.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub configs: Vec<Config>,
     /// Where eval.json and eval.md go (else <data dir>/eval-<namespace>).
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Steps of the episode so far shown to Decide (as the live loop does).
-    #[arg(long, default_value_t = 4)]
-    pub history: usize,
     /// Seeds to skip besides the demos' (a sweep skips those of all its demos).
     #[arg(skip)]
     pub avoid_seeds: BTreeSet<u64>,
@@ -216,10 +223,10 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 /// Runs the evaluation, prints and writes its table; returns the report (as eval.json holds it).
 pub async fn run(settings: &Settings, args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
-    if args.episodes == 0 {
+    if args.play.episodes == 0 {
         bail!("--episodes must be at least 1");
     }
-    if args.history > 16 {
+    if args.play.history > 16 {
         bail!("--history must be at most 16");
     }
     let demos = match &args.demos {
@@ -250,9 +257,9 @@ pub async fn run(settings: &Settings, args: &EvalArgs) -> anyhow::Result<serde_j
     }
     let mut demo_seeds: BTreeSet<u64> = demos.iter().map(|d| d.seed).collect();
     demo_seeds.extend(&args.avoid_seeds);
-    let seeds: Vec<u64> = (parse_first_seed(&args.seeds)?..)
+    let seeds: Vec<u64> = (parse_first_seed(&args.play.seeds)?..)
         .filter(|s| !demo_seeds.contains(s))
-        .take(args.episodes)
+        .take(args.play.episodes)
         .collect();
     let demo_actions: Vec<String> = demos
         .iter()
@@ -280,7 +287,7 @@ pub async fn run(settings: &Settings, args: &EvalArgs) -> anyhow::Result<serde_j
         "env": args.env,
         "namespace": namespace,
         "seeds": seeds,
-        "max_steps": args.max_steps,
+        "max_steps": args.play.max_steps,
         "demos": demos.len(),
         "configs": rows,
         "skipped": skipped.iter().map(|(c, why)| json!({"config": c.name(), "why": why})).collect::<Vec<_>>(),
@@ -422,7 +429,7 @@ async fn evaluate(
             let mut state = blocking(|| env.reset(seed))?;
             let mut steps = 0;
             let mut past: Vec<PastStep> = Vec::new();
-            while steps < args.max_steps {
+            while steps < args.play.max_steps {
                 let valid = blocking(|| env.actions())
                     .filter(|a| !a.is_empty())
                     .unwrap_or_else(|| demo_actions.to_vec());
@@ -451,7 +458,8 @@ async fn evaluate(
                         let t = Instant::now();
                         let d = policy
                             .decide(DecideRequest {
-                                history: past[past.len().saturating_sub(args.history)..].to_vec(),
+                                history: past[past.len().saturating_sub(args.play.history)..]
+                                    .to_vec(),
                                 namespace: ns.to_owned(),
                                 state: state.clone(),
                                 valid_actions: valid.clone(),

@@ -30,6 +30,10 @@ pub struct LiveArgs {
     /// Reflect on every n-th episode.
     #[arg(long, default_value_t = 1)]
     pub reflect_every: u32,
+    /// Curate the valid reflections in batches of this many (the last batch when every episode
+    /// is reflected on).
+    #[arg(long, default_value_t = 1)]
+    pub curate_every: u32,
     /// Episode i plays seed S + i, skipping the demos' seeds.
     #[arg(long, default_value_t = 200_000)]
     pub first_seed: u64,
@@ -68,6 +72,7 @@ impl LiveArgs {
             stop_success_rate: self.stop_success_rate,
             stop_window: self.stop_window,
             history: self.history,
+            curate_every: self.curate_every,
         }
     }
 }

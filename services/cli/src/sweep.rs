@@ -35,15 +35,9 @@ pub struct SweepArgs {
     /// `<env name>-sweep`).
     #[arg(long)]
     pub namespace: Option<String>,
-    /// Episodes per evaluated configuration.
-    #[arg(long, default_value_t = 20)]
-    pub episodes: usize,
-    /// First seed (`S` or `S..`); seeds of every demo in the file are skipped.
-    #[arg(long, default_value = "100000..")]
-    pub seeds: String,
-    /// Steps after which an episode counts as failed.
-    #[arg(long, default_value_t = 200)]
-    pub max_steps: usize,
+    /// How each configuration plays; the seeds of every demo in the file are skipped.
+    #[command(flatten)]
+    pub play: crate::eval::Episodes,
     /// Training settings for every run (JSON, as `train --config-json`).
     #[arg(long, default_value = "")]
     pub config_json: String,
@@ -202,14 +196,11 @@ pub async fn run(settings: &Settings, args: &SweepArgs) -> anyhow::Result<()> {
                 &EvalArgs {
                     env: args.env.clone(),
                     namespace: Some(ns.clone()),
-                    episodes: args.episodes,
-                    seeds: args.seeds.clone(),
+                    play: args.play.clone(),
                     demos: Some(demos_path),
                     server: Some(url.clone()),
-                    max_steps: args.max_steps,
                     configs,
                     output: Some(ns_dir.clone()),
-                    history: 4,
                     avoid_seeds: all_seeds.clone(),
                 },
             )
@@ -262,7 +253,7 @@ fn write(
         "Sweep `{prefix}` on `{}`: {} episodes per row on unseen seeds (the same for every row), at most {} steps\n\n\
          | demos | training | policy | success | Wilson 95% | mean steps | tokens/decision | bullets | valid reflections | training s |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
-        args.env, args.episodes, args.max_steps
+        args.env, args.play.episodes, args.play.max_steps
     );
     for r in rows {
         let imitation = r["policy"] == "nearest-demo";
@@ -304,8 +295,8 @@ fn write(
         serde_json::to_string_pretty(&json!({
             "env": args.env,
             "prefix": prefix,
-            "episodes": args.episodes,
-            "max_steps": args.max_steps,
+            "episodes": args.play.episodes,
+            "max_steps": args.play.max_steps,
             "rows": rows,
         }))?,
     )?;

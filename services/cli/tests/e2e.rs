@@ -238,11 +238,7 @@ async fn serve_reflection_health_contract_bad_input_and_sigkill_restart() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["bullets"].as_array().unwrap().len(), before.len());
 }
@@ -277,11 +273,7 @@ fn demos_generate_is_deterministic_and_validate_names_bad_lines() {
             .arg(&path)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_ok(&out);
         std::fs::read(path).unwrap()
     };
     let a = gen_to("a.jsonl");

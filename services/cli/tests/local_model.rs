@@ -26,11 +26,7 @@ async fn train_with_the_local_model_then_decide() {
         .arg(&demos)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let summary = dir.path().join("summary.json");
     let data = dir.path().join("data");
     let out = Command::new(BIN)
@@ -53,12 +49,7 @@ async fn train_with_the_local_model_then_decide() {
         .env("AGENT_LEARNING__TELEMETRY__LOG_FILTER", "warn")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     assert_eq!(s["demos"], 3);
     assert_eq!(s["rollouts"], 9);

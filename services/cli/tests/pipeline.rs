@@ -120,11 +120,7 @@ fn demos(dir: &Path, n: usize) -> std::path::PathBuf {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     path
 }
 
@@ -243,11 +239,7 @@ async fn train_then_decide_on_the_trained_state() {
         .arg(&export)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let lines: Vec<Value> = std::fs::read_to_string(&export)
         .unwrap()
         .lines()
@@ -317,12 +309,7 @@ async fn train_then_decide_on_the_trained_state() {
     .arg(&report_dir);
     model_env(&mut cmd, &model);
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(report_dir.join("eval.json")).unwrap())
             .unwrap();
@@ -773,12 +760,7 @@ async fn where_the_environment_cannot_branch_the_world_model_imagines() {
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
     assert_eq!(s["rollouts"], 9);
     assert_eq!(s["rollouts_by_source"]["world_model"], 6, "{s}");
@@ -886,6 +868,8 @@ async fn live_loop_learns_from_its_episodes_and_survives_a_kill() {
         concurrency: 2,
         max_steps: 8,
         reflect_every: 2,
+        // Three reflections: one batch of two, and a last batch of one curated at the end.
+        curate_every: 2,
         ..Default::default()
     };
     let run_id = {
@@ -929,6 +913,13 @@ async fn live_loop_learns_from_its_episodes_and_survives_a_kill() {
                     ..live("driving", 6)
                 },
                 "env",
+            ),
+            (
+                pb::StartLiveLoopRequest {
+                    curate_every: 1001,
+                    ..live("driving", 6)
+                },
+                "curate_every",
             ),
         ] {
             let e = c.start_live_loop(req).await.unwrap_err();
@@ -979,7 +970,7 @@ async fn live_loop_learns_from_its_episodes_and_survives_a_kill() {
     assert_eq!(s["reflected"], 3, "every second episode: {s}");
     assert_eq!(s["reflections"], 3, "{s}");
     assert_eq!(s["reflections_valid"], 3, "{s}");
-    assert!(s["curated"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["curated"], 3, "both batches curated: {s}");
 
     // Decide skips an action that already left this very state unchanged: the scripted model
     // answers the first option it is shown.
@@ -1063,6 +1054,11 @@ async fn live_loop_learns_from_its_episodes_and_survives_a_kill() {
         3,
         "each reflected episode published once"
     );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM pending_insights".into()).await,
+        0,
+        "no insight left waiting for a batch"
+    );
     let with_bullets = episodes.len() as i64;
     let votes =
         count("SELECT COUNT(*) FROM feedback_requests WHERE feedback_id LIKE 'episode:%'".into())
@@ -1087,11 +1083,7 @@ async fn an_environment_over_grpc_is_named_by_itself_and_evaluated_like_a_built_
         .arg(&demos)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let (model, calls) = scripted_model(Duration::ZERO).await;
     let eval = |demos: &Path| {
         let mut cmd = Command::new(BIN);
@@ -1106,11 +1098,7 @@ async fn an_environment_over_grpc_is_named_by_itself_and_evaluated_like_a_built_
 
     // No --namespace: the environment's own name (ResetResponse.env), not its address.
     let out = eval(&demos);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let report: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("eval-corridor/eval.json")).unwrap(),
     )

@@ -749,6 +749,9 @@ impl Coordinator {
         c: &agent_learning_domain::RunCounts,
         drained_polls: &mut u32,
     ) -> Result<bool, Stop> {
+        if c.pending_insights > 0 {
+            return Ok(false);
+        }
         if c.curated >= c.reflections_valid {
             return Ok(true);
         }

@@ -32,6 +32,7 @@ pub const MAX_CONCURRENCY: u32 = 64;
 pub const MAX_STEPS: u32 = 10_000;
 /// The most past steps a Decide carries (the policy's limit).
 pub const MAX_HISTORY: u32 = 16;
+pub const MAX_CURATE_EVERY: u32 = 1000;
 /// Reasoning kept per step of a recorded episode, in bytes.
 const REASONING_KEPT: usize = 600;
 const EPISODE_NS: Uuid = Uuid::from_u128(0x5c1e_0b7a_94d2_4f3e_8a61_2b9d_7e40_c3f5);
@@ -49,6 +50,13 @@ pub struct LiveConfig {
     pub stop_window: u32,
     pub history: u32,
     pub stall_timeout_secs: u64,
+    /// Valid reflections curated together (a run recorded before this existed curated each).
+    #[serde(default = "one")]
+    pub curate_every: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl LiveConfig {
@@ -72,6 +80,7 @@ impl LiveConfig {
             stop_window: or(r.stop_window, 20),
             history: or(r.history, 4),
             stall_timeout_secs,
+            curate_every: or(r.curate_every, 1),
         };
         if c.episodes == 0 || c.episodes > MAX_EPISODES {
             return Err(InvalidInput::new(
@@ -95,6 +104,12 @@ impl LiveConfig {
             return Err(InvalidInput::new(
                 "stop_success_rate",
                 "must be between 0 and 1",
+            ));
+        }
+        if c.curate_every > MAX_CURATE_EVERY {
+            return Err(InvalidInput::new(
+                "curate_every",
+                format!("must be at most {MAX_CURATE_EVERY}"),
             ));
         }
         if c.history > MAX_HISTORY {
@@ -621,8 +636,13 @@ impl Coordinator {
         let bullets = self.store.live_bullet_count(ctx.ns).await?;
         let c = self.store.run_counts(ctx.ns, ctx.run_id).await?;
         let h = self.peers.curator.health(ctx.ns).await?;
+        let waiting = if c.pending_insights > 0 {
+            format!(", {} waiting for a batch", c.pending_insights)
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "{per_min:.1} episodes/min, success {successes}/{} (last {}: {recent_ok}), playbook {bullets} bullets, {} merges, {} reflections, {} curated",
+            "{per_min:.1} episodes/min, success {successes}/{} (last {}: {recent_ok}), playbook {bullets} bullets, {} merges, {} reflections, {} curated{waiting}",
             all.len(),
             recent.len(),
             merges(&h),
@@ -662,8 +682,14 @@ impl Coordinator {
                     ),
                 ));
             }
-            if c.reflections >= sent && self.curation_over(&c, &mut drained_polls).await? {
-                return Ok(());
+            if c.reflections >= sent {
+                if c.pending_insights > 0 {
+                    self.curate_last_batch(ctx).await?;
+                    continue;
+                }
+                if self.curation_over(&c, &mut drained_polls).await? {
+                    return Ok(());
+                }
             }
             if last.1.elapsed() > stall {
                 let lag = self
@@ -687,6 +713,24 @@ impl Coordinator {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
+    }
+
+    /// Every episode is reflected on, so the run's last batch will not fill: it is curated as
+    /// it is. Curating an insight twice changes nothing, so a curator doing the same is harmless.
+    async fn curate_last_batch(&self, ctx: &LiveCtx<'_>) -> Result<(), Stop> {
+        let pending = self.store.pending_insights(ctx.run_id).await?;
+        for chunk in pending.chunks(100) {
+            let insights = chunk.iter().map(|(_, i)| i.clone()).collect();
+            self.peers.curator.curate(ctx.ns, insights).await?;
+            let ids: Vec<String> = chunk.iter().map(|(_, i)| i.id.clone()).collect();
+            self.store.remove_pending_insights(&ids).await?;
+        }
+        tracing::info!(
+            run = ctx.run_id,
+            insights = pending.len(),
+            "curated the run's last batch"
+        );
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -731,6 +775,7 @@ impl Coordinator {
             "reflections": c.reflections,
             "reflections_valid": c.reflections_valid,
             "curated": c.curated,
+            "curate_every": cfg.curate_every,
             "bullets_before": bullets_before,
             "bullets": self.store.live_bullet_count(ctx.ns).await?,
             "merges": merges(&h).saturating_sub(merges_before),

@@ -91,6 +91,8 @@ pub struct Curator {
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     unoptimized_writes: Arc<AtomicUsize>,
     optimizing: Arc<AtomicBool>,
+    /// Each run's `curate_every`, read once from the record (a run's config never changes).
+    batch_sizes: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 fn point(b: &IndexedBullet) -> Point {
@@ -129,6 +131,7 @@ impl Curator {
             locks: Default::default(),
             unoptimized_writes: Arc::new(AtomicUsize::new(0)),
             optimizing: Arc::new(AtomicBool::new(false)),
+            batch_sizes: Default::default(),
         }
     }
 
@@ -160,6 +163,128 @@ impl Curator {
     /// Whether `run_id` names a run that was cancelled.
     pub async fn run_cancelled(&self, run_id: &str) -> Result<bool> {
         Ok(self.store.run_state(run_id).await? == Some(agent_learning_domain::RunState::Cancelled))
+    }
+
+    /// How many valid reflections of the run are curated together: a live run's
+    /// `curate_every`; 1 for any other run, and for a run the record does not hold.
+    pub async fn curate_every(&self, run_id: &str) -> Result<usize> {
+        if run_id.is_empty() {
+            return Ok(1);
+        }
+        if let Some(n) = self.lock_batch_sizes().get(run_id) {
+            return Ok(*n);
+        }
+        let n = match self.store.load_run(run_id).await {
+            Ok((run, _)) if run.kind == agent_learning_domain::run_kind::LIVE => {
+                serde_json::from_str::<serde_json::Value>(&run.config)
+                    .ok()
+                    .and_then(|c| c["curate_every"].as_u64())
+                    .map_or(1, |n| n.clamp(1, 10_000) as usize)
+            }
+            Ok(_) | Err(StoreError::NotFound { .. }) => 1,
+            Err(e) => return Err(e.into()),
+        };
+        let mut sizes = self.lock_batch_sizes();
+        if sizes.len() >= 10_000 {
+            sizes.clear();
+        }
+        sizes.insert(run_id.to_owned(), n);
+        Ok(n)
+    }
+
+    fn lock_batch_sizes(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.batch_sizes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Curates a valid reflection's insight: at once, or with its run's batch of
+    /// `curate_every` (kept in the record until the batch is full). Returns the operations
+    /// applied, none while the batch fills.
+    pub async fn curate_reflection(
+        &self,
+        run_id: &str,
+        ns: &str,
+        insight: Insight,
+    ) -> Result<usize> {
+        let every = self.curate_every(run_id).await?;
+        if every <= 1 {
+            return Ok(self.curate(ns, std::slice::from_ref(&insight)).await?.len());
+        }
+        self.store.add_pending_insight(run_id, ns, &insight).await?;
+        self.flush_pending(run_id, every).await
+    }
+
+    /// Curates the run's waiting insights, oldest first, when at least `at_least` wait, then
+    /// removes them. An insight the curation refuses is skipped, not left to block its batch.
+    pub async fn flush_pending(&self, run_id: &str, at_least: usize) -> Result<usize> {
+        let pending = self.store.pending_insights(run_id).await?;
+        if pending.is_empty() || pending.len() < at_least {
+            return Ok(0);
+        }
+        let mut by_ns: BTreeMap<&str, Vec<Insight>> = BTreeMap::new();
+        for (ns, i) in &pending {
+            by_ns.entry(ns).or_default().push(i.clone());
+        }
+        let mut applied = 0;
+        for (ns, insights) in by_ns {
+            for chunk in insights.chunks(self.opts.max_insights_per_request.max(1)) {
+                applied += match self.curate(ns, chunk).await {
+                    Ok(ops) => ops.len(),
+                    Err(CuratorError::Invalid(e)) => {
+                        warn!(run = run_id, error = %e, "a batch was refused; curating its insights one by one");
+                        let mut n = 0;
+                        for i in chunk {
+                            match self.curate(ns, std::slice::from_ref(i)).await {
+                                Ok(ops) => n += ops.len(),
+                                Err(CuratorError::Invalid(e)) => {
+                                    warn!(insight = %i.id, error = %e, "insight refused by curation; skipped");
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        n
+                    }
+                    Err(e) => return Err(e),
+                };
+            }
+        }
+        let ids: Vec<String> = pending.into_iter().map(|(_, i)| i.id).collect();
+        self.store.remove_pending_insights(&ids).await?;
+        info!(
+            run = run_id,
+            insights = ids.len(),
+            ops = applied,
+            "curated a batch"
+        );
+        Ok(applied)
+    }
+
+    /// Batches that must not wait longer: a cancelled run's are dropped; a run that ended, or
+    /// whose oldest insight has waited `max_wait`, has its batch curated as it is. Returns the
+    /// operations applied.
+    pub async fn flush_stale(&self, max_wait: std::time::Duration) -> Result<usize> {
+        let mut applied = 0;
+        for p in self.store.pending_runs().await? {
+            let waited = (chrono::Utc::now() - p.oldest).to_std().unwrap_or_default();
+            match self.store.run_state(&p.run_id).await? {
+                Some(agent_learning_domain::RunState::Cancelled) => {
+                    let ids: Vec<String> = self
+                        .store
+                        .pending_insights(&p.run_id)
+                        .await?
+                        .into_iter()
+                        .map(|(_, i)| i.id)
+                        .collect();
+                    self.store.remove_pending_insights(&ids).await?;
+                    info!(run = %p.run_id, dropped = ids.len(), "run cancelled; its waiting insights dropped");
+                }
+                Some(
+                    agent_learning_domain::RunState::Pending
+                    | agent_learning_domain::RunState::Running,
+                ) if waited < max_wait => {}
+                _ => applied += self.flush_pending(&p.run_id, 1).await?,
+            }
+        }
+        Ok(applied)
     }
 
     /// Checks that every dependency answers.

@@ -1,5 +1,6 @@
 //! The curator's side of the reflections stream: each valid reflection becomes one insight,
-//! curated under the reflection's id, so a redelivered reflection changes nothing.
+//! curated under the reflection's id, so a redelivered reflection changes nothing. A live run
+//! with `curate_every` above 1 has its insights curated in batches of that many.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,9 +86,12 @@ pub async fn consume_reflections(
             else {
                 return Ok(());
             };
-            match curator.curate(&r.namespace, &[insight]).await {
+            match curator
+                .curate_reflection(&r.run_id, &r.namespace, insight)
+                .await
+            {
                 Ok(ops) => {
-                    info!(reflection = %r.id, namespace = %r.namespace, ops = ops.len(), "curated");
+                    info!(reflection = %r.id, namespace = %r.namespace, ops, "taken");
                     Ok(())
                 }
                 Err(CuratorError::Invalid(e)) => {
@@ -99,6 +103,25 @@ pub async fn consume_reflections(
         }
     })
     .await;
+}
+
+/// Until `shutdown`, every `every`: curates the batches that should not wait longer (their
+/// run ended, or their oldest insight waited `max_wait`), and drops a cancelled run's.
+pub async fn flush_stale_batches(
+    curator: Arc<Curator>,
+    every: Duration,
+    max_wait: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = curator.flush_stale(max_wait).await {
+            warn!(error = %e, "curating waiting batches; retried at the next tick");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -184,6 +184,12 @@ impl Service for Curator {
             block,
             stop,
         ));
+        ctx.spawn_worker(crate::stream::flush_stale_batches(
+            self.clone(),
+            Duration::from_secs(5),
+            Duration::from_secs(ctx.settings().curator.batch_max_wait_secs),
+            ctx.stop_token(),
+        ));
         let probe = self.clone();
         ctx.ready_when(move || {
             let probe = probe.clone();

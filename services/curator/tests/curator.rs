@@ -609,3 +609,141 @@ async fn restart_heals_an_index_that_missed_writes() {
         "already consistent"
     );
 }
+
+async fn applied(c: &agent_learning_curator::Curator) -> u64 {
+    c.health("drive").await.unwrap().insights_applied
+}
+
+#[tokio::test]
+async fn a_live_run_curates_in_batches_that_survive_a_restart() {
+    use agent_learning_domain::{RunStage, RunState, run_kind};
+    use agent_learning_store::{NewRun, Store};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("db.sqlite"), 4)
+        .await
+        .unwrap();
+    for (id, kind, config) in [
+        (
+            "live3",
+            run_kind::LIVE,
+            r#"{"episodes": 9, "curate_every": 3}"#,
+        ),
+        ("live-old", run_kind::LIVE, r#"{"episodes": 9}"#),
+        ("train", run_kind::TRAINING, r#"{"curate_every": 3}"#),
+    ] {
+        store
+            .create_run(NewRun {
+                id,
+                kind,
+                stages: RunStage::LIVE,
+                namespace: "drive",
+                env: "driving",
+                config,
+                demos: "",
+            })
+            .await
+            .unwrap();
+    }
+    let lessons = [
+        "Move to the right lane well before the exit.",
+        "Cutting across three lanes at the exit ramp causes crashes.",
+        "Brake early when the light ahead turns red.",
+        "Keep a two second gap to the car ahead.",
+        "Honking at pedestrians never makes them move faster.",
+    ];
+    {
+        let c = curator_in(dir.path()).await;
+        assert_eq!(c.curate_every("live3").await.unwrap(), 3);
+        assert_eq!(
+            c.curate_every("live-old").await.unwrap(),
+            1,
+            "recorded before the key"
+        );
+        assert_eq!(
+            c.curate_every("train").await.unwrap(),
+            1,
+            "training curates each"
+        );
+        assert_eq!(c.curate_every("no-such-run").await.unwrap(), 1);
+        for (i, text) in lessons[..2].iter().enumerate() {
+            let ops = c
+                .curate_reflection(
+                    "live3",
+                    "drive",
+                    insight(&format!("r{i}"), "strategy", text),
+                )
+                .await
+                .unwrap();
+            assert_eq!(ops, 0, "the batch of 3 is not full");
+        }
+        // A redelivered reflection waits once.
+        c.curate_reflection("live3", "drive", insight("r0", "strategy", lessons[0]))
+            .await
+            .unwrap();
+        assert_eq!(store.pending_insight_count("live3").await.unwrap(), 2);
+        assert_eq!(
+            applied(&c).await,
+            0,
+            "nothing curated while the batch fills"
+        );
+    }
+    // The curator restarts: what waited is still there, and the third fills the batch.
+    let c = curator_in(dir.path()).await;
+    let ops = c
+        .curate_reflection("live3", "drive", insight("r2", "strategy", lessons[2]))
+        .await
+        .unwrap();
+    assert_eq!(ops, 3, "the whole batch, in one curation");
+    assert_eq!(store.pending_insight_count("live3").await.unwrap(), 0);
+    assert_eq!(applied(&c).await, 3);
+    assert_eq!(
+        store
+            .run_counts("drive", "live3")
+            .await
+            .unwrap()
+            .pending_insights,
+        0
+    );
+
+    // A batch that cannot fill: kept while the run is young, curated once it waited too long.
+    c.curate_reflection("live3", "drive", insight("r3", "strategy", lessons[3]))
+        .await
+        .unwrap();
+    assert_eq!(c.flush_stale(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .run_counts("drive", "live3")
+            .await
+            .unwrap()
+            .pending_insights,
+        1
+    );
+    assert_eq!(c.flush_stale(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(applied(&c).await, 4);
+
+    // A cancelled run's waiting insights are dropped, never curated.
+    c.curate_reflection("live3", "drive", insight("r4", "mistakes", lessons[4]))
+        .await
+        .unwrap();
+    store
+        .set_run_state("live3", RunState::Cancelled, None, None)
+        .await
+        .unwrap();
+    assert_eq!(c.flush_stale(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(store.pending_insight_count("live3").await.unwrap(), 0);
+    assert_eq!(applied(&c).await, 4);
+
+    // Other runs curate each reflection as it comes.
+    let ops = c
+        .curate_reflection(
+            "train",
+            "drive",
+            insight("t0", "facts", "The exit is on the right."),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ops, 1);
+    assert_eq!(applied(&c).await, 5);
+}

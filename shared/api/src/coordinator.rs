@@ -40,6 +40,7 @@ pub struct LiveLoopRequest {
     pub stop_success_rate: f64,
     pub stop_window: u32,
     pub history: u32,
+    pub curate_every: u32,
 }
 
 impl LiveLoopRequest {
@@ -55,6 +56,7 @@ impl LiveLoopRequest {
             stop_success_rate: self.stop_success_rate,
             stop_window: self.stop_window,
             history: self.history,
+            curate_every: self.curate_every,
         }
     }
 
@@ -70,6 +72,7 @@ impl LiveLoopRequest {
             stop_success_rate: r.stop_success_rate,
             stop_window: r.stop_window,
             history: r.history,
+            curate_every: r.curate_every,
         }
     }
 }

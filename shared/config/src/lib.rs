@@ -212,6 +212,10 @@ pub struct LlmSettings {
     pub json_schema: bool,
     /// Compute threads of the local model; 0 picks from the machine.
     pub threads: usize,
+    /// Whether the local model runs decisions (`choose`, Decide's call) on an instance and
+    /// threads of their own, so a reflection never makes a Decide wait. Costs the model's
+    /// cache and `threads` more threads; the weights are shared.
+    pub decide_lane: bool,
     /// Tokens a run may spend; 0 is unlimited.
     pub token_budget: u64,
 }
@@ -257,6 +261,9 @@ pub struct EmbeddingSettings {
     pub batch_size: usize,
     /// Compute threads for the embedding model; 0 picks from the machine's cores.
     pub threads: usize,
+    /// Distinct texts whose vectors are kept in memory (about 2 KiB each plus the text), so a
+    /// state seen again is not embedded again; 0 keeps none.
+    pub cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +274,9 @@ pub struct CuratorSettings {
     pub sections: Vec<String>,
     pub max_content_bytes: usize,
     pub max_insights_per_request: usize,
+    /// The longest a live run's insight waits for its `curate_every` batch to fill before the
+    /// batch is curated as it is.
+    pub batch_max_wait_secs: u64,
     pub promotion: PromotionSettings,
 }
 
@@ -316,12 +326,14 @@ optimize_after_writes = 5000
 [embedding]
 batch_size = 32
 threads = 0
+cache_entries = 8192
 
 [curator]
 merge_threshold = 0.80
 sections = ["strategy", "mistakes", "facts"]
 max_content_bytes = 4096
 max_insights_per_request = 1000
+batch_max_wait_secs = 300
 
 [curator.promotion]
 staging_min_helpful = 3
@@ -339,6 +351,7 @@ max_retries = 3
 max_concurrency = 4
 json_schema = false
 threads = 0
+decide_lane = true
 token_budget = 0
 
 [telemetry]

@@ -174,6 +174,8 @@ pub struct RunCounts {
     pub reflections: u64,
     pub reflections_valid: u64,
     pub curated: u64,
+    /// Valid reflections' insights waiting for the run's next curation batch.
+    pub pending_insights: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }

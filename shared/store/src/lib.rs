@@ -8,6 +8,7 @@ mod export;
 mod live;
 mod migration;
 mod outbox;
+mod pending;
 mod playbook;
 mod policies;
 mod reflections;
@@ -26,6 +27,7 @@ use sea_orm_migration::MigratorTrait;
 pub use export::{ObservedTransition, ReflectedBranch};
 pub use live::{LiveEpisodeRecord, NewLiveEpisode};
 pub use outbox::Outbox;
+pub use pending::PendingRun;
 pub use playbook::{
     AppliedInsight, BulletPage, CurationChange, HealthCounts, IndexedBullet, ListFilter, NewBullet,
     decode_embedding, encode_embedding,

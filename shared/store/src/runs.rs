@@ -364,6 +364,7 @@ impl Store {
             reflections: reflections.len() as u64,
             reflections_valid: valid_ids.len() as u64,
             curated,
+            pending_insights: self.pending_insight_count(run_id).await?,
             prompt_tokens: reflections.iter().map(|r| r.2.max(0) as u64).sum(),
             completion_tokens: reflections.iter().map(|r| r.3.max(0) as u64).sum(),
         })

@@ -573,7 +573,70 @@ async fn concurrent_votes_are_all_counted(a: &Store, b: &Store) {
     }
 }
 
+async fn insights_wait_for_their_batch(store: &Store) {
+    use agent_learning_domain::Insight;
+    let insight = |id: &str| Insight {
+        id: id.into(),
+        section: "strategy".into(),
+        content: format!("lesson {id}"),
+        source: format!("reflection:{id}"),
+    };
+    assert!(store.pending_runs().await.unwrap().is_empty());
+    assert!(
+        store
+            .add_pending_insight("batch-run", "ns", &insight("p1"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .add_pending_insight("batch-run", "ns", &insight("p2"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .add_pending_insight("batch-run", "ns", &insight("p1"))
+            .await
+            .unwrap(),
+        "kept once"
+    );
+    store
+        .add_pending_insight("other-run", "ns2", &insight("q1"))
+        .await
+        .unwrap();
+    let waiting = store.pending_insights("batch-run").await.unwrap();
+    assert_eq!(
+        waiting
+            .iter()
+            .map(|(ns, i)| (ns.as_str(), i.id.as_str()))
+            .collect::<Vec<_>>(),
+        [("ns", "p1"), ("ns", "p2")]
+    );
+    assert_eq!(waiting[1].1, insight("p2"));
+    let mut runs = store.pending_runs().await.unwrap();
+    runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    assert_eq!(
+        runs.iter()
+            .map(|r| (r.run_id.as_str(), r.count))
+            .collect::<Vec<_>>(),
+        [("batch-run", 2), ("other-run", 1)]
+    );
+    assert!(runs[0].oldest <= chrono::Utc::now());
+    assert_eq!(
+        store
+            .remove_pending_insights(&["p1".into(), "p2".into(), "nope".into()])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.pending_insight_count("batch-run").await.unwrap(), 0);
+    assert_eq!(store.pending_insight_count("other-run").await.unwrap(), 1);
+    store.remove_pending_insights(&["q1".into()]).await.unwrap();
+}
+
 async fn run_suite(store: Store) {
+    insights_wait_for_their_batch(&store).await;
     leases_and_conditional_ends(&store).await;
     policy_versions_conflict_by_key(&store).await;
     runs_keep_typed_states_and_stages(&store).await;

@@ -87,3 +87,15 @@ pub fn example(file: &str) -> std::path::PathBuf {
         .join("../../examples/python")
         .join(file)
 }
+
+/// Asserts that a finished command succeeded, showing what it printed when it did not.
+#[track_caller]
+pub fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -7,6 +7,7 @@ pub mod decision;
 pub mod feedback_request;
 pub mod live_episode;
 pub mod namespace;
+pub mod pending_insight;
 pub mod policy;
 pub mod queue_entry;
 pub mod queue_group;

@@ -7,6 +7,7 @@ mod m0002_pipeline;
 mod m0003_run_leases;
 mod m0004_stage_pins;
 mod m0005_live_episodes;
+mod m0006_pending_insights;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_run_leases::Migration),
             Box::new(m0004_stage_pins::Migration),
             Box::new(m0005_live_episodes::Migration),
+            Box::new(m0006_pending_insights::Migration),
         ]
     }
 }
