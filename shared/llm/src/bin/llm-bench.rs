@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
         let m = LocalModel::load(&LocalOptions {
             dir: dir.clone(),
             threads,
+            decide_lane: false,
         })?;
         let msgs = [Message::user(prompt.clone())];
         // Prefill: a one-token answer costs the prompt.

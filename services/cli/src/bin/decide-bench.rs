@@ -1,0 +1,218 @@
+//! Load on `Policy.Decide`: an all-in-one server on the embedded backends with a model that
+//! answers instantly, a namespace trained on driving demos, then Decide calls from many
+//! clients at once, each level in turn. What is measured is the framework's own cost per
+//! decision: gRPC, the embedding of the state (real MiniLM), the exemplar search, the
+//! playbook's RenderContext, the prompt and the decision's record.
+//!
+//! `decide-bench [--requests N] [--levels 1,64,1024] [--states N] [--connections N]`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_learning_cli::all::serve_all_with;
+use agent_learning_config::{Settings, Sources};
+use agent_learning_llm::testsuite::InstantModel;
+use agent_learning_proto::v1 as pb;
+use agent_learning_proto::v1::coordinator_client::CoordinatorClient;
+use agent_learning_proto::v1::policy_client::PolicyClient;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+struct Args {
+    /// Decide calls per concurrency level.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Calls in flight at once, one level after the other.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+    levels: Vec<usize>,
+    /// Distinct states the calls cycle through (expert episodes on seeds no demo used).
+    #[arg(long, default_value_t = 400)]
+    states: usize,
+    /// HTTP/2 connections the clients share (backends calling the policy).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Driving demos the namespace is trained on.
+    #[arg(long, default_value_t = 20)]
+    demos: usize,
+}
+
+/// States with their valid actions, from expert episodes on seeds the demos did not use.
+fn states(n: usize) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let (mut env, mut expert) = agent_learning_envs::built_in("driving")?;
+    let mut out = Vec::with_capacity(n);
+    let mut seed = 900_000;
+    while out.len() < n {
+        let mut state = env.reset(seed)?;
+        seed += 1;
+        for _ in 0..200 {
+            let actions = env.actions().unwrap_or_default();
+            out.push((state.clone(), actions));
+            if out.len() == n {
+                break;
+            }
+            let step = env.step(&expert.act(env.as_ref()))?;
+            if step.done {
+                break;
+            }
+            state = step.state;
+        }
+    }
+    Ok(out)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let settings = Settings::load(&Sources {
+        file: None,
+        overrides: vec![
+            ("data_dir".into(), dir.path().display().to_string()),
+            ("telemetry.log_filter".into(), "error".into()),
+        ],
+    })?;
+    let demo_text = {
+        let d = agent_learning_envs::generate_demos("driving", args.demos, 42)?;
+        let mut buf = Vec::new();
+        agent_learning_envs::write_demos(&mut buf, &d)?;
+        String::from_utf8(buf)?
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let s = settings.clone();
+    let server = tokio::spawn(async move {
+        serve_all_with(
+            &s,
+            listener,
+            token.cancelled_owned(),
+            None,
+            Arc::new(InstantModel),
+        )
+        .await
+    });
+    agent_learning_cli::health::wait_serving(&url, "", Duration::from_secs(300)).await?;
+    let mut c = CoordinatorClient::connect(url.clone()).await?;
+    let run = c
+        .start_training(pb::StartTrainingRequest {
+            namespace: "bench".into(),
+            demos_jsonl: demo_text,
+            env: "driving".into(),
+            config_json: r#"{"holdout": 0}"#.into(),
+        })
+        .await?
+        .into_inner();
+    let run = loop {
+        let r = c
+            .get_run(pb::GetRunRequest {
+                run_id: run.id.clone(),
+            })
+            .await?
+            .into_inner();
+        if r.state != pb::RunState::Running as i32 && r.state != pb::RunState::Pending as i32 {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    anyhow::ensure!(
+        run.state == pb::RunState::Succeeded as i32,
+        "training failed: {}",
+        run.error
+    );
+    let s: serde_json::Value = serde_json::from_str(&run.summary_json)?;
+    let states = Arc::new(states(args.states)?);
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(Channel::from_shared(url.clone())?.connect().await?);
+    }
+    println!(
+        "decide-bench: driving, {} demos, {} bullets, zero-latency model, {} distinct states, {} connections, {} cores",
+        args.demos,
+        s["bullets"],
+        states.len(),
+        channels.len(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "| concurrency | requests | errors | req/s | p50 ms | p99 ms | max ms | settled | asked |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &level in &args.levels {
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for w in 0..level.max(1) {
+            let mut policy = PolicyClient::new(channels[w % channels.len()].clone());
+            let next = next.clone();
+            let states = states.clone();
+            let total = args.requests;
+            workers.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let (mut errors, mut settled) = (0usize, 0usize);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let (state, actions) = &states[i % states.len()];
+                    let t = Instant::now();
+                    let r = policy
+                        .decide(pb::DecideRequest {
+                            namespace: "bench".into(),
+                            state: state.clone(),
+                            valid_actions: actions.clone(),
+                            ..Default::default()
+                        })
+                        .await;
+                    lat.push(t.elapsed());
+                    match r {
+                        Ok(d) => {
+                            if d.into_inner()
+                                .reasoning
+                                .starts_with("[policy] the same situation")
+                            {
+                                settled += 1;
+                            }
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors, settled)
+            }));
+        }
+        let mut lat = Vec::with_capacity(args.requests);
+        let (mut errors, mut settled) = (0, 0);
+        for w in workers {
+            let (l, e, s) = w.await?;
+            lat.extend(l);
+            errors += e;
+            settled += s;
+        }
+        let wall = started.elapsed().as_secs_f64();
+        lat.sort();
+        println!(
+            "| {level} | {} | {errors} | {:.0} | {:.1} | {:.1} | {:.1} | {settled} | {} |",
+            lat.len(),
+            lat.len() as f64 / wall,
+            pct(&lat, 0.50),
+            pct(&lat, 0.99),
+            pct(&lat, 1.0),
+            lat.len() - errors - settled,
+        );
+    }
+    stop.cancel();
+    server.await??;
+    Ok(())
+}
