@@ -311,7 +311,7 @@ async fn curate(url: &str) -> anyhow::Result<()> {
         ("F2", "production only", Stage::Production),
     ] {
         let ctx = curator
-            .render_context(NAMESPACE, STATE, 120, min_stage)
+            .render_context(NAMESPACE, STATE, None, 120, min_stage)
             .await?;
         println!(
             "\n{step}. context for the state, {label}, budget 120 tokens: {} bullets, {} tokens\n{}",

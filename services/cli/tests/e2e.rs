@@ -167,11 +167,27 @@ async fn serve_reflection_health_contract_bad_input_and_sigkill_restart() {
             state: "exit in 400 m on the right, ego in lane 2".into(),
             token_budget: 40,
             min_stage: 0,
+            state_vector: Vec::new(),
         })
         .await
         .unwrap()
         .into_inner();
     assert!(ctx.tokens <= 40 && !ctx.bullet_ids.is_empty(), "{ctx:?}");
+    let refused = c
+        .render_context(pb::RenderContextRequest {
+            namespace: ns.into(),
+            state: "exit in 400 m on the right, ego in lane 2".into(),
+            token_budget: 40,
+            min_stage: 0,
+            state_vector: vec![0.5; 7],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("state_vector") && refused.message().contains("7 numbers"),
+        "{refused:?}"
+    );
 
     // Bad input: INVALID_ARGUMENT naming the field, nothing stored changes.
     let before = playbook(&mut c, ns).await;

@@ -684,10 +684,16 @@ impl Coordinator {
             }
             if c.reflections >= sent {
                 if c.pending_insights > 0 {
-                    self.curate_last_batch(ctx).await?;
-                    continue;
-                }
-                if self.curation_over(&c, &mut drained_polls).await? {
+                    // No reflection is left to fill the run's last batch: the curator takes
+                    // it as it is.
+                    let done = self.peers.curator.flush_batch(ctx.ns, ctx.run_id).await?;
+                    tracing::info!(
+                        run = ctx.run_id,
+                        insights = done.insights,
+                        ops = done.ops,
+                        "the run's last batch curated"
+                    );
+                } else if self.curation_over(&c, &mut drained_polls).await? {
                     return Ok(());
                 }
             }
@@ -713,24 +719,6 @@ impl Coordinator {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
-    }
-
-    /// Every episode is reflected on, so the run's last batch will not fill: it is curated as
-    /// it is. Curating an insight twice changes nothing, so a curator doing the same is harmless.
-    async fn curate_last_batch(&self, ctx: &LiveCtx<'_>) -> Result<(), Stop> {
-        let pending = self.store.pending_insights(ctx.run_id).await?;
-        for chunk in pending.chunks(100) {
-            let insights = chunk.iter().map(|(_, i)| i.clone()).collect();
-            self.peers.curator.curate(ctx.ns, insights).await?;
-            let ids: Vec<String> = chunk.iter().map(|(_, i)| i.id.clone()).collect();
-            self.store.remove_pending_insights(&ids).await?;
-        }
-        tracing::info!(
-            run = ctx.run_id,
-            insights = pending.len(),
-            "curated the run's last batch"
-        );
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

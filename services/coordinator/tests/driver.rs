@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_learning_api::{
-    Accuracy, ApiError, CompileRequest, CoordinatorApi, CoordinatorClient, CuratorApi,
-    DecideRequest, Decision, ExploreRequest, ExplorerApi, FeedbackItem, FeedbackOutcome, FitReport,
-    Health, PlaybookPage, PlaybookQuery, PolicyApi, Prediction, ReflectRequest, ReflectorApi,
-    RenderedContext, RolloutStream, RunInfo, TrainingRequest, WorldModelApi,
+    Accuracy, ApiError, BatchFlushed, CompileRequest, CoordinatorApi, CoordinatorClient,
+    CuratorApi, DecideRequest, Decision, ExploreRequest, ExplorerApi, FeedbackItem,
+    FeedbackOutcome, FitReport, Health, PlaybookPage, PlaybookQuery, PolicyApi, Prediction,
+    ReflectRequest, ReflectorApi, RenderedContext, RolloutStream, RunInfo, TrainingRequest,
+    WorldModelApi,
 };
 use agent_learning_config::{Settings, Sources};
 use agent_learning_coordinator::Coordinator;
@@ -192,6 +193,7 @@ impl CuratorApi for Unused {
         &self,
         _: &str,
         _: &str,
+        _: Option<Vec<f32>>,
         _: u32,
         _: Stage,
     ) -> Result<RenderedContext, ApiError> {
@@ -209,6 +211,10 @@ impl CuratorApi for Unused {
 
     async fn curate(&self, _: &str, _: Vec<Insight>) -> Result<Vec<DeltaOp>, ApiError> {
         Err(unused("Curate"))
+    }
+
+    async fn flush_batch(&self, _: &str, _: &str) -> Result<BatchFlushed, ApiError> {
+        Err(unused("FlushBatch"))
     }
 
     async fn get_playbook(&self, _: &str, _: PlaybookQuery) -> Result<PlaybookPage, ApiError> {

@@ -14,7 +14,7 @@ use agent_learning_vector::{Filter, Point, VectorError, VectorIndex};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-pub use agent_learning_api::{FeedbackItem, Health, PlaybookPage, PlaybookQuery};
+pub use agent_learning_api::{BatchFlushed, FeedbackItem, Health, PlaybookPage, PlaybookQuery};
 
 use crate::judge::{Judgement, MergeJudge, Nearest};
 use crate::render;
@@ -57,6 +57,26 @@ impl From<StoreError> for CuratorError {
 }
 
 type Result<T, E = CuratorError> = std::result::Result<T, E>;
+
+/// What the playbook is searched with: a text to embed, or its embedding already made.
+enum Query<'a> {
+    Text(&'a str),
+    Vector(Vec<f32>),
+}
+
+/// A curation's result with a refusal (invalid input, which no retry changes) logged and
+/// turned into `None`, so it does not hold up what comes after it. `what` and `id` name the
+/// refused thing in the log.
+pub fn unless_refused<T>(r: Result<T>, what: &str, id: &str) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(CuratorError::Invalid(e)) => {
+            warn!(what, id, error = %e, "refused by curation; skipped");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct CuratorOptions {
@@ -210,52 +230,71 @@ impl Curator {
             return Ok(self.curate(ns, std::slice::from_ref(&insight)).await?.len());
         }
         self.store.add_pending_insight(run_id, ns, &insight).await?;
-        self.flush_pending(run_id, every).await
+        Ok(self.flush_pending(run_id, None, every).await?.ops as usize)
     }
 
-    /// Curates the run's waiting insights, oldest first, when at least `at_least` wait, then
-    /// removes them. An insight the curation refuses is skipped, not left to block its batch.
-    pub async fn flush_pending(&self, run_id: &str, at_least: usize) -> Result<usize> {
-        let pending = self.store.pending_insights(run_id).await?;
+    /// FlushBatch: the insights run `run_id` left waiting in `ns`, curated however few they
+    /// are, because the run will send no more.
+    pub async fn flush_batch(&self, ns: &str, run_id: &str) -> Result<BatchFlushed> {
+        validate_namespace("namespace", ns)?;
+        if run_id.is_empty() {
+            return Err(InvalidInput::new("run_id", "must not be empty").into());
+        }
+        if run_id.len() > MAX_ID_BYTES {
+            return Err(
+                InvalidInput::new("run_id", format!("at most {MAX_ID_BYTES} bytes")).into(),
+            );
+        }
+        self.flush_pending(run_id, Some(ns), 1).await
+    }
+
+    /// Curates the run's waiting insights (those of `only_ns`, when given), oldest first, when
+    /// at least `at_least` wait, then removes them. An insight the curation refuses is
+    /// skipped, not left to block its batch.
+    async fn flush_pending(
+        &self,
+        run_id: &str,
+        only_ns: Option<&str>,
+        at_least: usize,
+    ) -> Result<BatchFlushed> {
+        let pending: Vec<(String, Insight)> = self
+            .store
+            .pending_insights(run_id)
+            .await?
+            .into_iter()
+            .filter(|(ns, _)| only_ns.is_none_or(|only| only == ns))
+            .collect();
         if pending.is_empty() || pending.len() < at_least {
-            return Ok(0);
+            return Ok(BatchFlushed::default());
         }
         let mut by_ns: BTreeMap<&str, Vec<Insight>> = BTreeMap::new();
         for (ns, i) in &pending {
             by_ns.entry(ns).or_default().push(i.clone());
         }
-        let mut applied = 0;
+        let mut ops = 0;
         for (ns, insights) in by_ns {
             for chunk in insights.chunks(self.opts.max_insights_per_request.max(1)) {
-                applied += match self.curate(ns, chunk).await {
-                    Ok(ops) => ops.len(),
+                ops += match self.curate(ns, chunk).await {
                     Err(CuratorError::Invalid(e)) => {
                         warn!(run = run_id, error = %e, "a batch was refused; curating its insights one by one");
                         let mut n = 0;
                         for i in chunk {
-                            match self.curate(ns, std::slice::from_ref(i)).await {
-                                Ok(ops) => n += ops.len(),
-                                Err(CuratorError::Invalid(e)) => {
-                                    warn!(insight = %i.id, error = %e, "insight refused by curation; skipped");
-                                }
-                                Err(e) => return Err(e),
-                            }
+                            let r = self.curate(ns, std::slice::from_ref(i)).await;
+                            n += unless_refused(r, "insight", &i.id)?.map_or(0, |o| o.len());
                         }
                         n
                     }
-                    Err(e) => return Err(e),
+                    r => r?.len(),
                 };
             }
         }
         let ids: Vec<String> = pending.into_iter().map(|(_, i)| i.id).collect();
         self.store.remove_pending_insights(&ids).await?;
-        info!(
-            run = run_id,
-            insights = ids.len(),
-            ops = applied,
-            "curated a batch"
-        );
-        Ok(applied)
+        info!(run = run_id, insights = ids.len(), ops, "curated a batch");
+        Ok(BatchFlushed {
+            insights: ids.len() as u64,
+            ops: ops as u64,
+        })
     }
 
     /// Batches that must not wait longer: a cancelled run's are dropped; a run that ended, or
@@ -281,7 +320,7 @@ impl Curator {
                     agent_learning_domain::RunState::Pending
                     | agent_learning_domain::RunState::Running,
                 ) if waited < max_wait => {}
-                _ => applied += self.flush_pending(&p.run_id, 1).await?,
+                _ => applied += self.flush_pending(&p.run_id, None, 1).await?.ops as usize,
             }
         }
         Ok(applied)
@@ -578,20 +617,44 @@ impl Curator {
         })
     }
 
+    /// A vector a caller sent in place of a text: the embedder's length, every number finite.
+    fn checked_vector(&self, field: &str, v: Vec<f32>) -> Result<Vec<f32>> {
+        let dim = self.embedder.dim();
+        if v.len() != dim {
+            return Err(InvalidInput::new(
+                field,
+                format!(
+                    "has {} numbers; this deployment's embeddings have {dim} (the same embedding model must make it)",
+                    v.len()
+                ),
+            )
+            .into());
+        }
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(
+                InvalidInput::new(format!("{field}[{i}]"), "is not a finite number").into(),
+            );
+        }
+        Ok(v)
+    }
+
     async fn nearest_bullets(
         &self,
         ns: &str,
-        text: &str,
+        query: Query<'_>,
         k: usize,
         min_stage: Stage,
         section: Option<&str>,
     ) -> Result<Vec<(Bullet, f32)>> {
-        let vector = self
-            .embedder
-            .embed(vec![text.to_owned()])
-            .await?
-            .pop()
-            .unwrap_or_default();
+        let vector = match query {
+            Query::Vector(v) => v,
+            Query::Text(text) => self
+                .embedder
+                .embed(vec![text.to_owned()])
+                .await?
+                .pop()
+                .unwrap_or_default(),
+        };
         let stages = Stage::at_or_above(min_stage)
             .into_iter()
             .map(|s| s.as_str().to_owned())
@@ -661,15 +724,19 @@ impl Curator {
                 InvalidInput::new("min_stage", "quarantined bullets are never served").into(),
             );
         }
-        self.nearest_bullets(ns, query, k, min_stage, section).await
+        self.nearest_bullets(ns, Query::Text(query), k, min_stage, section)
+            .await
     }
 
     /// The most relevant, best-scored bullets for `state`, rendered as a playbook section whose
     /// estimated token count never exceeds `budget`.
+    /// RenderContext: the bullets for `state` (searched with `state_vector` when given,
+    /// else with the state's embedding) that fit `budget` tokens, best first.
     pub async fn render_context(
         &self,
         ns: &str,
         state: &str,
+        state_vector: Option<Vec<f32>>,
         budget: u32,
         min_stage: Stage,
     ) -> Result<(String, Vec<Uuid>, u32)> {
@@ -690,8 +757,12 @@ impl Curator {
                 InvalidInput::new("min_stage", "quarantined bullets are never served").into(),
             );
         }
+        let query = match state_vector {
+            Some(v) => Query::Vector(self.checked_vector("state_vector", v)?),
+            None => Query::Text(state),
+        };
         let mut ranked = self
-            .nearest_bullets(ns, state, RENDER_CANDIDATES, min_stage, None)
+            .nearest_bullets(ns, query, RENDER_CANDIDATES, min_stage, None)
             .await?;
         ranked.sort_by(|(a, sa), (b, sb)| render::score(*sb, b).total_cmp(&render::score(*sa, a)));
         let ranked: Vec<Bullet> = ranked.into_iter().map(|(b, _)| b).collect();

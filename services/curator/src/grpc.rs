@@ -83,6 +83,18 @@ impl CuratorRpc for CuratorService {
         }))
     }
 
+    async fn flush_batch(
+        &self,
+        request: Request<pb::FlushBatchRequest>,
+    ) -> Result<Response<pb::FlushBatchResponse>, Status> {
+        let r = request.into_inner();
+        let done = self.curator.flush_batch(&r.namespace, &r.run_id).await?;
+        Ok(Response::new(pb::FlushBatchResponse {
+            insights: u32::try_from(done.insights).unwrap_or(u32::MAX),
+            ops: u32::try_from(done.ops).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn get_playbook(
         &self,
         request: Request<pb::GetPlaybookRequest>,
@@ -133,7 +145,13 @@ impl CuratorRpc for CuratorService {
         let min_stage = stage_from_pb("min_stage", r.min_stage)?.unwrap_or(Stage::Shadow);
         let (text, ids, tokens) = self
             .curator
-            .render_context(&r.namespace, &r.state, r.token_budget, min_stage)
+            .render_context(
+                &r.namespace,
+                &r.state,
+                (!r.state_vector.is_empty()).then_some(r.state_vector),
+                r.token_budget,
+                min_stage,
+            )
             .await?;
         Ok(Response::new(pb::RenderContextResponse {
             text,

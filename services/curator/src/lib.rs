@@ -10,8 +10,8 @@ pub mod stream;
 mod wiring;
 
 pub use curator::{
-    Curator, CuratorError, CuratorOptions, FeedbackItem, Health, PlaybookPage, PlaybookQuery,
-    ReconcileReport,
+    BatchFlushed, Curator, CuratorError, CuratorOptions, FeedbackItem, Health, PlaybookPage,
+    PlaybookQuery, ReconcileReport, unless_refused,
 };
 pub use judge::{Judgement, MergeJudge, Nearest, ThresholdJudge};
 pub use wiring::curator_options;

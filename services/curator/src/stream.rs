@@ -12,7 +12,7 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{Curator, CuratorError};
+use crate::{Curator, CuratorError, unless_refused};
 
 /// Words that mark a conclusion as a mistake to avoid rather than a strategy to follow.
 const AVOID: [&str; 6] = [
@@ -86,20 +86,13 @@ pub async fn consume_reflections(
             else {
                 return Ok(());
             };
-            match curator
+            let taken = curator
                 .curate_reflection(&r.run_id, &r.namespace, insight)
-                .await
-            {
-                Ok(ops) => {
-                    info!(reflection = %r.id, namespace = %r.namespace, ops, "taken");
-                    Ok(())
-                }
-                Err(CuratorError::Invalid(e)) => {
-                    warn!(reflection = %r.id, error = %e, "reflection rejected by curation; skipped");
-                    Ok(())
-                }
-                Err(e) => Err(e),
+                .await;
+            if let Some(ops) = unless_refused(taken, "reflection", &r.id)? {
+                info!(reflection = %r.id, namespace = %r.namespace, ops, "taken");
             }
+            Ok::<(), CuratorError>(())
         }
     })
     .await;

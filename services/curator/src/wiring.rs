@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_learning_api::{
-    ApiError, CuratorApi, FeedbackOutcome, Health, PlaybookPage, PlaybookQuery, RenderedContext,
+    ApiError, BatchFlushed, CuratorApi, FeedbackOutcome, Health, PlaybookPage, PlaybookQuery,
+    RenderedContext,
 };
 use agent_learning_config::Settings;
 use agent_learning_domain::{Bullet, BulletEvent, DeltaOp, Insight, Stage};
@@ -55,6 +56,10 @@ impl CuratorApi for Curator {
         Ok(Curator::curate(self, ns, &insights).await?)
     }
 
+    async fn flush_batch(&self, ns: &str, run_id: &str) -> Result<BatchFlushed, ApiError> {
+        Ok(Curator::flush_batch(self, ns, run_id).await?)
+    }
+
     async fn get_playbook(&self, ns: &str, q: PlaybookQuery) -> Result<PlaybookPage, ApiError> {
         Ok(Curator::get_playbook(self, ns, &q).await?)
     }
@@ -74,11 +79,12 @@ impl CuratorApi for Curator {
         &self,
         ns: &str,
         state: &str,
+        state_vector: Option<Vec<f32>>,
         token_budget: u32,
         min_stage: Stage,
     ) -> Result<RenderedContext, ApiError> {
         let (text, ids, tokens) =
-            Curator::render_context(self, ns, state, token_budget, min_stage).await?;
+            Curator::render_context(self, ns, state, state_vector, token_budget, min_stage).await?;
         Ok(RenderedContext {
             text,
             bullet_ids: ids.into_iter().map(|u| u.to_string()).collect(),

@@ -2,7 +2,7 @@
 
 mod common;
 
-use agent_learning_curator::{CuratorError, FeedbackItem, PlaybookQuery};
+use agent_learning_curator::{BatchFlushed, CuratorError, FeedbackItem, PlaybookQuery};
 use agent_learning_domain::{DeltaKind, Stage, estimate_tokens};
 use common::{curator_in, insight};
 
@@ -167,7 +167,10 @@ async fn bad_input_is_named_and_stores_nothing() {
             "token_budget",
         ),
     ] {
-        match c.render_context("ns", state, budget, Stage::Shadow).await {
+        match c
+            .render_context("ns", state, None, budget, Stage::Shadow)
+            .await
+        {
             Err(CuratorError::Invalid(i)) => assert_eq!(i.field, field),
             other => panic!("{field}: {other:?}"),
         }
@@ -452,7 +455,7 @@ async fn render_context_fits_the_budget_and_prefers_relevant_bullets() {
     let state = "exit in 300 m on the right, ego in the left lane";
     for budget in [1, 10, 25, 60, 200, 2000] {
         let (text, ids, tokens) = c
-            .render_context(ns, state, budget, Stage::Shadow)
+            .render_context(ns, state, None, budget, Stage::Shadow)
             .await
             .unwrap();
         assert!(tokens <= budget, "budget {budget}: {tokens} tokens");
@@ -463,13 +466,45 @@ async fn render_context_fits_the_budget_and_prefers_relevant_bullets() {
         );
     }
     let (text, _, _) = c
-        .render_context(ns, state, 40, Stage::Shadow)
+        .render_context(ns, state, None, 40, Stage::Shadow)
         .await
         .unwrap();
     assert!(text.contains("right lane well before the exit"), "{text}");
     assert!(!text.contains("refunds"), "{text}");
+    // The caller's embedding of the state finds the same bullets as the state's text.
+    let vector = common::embedder()
+        .embed(vec![state.to_owned()])
+        .await
+        .unwrap()
+        .remove(0);
+    let (by_vector, _, _) = c
+        .render_context(ns, state, Some(vector.clone()), 40, Stage::Shadow)
+        .await
+        .unwrap();
+    assert_eq!(by_vector, text);
+    let mut short = vector.clone();
+    short.pop();
+    match c
+        .render_context(ns, state, Some(short), 40, Stage::Shadow)
+        .await
+    {
+        Err(CuratorError::Invalid(e)) => {
+            assert_eq!(e.field, "state_vector");
+            assert!(e.reason.contains("383 numbers"), "{e}");
+        }
+        other => panic!("a vector of the wrong length: {other:?}"),
+    }
+    let mut nan = vector;
+    nan[5] = f32::NAN;
+    match c
+        .render_context(ns, state, Some(nan), 40, Stage::Shadow)
+        .await
+    {
+        Err(CuratorError::Invalid(e)) => assert_eq!(e.field, "state_vector[5]"),
+        other => panic!("a vector with NaN: {other:?}"),
+    }
     let (text, ids, _) = c
-        .render_context(ns, state, 500, Stage::Production)
+        .render_context(ns, state, None, 500, Stage::Production)
         .await
         .unwrap();
     assert!(
@@ -723,6 +758,39 @@ async fn a_live_run_curates_in_batches_that_survive_a_restart() {
     assert_eq!(c.flush_stale(Duration::ZERO).await.unwrap(), 1);
     assert_eq!(applied(&c).await, 4);
 
+    // The run has no more reflections to send: FlushBatch takes what waits, in the
+    // namespace it names only.
+    c.curate_reflection(
+        "live3",
+        "drive",
+        insight("r5", "strategy", "Signal before changing lanes."),
+    )
+    .await
+    .unwrap();
+    match c.flush_batch("drive", "").await {
+        Err(CuratorError::Invalid(e)) => assert_eq!(e.field, "run_id"),
+        other => panic!("an empty run id: {other:?}"),
+    }
+    assert_eq!(
+        c.flush_batch("other", "live3").await.unwrap(),
+        BatchFlushed::default(),
+        "another namespace's call takes nothing"
+    );
+    assert_eq!(store.pending_insight_count("live3").await.unwrap(), 1);
+    assert_eq!(
+        c.flush_batch("drive", "live3").await.unwrap(),
+        BatchFlushed {
+            insights: 1,
+            ops: 1
+        }
+    );
+    assert_eq!(
+        c.flush_batch("drive", "live3").await.unwrap(),
+        BatchFlushed::default(),
+        "nothing is left to take"
+    );
+    assert_eq!(applied(&c).await, 5);
+
     // A cancelled run's waiting insights are dropped, never curated.
     c.curate_reflection("live3", "drive", insight("r4", "mistakes", lessons[4]))
         .await
@@ -733,7 +801,7 @@ async fn a_live_run_curates_in_batches_that_survive_a_restart() {
         .unwrap();
     assert_eq!(c.flush_stale(Duration::from_secs(3600)).await.unwrap(), 0);
     assert_eq!(store.pending_insight_count("live3").await.unwrap(), 0);
-    assert_eq!(applied(&c).await, 4);
+    assert_eq!(applied(&c).await, 5);
 
     // Other runs curate each reflection as it comes.
     let ops = c
@@ -745,5 +813,5 @@ async fn a_live_run_curates_in_batches_that_survive_a_restart() {
         .await
         .unwrap();
     assert_eq!(ops, 1);
-    assert_eq!(applied(&c).await, 5);
+    assert_eq!(applied(&c).await, 6);
 }

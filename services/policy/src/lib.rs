@@ -5,7 +5,9 @@
 //! of `valid_actions`: the local model is constrained to them; a remote model's answer is
 //! repaired once, then the nearest exemplar's action is used and marked as a fallback.
 
+mod decisions;
 pub mod grpc;
+mod versions;
 
 use std::sync::Arc;
 
@@ -53,6 +55,8 @@ pub enum PolicyError {
     Transitions(#[from] TransitionsError),
     #[error("model: {0}")]
     Model(#[source] LlmError),
+    #[error("the decision writer stopped")]
+    WriterStopped,
     #[error("curator {what}: {source}")]
     Curator {
         what: &'static str,
@@ -74,6 +78,10 @@ impl From<PolicyError> for ApiError {
                 source: None,
             },
             PolicyError::Store(s) => ApiError::internal("policy record", s),
+            PolicyError::WriterStopped => ApiError::Unavailable {
+                message: e.to_string(),
+                source: None,
+            },
             PolicyError::Transitions(t) => ApiError::unavailable("exemplars", t),
             PolicyError::Model(m) => ApiError::unavailable("model", m),
             PolicyError::Curator { what, source } => match source {
@@ -96,6 +104,8 @@ pub struct Policy {
     model: Arc<dyn ChatModel>,
     curator: Arc<dyn CuratorApi>,
     defaults: PolicySettings,
+    versions: versions::Versions,
+    decisions: decisions::DecisionLog,
 }
 
 impl Policy {
@@ -107,6 +117,8 @@ impl Policy {
         defaults: PolicySettings,
     ) -> Self {
         Self {
+            decisions: decisions::DecisionLog::start(store.clone()),
+            versions: versions::Versions::default(),
             store,
             transitions,
             model,
@@ -173,7 +185,10 @@ impl Policy {
                 created_at: Utc::now(),
             };
             match self.store.insert_policy(&p).await {
-                Ok(p) => return Ok(p),
+                Ok(p) => {
+                    self.versions.compiled(&p);
+                    return Ok(p);
+                }
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -273,11 +288,24 @@ impl Policy {
 
     async fn decide_timed(&self, r: DecideRequest) -> Result<Decision> {
         Self::check_decide(&r)?;
-        let p = self.get(&r.namespace, r.policy_version).await?;
+        let p = match self.versions.get(&r.namespace, r.policy_version) {
+            Some(p) => p,
+            None => self.versions.read(
+                &r.namespace,
+                r.policy_version,
+                self.get(&r.namespace, r.policy_version).await?,
+            ),
+        };
         let vector = self.transitions.embed_one(&r.state).await?;
         let exemplars = self
             .transitions
-            .nearest(&r.namespace, vector, p.exemplars_k as usize, None, None)
+            .nearest(
+                &r.namespace,
+                vector.clone(),
+                p.exemplars_k as usize,
+                None,
+                None,
+            )
             .await?;
         // An action that already left this very state unchanged is not tried again while
         // another remains.
@@ -296,7 +324,13 @@ impl Policy {
             agent_learning_api::RenderedContext::default()
         } else {
             self.curator
-                .render_context(&r.namespace, &r.state, p.token_budget.max(1), p.min_stage)
+                .render_context(
+                    &r.namespace,
+                    &r.state,
+                    Some(vector),
+                    p.token_budget.max(1),
+                    p.min_stage,
+                )
                 .await
                 .map_err(|source| PolicyError::Curator {
                     what: "RenderContext",
@@ -388,29 +422,31 @@ impl Policy {
             }
             _ => (action, reasoning),
         };
-        let record = DecisionRecord {
-            id: Uuid::new_v4().to_string(),
-            namespace: r.namespace.clone(),
-            policy_version: p.version,
-            state: r.state.clone(),
+        let decision = Decision {
+            decision_id: Uuid::new_v4().to_string(),
             action,
             reasoning,
             bullet_ids: playbook.bullet_ids,
+            policy_version: p.version,
             exemplar_ids: exemplars.iter().map(|e| e.id.to_string()).collect(),
             fallback,
-            created_at: Utc::now(),
-        };
-        self.store.insert_decision(&record).await?;
-        Ok(Decision {
-            decision_id: record.id,
-            action: record.action,
-            reasoning: record.reasoning,
-            bullet_ids: record.bullet_ids,
-            policy_version: record.policy_version,
-            exemplar_ids: record.exemplar_ids,
-            fallback,
             usage,
-        })
+        };
+        self.decisions
+            .write(DecisionRecord {
+                id: decision.decision_id.clone(),
+                namespace: r.namespace,
+                policy_version: p.version,
+                state: r.state,
+                action: decision.action.clone(),
+                reasoning: decision.reasoning.clone(),
+                bullet_ids: decision.bullet_ids.clone(),
+                exemplar_ids: decision.exemplar_ids.clone(),
+                fallback,
+                created_at: Utc::now(),
+            })
+            .await?;
+        Ok(decision)
     }
 
     /// Credits (or blames) the bullets a decision used; once per decision.

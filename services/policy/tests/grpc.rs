@@ -5,11 +5,11 @@
 use std::sync::{Arc, Mutex};
 
 use agent_learning_api::{
-    ApiError, CompileRequest, CuratorApi, DecideRequest, FeedbackItem, FeedbackOutcome, Health,
-    PlaybookPage, PlaybookQuery, PolicyApi, PolicyClient, RenderedContext,
+    ApiError, BatchFlushed, CompileRequest, CuratorApi, DecideRequest, FeedbackItem,
+    FeedbackOutcome, Health, PlaybookPage, PlaybookQuery, PolicyApi, PolicyClient, RenderedContext,
 };
 use agent_learning_domain::{Bullet, BulletEvent, DeltaOp, Insight, Stage};
-use agent_learning_embed::testsuite::HashEmbedder;
+use agent_learning_embed::testsuite::{HASH_DIM, HashEmbedder};
 use agent_learning_llm::testsuite::InstantModel;
 use agent_learning_policy::Policy;
 use agent_learning_runtime::Context;
@@ -25,7 +25,8 @@ fn unused(what: &str) -> ApiError {
 
 #[derive(Default)]
 struct FakeCurator {
-    asked: Mutex<Vec<(String, Stage, u32)>>,
+    /// Namespace, stage, budget and the length of the state's vector sent with the call.
+    asked: Mutex<Vec<(String, Stage, u32, usize)>>,
     votes: Mutex<Vec<(String, Vec<FeedbackItem>)>>,
 }
 
@@ -35,13 +36,16 @@ impl CuratorApi for FakeCurator {
         &self,
         ns: &str,
         _: &str,
+        state_vector: Option<Vec<f32>>,
         token_budget: u32,
         min_stage: Stage,
     ) -> Result<RenderedContext, ApiError> {
-        self.asked
-            .lock()
-            .unwrap()
-            .push((ns.to_owned(), min_stage, token_budget));
+        self.asked.lock().unwrap().push((
+            ns.to_owned(),
+            min_stage,
+            token_budget,
+            state_vector.map_or(0, |v| v.len()),
+        ));
         Ok(RenderedContext {
             text: "- keep a safe gap".into(),
             bullet_ids: vec!["b1".into(), "b2".into()],
@@ -67,6 +71,10 @@ impl CuratorApi for FakeCurator {
 
     async fn curate(&self, _: &str, _: Vec<Insight>) -> Result<Vec<DeltaOp>, ApiError> {
         Err(unused("Curate"))
+    }
+
+    async fn flush_batch(&self, _: &str, _: &str) -> Result<BatchFlushed, ApiError> {
+        Err(unused("FlushBatch"))
     }
 
     async fn get_playbook(&self, _: &str, _: PlaybookQuery) -> Result<PlaybookPage, ApiError> {
@@ -196,8 +204,8 @@ async fn compile_decide_and_feedback_through_the_client() {
     assert!(!d.fallback);
     assert_eq!(
         s.curator.asked.lock().unwrap().as_slice(),
-        [("pol".to_owned(), Stage::Staging, 123)],
-        "the playbook is asked at the policy's stage and budget"
+        [("pol".to_owned(), Stage::Staging, 123, HASH_DIM)],
+        "the playbook is asked at the policy's stage and budget, with the state's embedding"
     );
 
     let credited = p.feedback("pol", &d.decision_id, true).await.unwrap();
@@ -206,6 +214,50 @@ async fn compile_decide_and_feedback_through_the_client() {
     assert_eq!(votes.len(), 1);
     assert_eq!(votes[0].0, format!("decision:{}", d.decision_id));
     assert!(votes[0].1.iter().all(|v| v.helpful == 1 && v.harmful == 0));
+    s.shut_down().await;
+}
+
+#[tokio::test]
+async fn decisions_made_at_once_are_each_recorded() {
+    let s = serve_policy().await;
+    let p = &s.client;
+    let compile = || CompileRequest {
+        namespace: "many".into(),
+        ..Default::default()
+    };
+    p.compile(compile()).await.unwrap();
+    // 64 in flight share the record's writes; each is kept, under its own id.
+    let made = futures::future::join_all((0..64).map(|i| {
+        p.decide(decide(
+            "many",
+            &format!("speed={i} gap=3"),
+            &["brake", "accelerate"],
+        ))
+    }))
+    .await;
+    let mut ids = std::collections::HashSet::new();
+    for d in made {
+        let d = d.unwrap();
+        assert_eq!(d.policy_version, 1);
+        assert!(ids.insert(d.decision_id.clone()), "ids are unique");
+        assert_eq!(
+            p.feedback("many", &d.decision_id, true).await.unwrap(),
+            ["b1", "b2"],
+            "feedback finds decision {}",
+            d.decision_id
+        );
+    }
+    assert_eq!(s.curator.votes.lock().unwrap().len(), 64);
+    // A version compiled here is used by the next Decide; an older one when asked for.
+    assert_eq!(p.compile(compile()).await.unwrap().version, 2);
+    let d = p
+        .decide(decide("many", "speed=1 gap=3", &["brake"]))
+        .await
+        .unwrap();
+    assert_eq!(d.policy_version, 2);
+    let mut old = decide("many", "speed=1 gap=3", &["brake"]);
+    old.policy_version = Some(1);
+    assert_eq!(p.decide(old).await.unwrap().policy_version, 1);
     s.shut_down().await;
 }
 

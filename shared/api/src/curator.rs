@@ -65,10 +65,22 @@ pub struct Health {
     pub added_last_24h: u64,
 }
 
+/// What curating a run's waiting batch took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchFlushed {
+    /// Waiting insights taken: curated, or skipped as refused.
+    pub insights: u64,
+    /// Delta operations applied.
+    pub ops: u64,
+}
+
 #[async_trait]
 pub trait CuratorApi: Send + Sync {
     /// Insights in, delta operations out; all or nothing, idempotent by insight id.
     async fn curate(&self, ns: &str, insights: Vec<Insight>) -> Result<Vec<DeltaOp>, ApiError>;
+    /// Curates the insights run `run_id` left waiting for their batch in `ns`, however few:
+    /// the run will send no more.
+    async fn flush_batch(&self, ns: &str, run_id: &str) -> Result<BatchFlushed, ApiError>;
     async fn get_playbook(&self, ns: &str, q: PlaybookQuery) -> Result<PlaybookPage, ApiError>;
     /// Bullets nearest `query`, at or above `min_stage`, with their similarity.
     async fn search(
@@ -80,10 +92,13 @@ pub trait CuratorApi: Send + Sync {
         section: Option<&str>,
     ) -> Result<Vec<(Bullet, f32)>, ApiError>;
     /// The bullets most relevant to `state`, at or above `min_stage`, within `token_budget`.
+    /// `state_vector`: the state's embedding when the caller has it, so it is not embedded
+    /// again.
     async fn render_context(
         &self,
         ns: &str,
         state: &str,
+        state_vector: Option<Vec<f32>>,
         token_budget: u32,
         min_stage: Stage,
     ) -> Result<RenderedContext, ApiError>;
@@ -187,6 +202,21 @@ impl CuratorApi for CuratorClient {
             .collect()
     }
 
+    async fn flush_batch(&self, ns: &str, run_id: &str) -> Result<BatchFlushed, ApiError> {
+        let r = self
+            .client()
+            .flush_batch(pb::FlushBatchRequest {
+                namespace: ns.to_owned(),
+                run_id: run_id.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(BatchFlushed {
+            insights: u64::from(r.insights),
+            ops: u64::from(r.ops),
+        })
+    }
+
     async fn get_playbook(&self, ns: &str, q: PlaybookQuery) -> Result<PlaybookPage, ApiError> {
         let r = self
             .client()
@@ -237,6 +267,7 @@ impl CuratorApi for CuratorClient {
         &self,
         ns: &str,
         state: &str,
+        state_vector: Option<Vec<f32>>,
         token_budget: u32,
         min_stage: Stage,
     ) -> Result<RenderedContext, ApiError> {
@@ -247,6 +278,7 @@ impl CuratorApi for CuratorClient {
                 state: state.to_owned(),
                 token_budget,
                 min_stage: stage_to_pb(min_stage) as i32,
+                state_vector: state_vector.unwrap_or_default(),
             })
             .await?
             .into_inner();

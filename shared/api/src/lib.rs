@@ -19,8 +19,8 @@ pub use coordinator::{
     run_info_to_pb,
 };
 pub use curator::{
-    CuratorApi, CuratorClient, FeedbackItem, FeedbackOutcome, Health, PlaybookPage, PlaybookQuery,
-    RenderedContext,
+    BatchFlushed, CuratorApi, CuratorClient, FeedbackItem, FeedbackOutcome, Health, PlaybookPage,
+    PlaybookQuery, RenderedContext,
 };
 pub use environment::{RemoteEnvAllowlist, RemoteEnvironment, RemoteError, open_env};
 pub use error::ApiError;

@@ -11,10 +11,10 @@
 //!
 //! A grant is `ROLE:NAMESPACE`: the role is `decide` (Decide, Feedback, GetPolicy), `read`
 //! (playbook reads, runs, reflection), `learn` (Fit, Predict, Evaluate, Explore, Reflect,
-//! Curate, RecordFeedback, StartTraining, the environments) or `admin` (bullet edits and
-//! stages, Compile, CancelRun), or `*` for all four; the namespace is a name, a prefix ending
-//! in `*`, or `*` for every namespace (the only grant that reaches requests naming none, such
-//! as ListRuns over all namespaces). The file is read again when it changes, so keys rotate
+//! Curate, FlushBatch, RecordFeedback, StartTraining, StartLiveLoop, the environments) or
+//! `admin` (bullet edits and stages, Compile, CancelRun), or `*` for all four; the namespace
+//! is a name, a prefix ending in `*`, or `*` for every namespace (the only grant that reaches
+//! requests naming none, such as ListRuns over all namespaces). The file is read again when it changes, so keys rotate
 //! without a restart. The internal key (`auth.internal_key`), which the services present to
 //! each other, has every role on every namespace. Health checks never need a key.
 
@@ -78,8 +78,8 @@ pub fn access(path: &str) -> (Role, bool) {
         | "GetBulletHistory" | "ListRuns" => (Role::Read, true),
         // By run id: the coordinator checks the run's namespace.
         "GetRun" | "WatchRun" => (Role::Read, false),
-        "Fit" | "Predict" | "Evaluate" | "Explore" | "Reflect" | "Curate" | "RecordFeedback"
-        | "StartTraining" | "StartLiveLoop" => (Role::Learn, true),
+        "Fit" | "Predict" | "Evaluate" | "Explore" | "Reflect" | "Curate" | "FlushBatch"
+        | "RecordFeedback" | "StartTraining" | "StartLiveLoop" => (Role::Learn, true),
         "UpdateBullet" | "DeleteBullet" | "MergeBullets" | "SetBulletStage" | "Compile" => {
             (Role::Admin, true)
         }

@@ -10,24 +10,38 @@ fn json_ids(field: &str, id: &str, s: &str) -> Result<Vec<String>> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("decision {id} {field}: {e}")))
 }
 
+fn model(d: &DecisionRecord) -> Result<decision::ActiveModel> {
+    let ids =
+        |v: &[String]| serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()));
+    Ok(decision::ActiveModel {
+        id: Set(d.id.clone()),
+        namespace: Set(d.namespace.clone()),
+        policy_version: Set(d.policy_version),
+        state: Set(d.state.clone()),
+        action: Set(d.action.clone()),
+        reasoning: Set(d.reasoning.clone()),
+        bullet_ids: Set(ids(&d.bullet_ids)?),
+        exemplar_ids: Set(ids(&d.exemplar_ids)?),
+        fallback: Set(d.fallback),
+        created_at: Set(d.created_at),
+    })
+}
+
 impl Store {
     pub async fn insert_decision(&self, d: &DecisionRecord) -> Result<()> {
-        let ids =
-            |v: &[String]| serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()));
-        decision::ActiveModel {
-            id: Set(d.id.clone()),
-            namespace: Set(d.namespace.clone()),
-            policy_version: Set(d.policy_version),
-            state: Set(d.state.clone()),
-            action: Set(d.action.clone()),
-            reasoning: Set(d.reasoning.clone()),
-            bullet_ids: Set(ids(&d.bullet_ids)?),
-            exemplar_ids: Set(ids(&d.exemplar_ids)?),
-            fallback: Set(d.fallback),
-            created_at: Set(d.created_at),
+        model(d)?.insert(self.connection()).await?;
+        Ok(())
+    }
+
+    /// Several decisions in one statement (one transaction): all or none.
+    pub async fn insert_decisions(&self, ds: &[DecisionRecord]) -> Result<()> {
+        if ds.is_empty() {
+            return Ok(());
         }
-        .insert(self.connection())
-        .await?;
+        let models = ds.iter().map(model).collect::<Result<Vec<_>>>()?;
+        decision::Entity::insert_many(models)
+            .exec_without_returning(self.connection())
+            .await?;
         Ok(())
     }
 

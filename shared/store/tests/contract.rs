@@ -635,7 +635,44 @@ async fn insights_wait_for_their_batch(store: &Store) {
     store.remove_pending_insights(&["q1".into()]).await.unwrap();
 }
 
+async fn decisions_are_kept_alone_or_together(store: &Store) {
+    use agent_learning_domain::DecisionRecord;
+    let decision = |id: &str, bullets: &[&str]| DecisionRecord {
+        id: id.into(),
+        namespace: "decide-ns".into(),
+        policy_version: 3,
+        state: format!("state of {id}"),
+        action: "brake".into(),
+        reasoning: "a light ahead".into(),
+        bullet_ids: bullets.iter().map(|b| (*b).to_owned()).collect(),
+        exemplar_ids: vec!["e1".into(), "e2".into()],
+        fallback: id == "d2",
+        created_at: chrono::Utc::now(),
+    };
+    store.insert_decision(&decision("d0", &[])).await.unwrap();
+    store.insert_decisions(&[]).await.unwrap();
+    let together: Vec<DecisionRecord> = (1..=300)
+        .map(|i| decision(&format!("d{i}"), &["b1", "b2"]))
+        .collect();
+    store.insert_decisions(&together).await.unwrap();
+    for d in std::iter::once(decision("d0", &[])).chain(together) {
+        let got = store.decision(&d.id).await.unwrap().expect(&d.id);
+        assert_eq!(
+            (&got.state, &got.bullet_ids, &got.exemplar_ids, got.fallback),
+            (&d.state, &d.bullet_ids, &d.exemplar_ids, d.fallback),
+            "{}",
+            d.id
+        );
+    }
+    // A batch holding an id already kept is refused whole: nothing of it is kept.
+    let clash = [decision("d301", &[]), decision("d7", &[])];
+    assert!(store.insert_decisions(&clash).await.is_err());
+    assert!(store.decision("d301").await.unwrap().is_none());
+    assert!(store.decision("nope").await.unwrap().is_none());
+}
+
 async fn run_suite(store: Store) {
+    decisions_are_kept_alone_or_together(&store).await;
     insights_wait_for_their_batch(&store).await;
     leases_and_conditional_ends(&store).await;
     policy_versions_conflict_by_key(&store).await;

@@ -10,14 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_learning_cli::all::serve_all_with;
-use agent_learning_config::{Settings, Sources};
-use agent_learning_llm::testsuite::InstantModel;
+use agent_learning_cli::bench::{BenchServer, demo_text};
 use agent_learning_proto::v1 as pb;
-use agent_learning_proto::v1::coordinator_client::CoordinatorClient;
 use agent_learning_proto::v1::policy_client::PolicyClient;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -74,64 +70,12 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = tempfile::tempdir()?;
-    let settings = Settings::load(&Sources {
-        file: None,
-        overrides: vec![
-            ("data_dir".into(), dir.path().display().to_string()),
-            ("telemetry.log_filter".into(), "error".into()),
-        ],
-    })?;
-    let demo_text = {
-        let d = agent_learning_envs::generate_demos("driving", args.demos, 42)?;
-        let mut buf = Vec::new();
-        agent_learning_envs::write_demos(&mut buf, &d)?;
-        String::from_utf8(buf)?
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let s = settings.clone();
-    let server = tokio::spawn(async move {
-        serve_all_with(
-            &s,
-            listener,
-            token.cancelled_owned(),
-            None,
-            Arc::new(InstantModel),
-        )
-        .await
-    });
-    agent_learning_cli::health::wait_serving(&url, "", Duration::from_secs(300)).await?;
-    let mut c = CoordinatorClient::connect(url.clone()).await?;
-    let run = c
-        .start_training(pb::StartTrainingRequest {
-            namespace: "bench".into(),
-            demos_jsonl: demo_text,
-            env: "driving".into(),
-            config_json: r#"{"holdout": 0}"#.into(),
-        })
-        .await?
-        .into_inner();
-    let run = loop {
-        let r = c
-            .get_run(pb::GetRunRequest {
-                run_id: run.id.clone(),
-            })
-            .await?
-            .into_inner();
-        if r.state != pb::RunState::Running as i32 && r.state != pb::RunState::Pending as i32 {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    anyhow::ensure!(
-        run.state == pb::RunState::Succeeded as i32,
-        "training failed: {}",
-        run.error
-    );
-    let s: serde_json::Value = serde_json::from_str(&run.summary_json)?;
+    let demo_text = demo_text("driving", args.demos, 42)?;
+    let server = BenchServer::start(&[]).await?;
+    let url = server.url.clone();
+    let s = server
+        .train("bench", "driving", demo_text, r#"{"holdout": 0}"#)
+        .await?;
     let states = Arc::new(states(args.states)?);
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
@@ -212,7 +156,5 @@ async fn main() -> anyhow::Result<()> {
             lat.len() - errors - settled,
         );
     }
-    stop.cancel();
-    server.await??;
-    Ok(())
+    server.stop().await
 }

@@ -72,7 +72,8 @@ async fn measure(c: &Curator, ns: &str, size: usize, label: &str) -> anyhow::Res
     for i in 0..50 {
         let t = Instant::now();
         let state = format!("situation {i} with traffic ahead");
-        c.render_context(ns, &state, 300, Stage::Shadow).await?;
+        c.render_context(ns, &state, None, 300, Stage::Shadow)
+            .await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lat.sort_by(f64::total_cmp);
