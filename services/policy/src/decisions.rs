@@ -4,6 +4,8 @@
 //! of queueing for it one by one. A lone decision is written at once, as before.
 
 use agent_learning_domain::DecisionRecord;
+use std::sync::OnceLock;
+
 use agent_learning_store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,12 +17,22 @@ const BATCH: usize = 256;
 type Done = oneshot::Sender<Result<(), StoreError>>;
 
 pub(crate) struct DecisionLog {
-    queue: mpsc::Sender<(DecisionRecord, Done)>,
+    store: Store,
+    /// The writer's queue, made (and the writer started) by the first decision, on the
+    /// runtime that serves it: a policy can be built outside one.
+    queue: OnceLock<mpsc::Sender<(DecisionRecord, Done)>>,
 }
 
 impl DecisionLog {
+    pub(crate) fn new(store: Store) -> Self {
+        Self {
+            store,
+            queue: OnceLock::new(),
+        }
+    }
+
     /// Starts the writer on the current runtime; it ends when the log is dropped.
-    pub(crate) fn start(store: Store) -> Self {
+    fn start(store: Store) -> mpsc::Sender<(DecisionRecord, Done)> {
         let (queue, mut incoming) = mpsc::channel::<(DecisionRecord, Done)>(4 * BATCH);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
@@ -30,6 +42,15 @@ impl DecisionLog {
                     Ok(()) => {
                         for w in waiting {
                             let _ = w.send(Ok(()));
+                        }
+                    }
+                    // An outage fails every decision of the batch alike (each caller sees
+                    // UNAVAILABLE and may retry); writing them one by one would only wait for
+                    // the same outage once per decision.
+                    Err(e) if e.is_transient() => {
+                        let text = e.to_string();
+                        for w in waiting {
+                            let _ = w.send(Err(StoreError::outage(text.clone())));
                         }
                     }
                     // One decision the record refuses must not fail the others with it: each
@@ -47,13 +68,14 @@ impl DecisionLog {
                 }
             }
         });
-        Self { queue }
+        queue
     }
 
     /// Returns once `d` is in the record.
     pub(crate) async fn write(&self, d: DecisionRecord) -> Result<(), PolicyError> {
         let (done, written) = oneshot::channel();
         self.queue
+            .get_or_init(|| Self::start(self.store.clone()))
             .send((d, done))
             .await
             .map_err(|_| PolicyError::WriterStopped)?;

@@ -117,7 +117,7 @@ impl Policy {
         defaults: PolicySettings,
     ) -> Self {
         Self {
-            decisions: decisions::DecisionLog::start(store.clone()),
+            decisions: decisions::DecisionLog::new(store.clone()),
             versions: versions::Versions::default(),
             store,
             transitions,

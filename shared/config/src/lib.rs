@@ -214,8 +214,10 @@ pub struct LlmSettings {
     pub threads: usize,
     /// Whether the local model runs decisions (`choose`, Decide's call) on an instance and
     /// threads of their own, so a reflection never makes a Decide wait. Costs the model's
-    /// cache and `threads` more threads; the weights are shared.
+    /// cache and `decide_threads` more threads; the weights are shared.
     pub decide_lane: bool,
+    /// Compute threads of the decisions' lane; 0 takes every core.
+    pub decide_threads: usize,
     /// Tokens a run may spend; 0 is unlimited.
     pub token_budget: u64,
 }
@@ -264,6 +266,9 @@ pub struct EmbeddingSettings {
     /// Distinct texts whose vectors are kept in memory (about 2 KiB each plus the text), so a
     /// state seen again is not embedded again; 0 keeps none.
     pub cache_entries: usize,
+    /// Whether vectors are kept in the record by content hash (table `embedding_cache`), so
+    /// a text any process embedded, before a restart too, is read instead of embedded again.
+    pub record_cache: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -327,6 +332,7 @@ optimize_after_writes = 5000
 batch_size = 32
 threads = 0
 cache_entries = 8192
+record_cache = true
 
 [curator]
 merge_threshold = 0.80
@@ -352,6 +358,7 @@ max_concurrency = 4
 json_schema = false
 threads = 0
 decide_lane = true
+decide_threads = 0
 token_budget = 0
 
 [telemetry]

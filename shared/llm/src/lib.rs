@@ -205,6 +205,7 @@ pub fn open_chat_model(
                 dir: agent_learning_embed::SMOLLM2.path(&settings.models_dir),
                 threads: llm.threads,
                 decide_lane: llm.decide_lane,
+                decide_threads: llm.decide_threads,
             })?,
         ))),
     }

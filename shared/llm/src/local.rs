@@ -35,8 +35,12 @@ pub struct LocalOptions {
     pub threads: usize,
     /// Whether decisions (`choose`) run on a model instance and threads of their own, so a
     /// reflection or a long answer never holds up a Decide. The weights are shared; each lane
-    /// has its own cache and `threads` compute threads.
+    /// has its own cache and compute threads.
     pub decide_lane: bool,
+    /// Compute threads of the decisions' lane; 0 takes every core. A decision waits on its
+    /// answer, so it gets the whole machine while nothing else runs; beside a reflection on
+    /// the main lane the two share the cores.
+    pub decide_threads: usize,
 }
 
 /// One instance of the model (weights shared with the other lanes; its own cache) and the
@@ -382,25 +386,30 @@ impl LocalModel {
             0 => cores / 2,
             n => n,
         };
-        let lane = |name: &'static str, model: ModelWeights| -> Result<Lane, LlmError> {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .thread_name(move |i| format!("smollm2-{name}-{i}"))
-                .build()
-                .map_err(model_err)?;
-            Ok(Lane {
-                model: Mutex::new(model),
-                pool,
-            })
+        let decide_threads = match opts.decide_threads {
+            0 => cores,
+            n => n,
         };
+        let lane =
+            |name: &'static str, threads: usize, model: ModelWeights| -> Result<Lane, LlmError> {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(move |i| format!("smollm2-{name}-{i}"))
+                    .build()
+                    .map_err(model_err)?;
+                Ok(Lane {
+                    model: Mutex::new(model),
+                    pool,
+                })
+            };
         let mut lanes = Vec::with_capacity(2);
         if opts.decide_lane {
             // A clone shares the quantized weights (reference-counted) and has its own cache.
             let decide = model.clone();
-            lanes.push(lane("main", model)?);
-            lanes.push(lane("decide", decide)?);
+            lanes.push(lane("main", threads, model)?);
+            lanes.push(lane("decide", decide_threads, decide)?);
         } else {
-            lanes.push(lane("main", model)?);
+            lanes.push(lane("main", threads, model)?);
         }
         Ok(Self {
             inner: Arc::new(Inner {

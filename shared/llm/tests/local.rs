@@ -22,6 +22,7 @@ fn load() -> LocalModel {
         dir,
         threads: 0,
         decide_lane: true,
+        decide_threads: 0,
     })
     .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -148,6 +149,7 @@ async fn bad_input_gets_clear_errors() {
         dir: dir.path().to_owned(),
         threads: 1,
         decide_lane: false,
+        decide_threads: 0,
     }) {
         Err(e) => e,
         Ok(_) => panic!("loaded from an empty directory"),

@@ -3,6 +3,7 @@
 //! from it and rebuilt from it.
 
 mod decisions;
+mod embeddings;
 pub mod entity;
 mod export;
 mod live;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
+pub use embeddings::embedding_key;
 pub use export::{ObservedTransition, ReflectedBranch};
 pub use live::{LiveEpisodeRecord, NewLiveEpisode};
 pub use outbox::Outbox;
@@ -80,6 +82,12 @@ impl StoreError {
     /// An outage (see [`is_transient_db`]), not a refusal of the request.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Db(e) if is_transient_db(e))
+    }
+
+    /// An outage, told to another caller than the one it happened to (a database error
+    /// cannot be copied): transient, with the same text.
+    pub fn outage(text: String) -> Self {
+        StoreError::Db(DbErr::Conn(sea_orm::RuntimeErr::Internal(text)))
     }
 }
 

