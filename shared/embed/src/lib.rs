@@ -51,8 +51,16 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// The embedder the configuration names: MiniLM from `models_dir`, loaded on a blocking thread.
+/// The embedder the configuration names: MiniLM from `models_dir`, loaded on a blocking
+/// thread, behind the in-memory cache of `embedding.cache_entries`.
 pub async fn open(
+    settings: &agent_learning_config::Settings,
+) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
+    Ok(in_memory(open_model(settings).await?, settings))
+}
+
+/// The configured model alone, without a cache.
+pub async fn open_model(
     settings: &agent_learning_config::Settings,
 ) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
     let dir = MINILM.path(&settings.models_dir);
@@ -60,9 +68,16 @@ pub async fn open(
     let model = tokio::task::spawn_blocking(move || MiniLm::load(&dir, batch))
         .await
         .map_err(|e| EmbedError::Worker(e.to_string()))??;
-    let model: std::sync::Arc<dyn Embedder> = std::sync::Arc::new(model);
-    Ok(match settings.embedding.cache_entries {
+    Ok(std::sync::Arc::new(model))
+}
+
+/// `model` behind the in-memory cache of `embedding.cache_entries` (none when 0).
+pub fn in_memory(
+    model: std::sync::Arc<dyn Embedder>,
+    settings: &agent_learning_config::Settings,
+) -> std::sync::Arc<dyn Embedder> {
+    match settings.embedding.cache_entries {
         0 => model,
         n => std::sync::Arc::new(Cached::new(model, n)),
-    })
+    }
 }

@@ -5,6 +5,7 @@
 //! path that serves a set of services, used by every standalone binary and the all-in-one
 //! server alike.
 
+pub mod recorded;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod tls;
@@ -362,12 +363,21 @@ impl Context {
             .cloned()
     }
 
+    /// The embedding model behind the in-memory cache and (`embedding.record_cache`) the
+    /// record's cache of vectors by content hash.
     pub async fn embedder(&self) -> Result<Arc<dyn Embedder>> {
         self.embedder
             .get_or_try_init(|| async {
-                agent_learning_embed::open(&self.settings)
+                let s = &self.settings;
+                let model = agent_learning_embed::open_model(s)
                     .await
-                    .what("embedding model")
+                    .what("embedding model")?;
+                let model: Arc<dyn Embedder> = if s.embedding.record_cache {
+                    Arc::new(recorded::Recorded::new(model, self.store().await?))
+                } else {
+                    model
+                };
+                Ok(agent_learning_embed::in_memory(model, s))
             })
             .await
             .cloned()

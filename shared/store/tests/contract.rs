@@ -671,7 +671,47 @@ async fn decisions_are_kept_alone_or_together(store: &Store) {
     assert!(store.decision("nope").await.unwrap().is_none());
 }
 
+async fn embeddings_are_kept_by_content_hash(store: &Store) {
+    use agent_learning_store::embedding_key;
+    let k = |text: &str| embedding_key("minilm-test", text);
+    assert_ne!(
+        k("a"),
+        embedding_key("other-model", "a"),
+        "the model is part of the key"
+    );
+    assert_eq!(k("a"), k("a"));
+    assert_eq!(k("a").len(), 64);
+    // More than one statement's worth, with text no SQL could hold unquoted.
+    let entries: Vec<(String, Vec<f32>)> = (0..1200)
+        .map(|i| (k(&format!("state {i} 'quoted' \u{e9}")), emb(i as f32)))
+        .collect();
+    store
+        .keep_embeddings("minilm-test", &entries)
+        .await
+        .unwrap();
+    store.keep_embeddings("minilm-test", &[]).await.unwrap();
+    let mut keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+    keys.push(k("never embedded"));
+    let found = store.cached_embeddings(&keys).await.unwrap();
+    assert_eq!(found.len(), 1200);
+    for (key, v) in &entries {
+        assert_eq!(&found[key], v);
+    }
+    // Kept again, a key gets the new vector (a damaged row is mended), and stays one row.
+    store
+        .keep_embeddings("minilm-test", &[(entries[5].0.clone(), vec![9.0; 3])])
+        .await
+        .unwrap();
+    let found = store
+        .cached_embeddings(std::slice::from_ref(&entries[5].0))
+        .await
+        .unwrap();
+    assert_eq!(found[&entries[5].0], vec![9.0; 3]);
+    assert!(store.cached_embeddings(&[]).await.unwrap().is_empty());
+}
+
 async fn run_suite(store: Store) {
+    embeddings_are_kept_by_content_hash(&store).await;
     decisions_are_kept_alone_or_together(&store).await;
     insights_wait_for_their_batch(&store).await;
     leases_and_conditional_ends(&store).await;

@@ -4,6 +4,7 @@ pub mod applied_insight;
 pub mod bullet;
 pub mod bullet_event;
 pub mod decision;
+pub mod embedding_cache;
 pub mod feedback_request;
 pub mod live_episode;
 pub mod namespace;

@@ -8,6 +8,7 @@ mod m0003_run_leases;
 mod m0004_stage_pins;
 mod m0005_live_episodes;
 mod m0006_pending_insights;
+mod m0007_embedding_cache;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_stage_pins::Migration),
             Box::new(m0005_live_episodes::Migration),
             Box::new(m0006_pending_insights::Migration),
+            Box::new(m0007_embedding_cache::Migration),
         ]
     }
 }
