@@ -18,23 +18,38 @@ pub struct BenchServer {
     pub url: String,
     stop: CancellationToken,
     server: JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    overrides: Vec<(String, String)>,
 }
 
 impl BenchServer {
     /// Serves every service on a free loopback port, with settings `overrides` over the
     /// defaults, and returns once it answers health checks.
     pub async fn start(overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        let overrides = overrides
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_in(tempfile::tempdir()?, overrides).await
+    }
+
+    /// Stops serving and serves again on the same data dir and settings, as a process
+    /// restarted on its record would.
+    pub async fn restart(self) -> anyhow::Result<Self> {
+        self.stop.cancel();
+        self.server.await??;
+        Self::start_in(self.dir, self.overrides).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        overrides: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let mut all = vec![
             ("data_dir".to_owned(), dir.path().display().to_string()),
             ("telemetry.log_filter".to_owned(), "error".to_owned()),
         ];
-        all.extend(
-            overrides
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+        all.extend(overrides.iter().cloned());
         let settings = Settings::load(&Sources {
             file: None,
             overrides: all,
@@ -58,7 +73,8 @@ impl BenchServer {
             url,
             stop,
             server,
-            _dir: dir,
+            dir,
+            overrides,
         })
     }
 

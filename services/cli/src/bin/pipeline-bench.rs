@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
     let demos: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50);
     let points: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1);
     let demo_text = demo_text("driving", demos, 42)?;
+    let again = demo_text.clone();
     let server = BenchServer::start(&[]).await?;
     let config = if points == 0 {
         r#"{"every_step": true, "holdout": 8}"#.to_owned()
@@ -40,6 +41,25 @@ async fn main() -> anyhow::Result<()> {
         "  total {:.2} s  overhead per rollout {:.2} ms",
         wall.as_secs_f64(),
         wall.as_secs_f64() * 1000.0 / rollouts as f64
+    );
+    // The same demos again in another namespace, after a restart: what the record's
+    // embedding cache (embedding.record_cache) saves a repeated training.
+    let server = server.restart().await?;
+    let s = server
+        .train("bench-again", "driving", again, &config)
+        .await?;
+    let fit = |s: &serde_json::Value| {
+        s["stages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|st| st["stage"] == "fit")
+            .and_then(|st| st["seconds"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "  again after a restart, same demos, another namespace: fit {:.2} s",
+        fit(&s)
     );
     server.stop().await
 }

@@ -69,7 +69,7 @@ async fn measure(c: &Curator, ns: &str, size: usize, label: &str) -> anyhow::Res
     }
     let rate = work.len() as f64 / started.elapsed().as_secs_f64();
     let mut lat = Vec::new();
-    for i in 0..50 {
+    for i in 0..200 {
         let t = Instant::now();
         let state = format!("situation {i} with traffic ahead");
         c.render_context(ns, &state, None, 300, Stage::Shadow)
@@ -79,10 +79,10 @@ async fn measure(c: &Curator, ns: &str, size: usize, label: &str) -> anyhow::Res
     lat.sort_by(f64::total_cmp);
     println!(
         "{label:<12} playbook {size:>7}: curate {rate:>8.0} insights/s ({:.3} ms/insight); \
-         render_context p50 {:.2} ms p95 {:.2} ms",
+         render_context p50 {:.2} ms p99 {:.2} ms",
         1000.0 / rate,
         lat[lat.len() / 2],
-        lat[lat.len() * 95 / 100]
+        lat[lat.len() * 99 / 100]
     );
     Ok(())
 }
