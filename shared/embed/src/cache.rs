@@ -118,25 +118,7 @@ impl Embedder for Cached {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    /// Counts what it is asked to embed; the vector is the text's length.
-    #[derive(Default)]
-    struct Counting(Mutex<Vec<String>>);
-
-    #[async_trait]
-    impl Embedder for Counting {
-        fn dim(&self) -> usize {
-            1
-        }
-        fn model_id(&self) -> &str {
-            "counting"
-        }
-        async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
-            self.0.lock().unwrap().extend(texts.iter().cloned());
-            Ok(texts.iter().map(|t| vec![t.len() as f32]).collect())
-        }
-    }
+    use crate::testsuite::Counting;
 
     fn strings(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| (*s).to_owned()).collect()
@@ -144,14 +126,14 @@ mod tests {
 
     #[tokio::test]
     async fn each_text_is_embedded_once_while_it_is_kept() {
-        let inner = Arc::new(Counting::default());
+        let inner = Arc::new(Counting::new(1));
         let c = Cached::new(inner.clone(), 4);
         let v = c.embed(strings(&["a", "bb", "a", "ccc"])).await.unwrap();
         assert_eq!(v, vec![vec![1.0], vec![2.0], vec![1.0], vec![3.0]]);
-        assert_eq!(*inner.0.lock().unwrap(), strings(&["a", "bb", "ccc"]));
+        assert_eq!(inner.asked(), strings(&["a", "bb", "ccc"]));
         let v = c.embed(strings(&["ccc", "a"])).await.unwrap();
         assert_eq!(v, vec![vec![3.0], vec![1.0]]);
-        assert_eq!(inner.0.lock().unwrap().len(), 3, "both were cached");
+        assert_eq!(inner.asked().len(), 3, "both were cached");
         assert_eq!(
             c.stats(),
             (2, 3),
@@ -159,8 +141,8 @@ mod tests {
         );
         // Past the capacity, the most recently used half stays.
         c.embed(strings(&["d", "e"])).await.unwrap();
-        inner.0.lock().unwrap().clear();
+        inner.clear();
         c.embed(strings(&["e", "d", "a"])).await.unwrap();
-        assert_eq!(*inner.0.lock().unwrap(), strings(&["a"]));
+        assert_eq!(inner.asked(), strings(&["a"]));
     }
 }

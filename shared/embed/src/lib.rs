@@ -4,7 +4,7 @@
 mod cache;
 mod fetch;
 mod minilm;
-#[cfg(feature = "testsuite")]
+#[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
 use async_trait::async_trait;

@@ -2,9 +2,58 @@
 //! pseudo-random unit vectors keyed by text, so the same text always gets the same vector and
 //! different texts are nearly orthogonal. It measures nothing about meaning.
 
+use std::sync::Mutex;
+
 use async_trait::async_trait;
 
 use crate::{EmbedError, Embedder};
+
+/// Records every text it is asked to embed; a text's vector is its length, `dim` times.
+/// For tests of what is embedded again and what is not.
+pub struct Counting {
+    pub dim: usize,
+    pub asked: Mutex<Vec<String>>,
+}
+
+impl Counting {
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            asked: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every text asked for so far, in order.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn clear(&self) {
+        self.asked.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+#[async_trait]
+impl Embedder for Counting {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn model_id(&self) -> &str {
+        "counting"
+    }
+
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(texts.iter().cloned());
+        Ok(texts
+            .iter()
+            .map(|t| vec![t.len() as f32; self.dim])
+            .collect())
+    }
+}
 
 /// The dimension of MiniLM, so indexes built with either look alike.
 pub const HASH_DIM: usize = 384;

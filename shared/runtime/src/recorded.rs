@@ -137,28 +137,7 @@ impl Embedder for Recorded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    /// Counts what it is asked to embed; the vector is the text's length, twice.
-    #[derive(Default)]
-    struct Counting(Mutex<Vec<String>>);
-
-    #[async_trait]
-    impl Embedder for Counting {
-        fn dim(&self) -> usize {
-            2
-        }
-        fn model_id(&self) -> &str {
-            "counting"
-        }
-        async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
-            self.0.lock().unwrap().extend(texts.iter().cloned());
-            Ok(texts
-                .iter()
-                .map(|t| vec![t.len() as f32, t.len() as f32])
-                .collect())
-        }
-    }
+    use agent_learning_embed::testsuite::Counting;
 
     fn strings(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| (*s).to_owned()).collect()
@@ -181,7 +160,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("record.db");
         let store = Store::open_sqlite(&path, 2).await.unwrap();
-        let first = Arc::new(Counting::default());
+        let first = Arc::new(Counting::new(2));
         let r = Recorded::new(first.clone(), store.clone());
         let v = r.embed(strings(&["a", "bb", "a", "ccc"])).await.unwrap();
         assert_eq!(v[0], vec![1.0, 1.0]);
@@ -189,7 +168,7 @@ mod tests {
         assert_eq!(v[2], v[0]);
         assert_eq!(v[3], vec![3.0, 3.0]);
         assert_eq!(
-            *first.0.lock().unwrap(),
+            first.asked(),
             strings(&["a", "bb", "ccc"]),
             "a text repeated in one call is embedded once"
         );
@@ -200,7 +179,7 @@ mod tests {
 
         // Another process on the same record (or this one restarted).
         let store = Store::open_sqlite(&path, 2).await.unwrap();
-        let second = Arc::new(Counting::default());
+        let second = Arc::new(Counting::new(2));
         let r = Recorded::new(second.clone(), store.clone());
         let v = r.embed(strings(&["ccc", "dddd", "a"])).await.unwrap();
         assert_eq!(
@@ -208,7 +187,7 @@ mod tests {
             vec![vec![3.0, 3.0], vec![4.0, 4.0], vec![1.0, 1.0]],
             "read and embedded vectors come back in order"
         );
-        assert_eq!(*second.0.lock().unwrap(), strings(&["dddd"]));
+        assert_eq!(second.asked(), strings(&["dddd"]));
         assert_eq!(r.stats(), (2, 1), "two read from the record, one embedded");
 
         // A kept vector of the wrong length is embedded again and mended.

