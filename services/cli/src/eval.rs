@@ -118,6 +118,9 @@ pub struct EvalArgs {
 
 use agent_learning_domain::wilson;
 
+/// Times one step's Decide is tried before the evaluation fails.
+const DECIDE_ATTEMPTS: u64 = 3;
+
 #[derive(Default)]
 struct Tally {
     successes: usize,
@@ -456,17 +459,30 @@ async fn evaluate(
                             _ => namespace,
                         };
                         let t = Instant::now();
-                        let d = policy
-                            .decide(DecideRequest {
-                                history: past[past.len().saturating_sub(args.play.history)..]
-                                    .to_vec(),
-                                namespace: ns.to_owned(),
-                                state: state.clone(),
-                                valid_actions: valid.clone(),
-                                policy_version: None,
-                            })
-                            .await
-                            .with_context(|| format!("Decide on {ns}"))?;
+                        let request = DecideRequest {
+                            history: past[past.len().saturating_sub(args.play.history)..].to_vec(),
+                            namespace: ns.to_owned(),
+                            state: state.clone(),
+                            valid_actions: valid.clone(),
+                            policy_version: None,
+                        };
+                        // A busy server (a deadline, load shedding) is asked again, a few
+                        // times, rather than ending the evaluation; the latency counted is
+                        // what the caller waited in all.
+                        let mut attempt = 1;
+                        let d = loop {
+                            match policy.decide(request.clone()).await {
+                                Err(e) if e.is_transient() && attempt < DECIDE_ATTEMPTS => {
+                                    eprintln!(
+                                        "Decide on {ns} failed ({e}); asking again ({attempt} of {})",
+                                        DECIDE_ATTEMPTS - 1
+                                    );
+                                    tokio::time::sleep(Duration::from_secs(attempt)).await;
+                                    attempt += 1;
+                                }
+                                r => break r.with_context(|| format!("Decide on {ns}"))?,
+                            }
+                        };
                         tally.latencies.push(t.elapsed());
                         tally.decisions += 1;
                         tally.tokens += d.usage.prompt_tokens + d.usage.completion_tokens;

@@ -70,6 +70,27 @@ impl ApiError {
     }
 }
 
+/// A status's message, or what its code means when it came without one (a transport that
+/// gave up says nothing else), so an error never prints as an empty line.
+fn message_of(s: &Status) -> String {
+    if s.message().trim().is_empty() {
+        s.code().description().to_owned()
+    } else {
+        s.message().to_owned()
+    }
+}
+
+impl ApiError {
+    /// Whether trying the same call again may succeed: the service was unavailable,
+    /// overloaded, or gave up on the call (a deadline, a cancellation).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.code(),
+            Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted
+        )
+    }
+}
+
 impl From<Status> for ApiError {
     fn from(s: Status) -> Self {
         match s.code() {
@@ -81,10 +102,10 @@ impl From<Status> for ApiError {
                     .unwrap_or(("request", s.message()));
                 Self::Invalid(InvalidInput::new(field, reason))
             }
-            Code::NotFound => Self::NotFound(s.message().to_owned()),
-            Code::FailedPrecondition => Self::FailedPrecondition(s.message().to_owned()),
+            Code::NotFound => Self::NotFound(message_of(&s)),
+            Code::FailedPrecondition => Self::FailedPrecondition(message_of(&s)),
             Code::Unavailable => Self::Unavailable {
-                message: s.message().to_owned(),
+                message: message_of(&s),
                 source: Some(Box::new(s)),
             },
             _ => Self::Remote(s),
@@ -134,5 +155,20 @@ mod tests {
             let back: Status = ApiError::from(Status::new(code, "x")).into();
             assert_eq!(back.code(), code, "{code:?} survives a hop");
         }
+    }
+
+    #[test]
+    fn a_status_without_a_message_still_says_what_happened() {
+        for code in [Code::Unavailable, Code::NotFound, Code::FailedPrecondition] {
+            let e = ApiError::from(Status::new(code, ""));
+            assert_eq!(e.to_string(), code.description(), "{code:?}");
+        }
+        let e = ApiError::from(Status::new(Code::Unavailable, "redis down"));
+        assert_eq!(e.to_string(), "redis down");
+        assert!(e.is_transient());
+        assert!(ApiError::from(Status::deadline_exceeded("")).is_transient());
+        assert!(ApiError::from(Status::cancelled("Timeout expired")).is_transient());
+        assert!(!ApiError::invalid("state", "empty").is_transient());
+        assert!(!ApiError::from(Status::not_found("no policy")).is_transient());
     }
 }
