@@ -254,6 +254,11 @@ pub struct VectorSettings {
     pub collection_prefix: String,
     /// Writes after which the in-process engine rebuilds its search index (0: never).
     pub optimize_after_writes: usize,
+    /// In-process engine: a filtered search matching less than this many KB of vectors scans
+    /// them, above it walks the HNSW graph.
+    pub full_scan_threshold_kb: usize,
+    /// In-process engine: segments above this many KB of vectors get an HNSW graph.
+    pub indexing_threshold_kb: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -327,6 +332,8 @@ max_connections = 8
 [vector]
 collection_prefix = "agent_learning"
 optimize_after_writes = 5000
+full_scan_threshold_kb = 1000
+indexing_threshold_kb = 1000
 
 [embedding]
 batch_size = 32
@@ -550,6 +557,18 @@ impl Settings {
         }
         if self.embedding.batch_size == 0 || self.embedding.batch_size > 1024 {
             return Err(invalid("embedding.batch_size", "must be in 1..=1024"));
+        }
+        if self.vector.full_scan_threshold_kb == 0 {
+            return Err(invalid(
+                "vector.full_scan_threshold_kb",
+                "must be at least 1",
+            ));
+        }
+        if self.vector.indexing_threshold_kb == 0 {
+            return Err(invalid(
+                "vector.indexing_threshold_kb",
+                "must be at least 1",
+            ));
         }
         let t = self.curator.merge_threshold;
         if !t.is_finite() || !(-1.0..=1.0).contains(&t) {
@@ -916,6 +935,20 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn engine_thresholds_of_zero_name_their_key() {
+        for key in [
+            "vector.full_scan_threshold_kb",
+            "vector.indexing_threshold_kb",
+        ] {
+            let err = load_with(&[(key, "0")]).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+        let s = load_with(&[("vector.full_scan_threshold_kb", "250")]).unwrap();
+        assert_eq!(s.vector.full_scan_threshold_kb, 250);
+        assert_eq!(s.vector.indexing_threshold_kb, 1000);
     }
 
     #[test]

@@ -17,8 +17,61 @@ use uuid::Uuid;
 
 use crate::{Filter, Hit, Point, Result, VectorError, VectorIndex};
 
+/// How a collection is laid out on disk: see [`EdgeIndex::layout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub segments: usize,
+    pub points: usize,
+    pub indexed: usize,
+}
+
+/// When the engine searches by its HNSW graph instead of scanning. The engine's own defaults
+/// (10,000 KB each: about 6,600 vectors of 384 numbers) leave a 10,000-bullet playbook in
+/// segments too small to index, and make a search filtered to one section scan every bullet of
+/// that section: curation's cost then grows with the playbook. Lower thresholds keep it nearly
+/// flat (curator-bench, README "Benchmarks").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeTuning {
+    /// A filtered search that matches less than this many KB of vectors scans them; above it,
+    /// it walks the graph.
+    pub full_scan_threshold_kb: usize,
+    /// Segments larger than this many KB of vectors get an HNSW graph when optimized.
+    pub indexing_threshold_kb: usize,
+}
+
+impl Default for EdgeTuning {
+    fn default() -> Self {
+        Self {
+            full_scan_threshold_kb: 1000,
+            indexing_threshold_kb: 1000,
+        }
+    }
+}
+
+impl EdgeTuning {
+    /// Sets the shard's thresholds where they differ (a shard made by an older version keeps
+    /// the engine's defaults until then); segments built under other settings are rebuilt by
+    /// the next optimization.
+    fn apply(&self, shard: &EdgeShard) -> Result<()> {
+        let (mut hnsw, mut optimizers) = {
+            let config = shard.config();
+            (config.hnsw_config, config.optimizers.clone())
+        };
+        if hnsw.full_scan_threshold != self.full_scan_threshold_kb {
+            hnsw.full_scan_threshold = self.full_scan_threshold_kb;
+            shard.set_hnsw_config(hnsw).map_err(engine)?;
+        }
+        if optimizers.indexing_threshold != Some(self.indexing_threshold_kb) {
+            optimizers.indexing_threshold = Some(self.indexing_threshold_kb);
+            shard.set_optimizers_config(optimizers).map_err(engine)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct EdgeIndex {
     root: PathBuf,
+    tuning: EdgeTuning,
     shards: Mutex<HashMap<String, (Arc<EdgeShard>, usize)>>,
     /// Held while open: the engine's files belong to one process at a time.
     _lock: std::fs::File,
@@ -62,8 +115,19 @@ fn to_edge_filter(filter: &Filter) -> Result<Option<EdgeFilter>> {
 }
 
 impl EdgeIndex {
-    /// Opens (or creates) the engine's root directory.
+    /// Opens (or creates) the engine's root directory, with the default [`EdgeTuning`].
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_tuned(root, EdgeTuning::default())
+    }
+
+    /// Opens (or creates) the engine's root directory; collections get `tuning`.
+    pub fn open_tuned(root: &Path, tuning: EdgeTuning) -> Result<Self> {
+        if tuning.full_scan_threshold_kb == 0 || tuning.indexing_threshold_kb == 0 {
+            return Err(VectorError::Engine(
+                "vector.full_scan_threshold_kb and vector.indexing_threshold_kb must be above 0"
+                    .into(),
+            ));
+        }
         std::fs::create_dir_all(root).map_err(engine)?;
         // Two processes writing one engine directory corrupt it (segments vanish under the
         // other's feet): the second is refused, naming the directory.
@@ -87,6 +151,7 @@ impl EdgeIndex {
         }
         Ok(Self {
             root: root.to_owned(),
+            tuning,
             shards: Mutex::new(HashMap::new()),
             _lock: lock,
         })
@@ -99,6 +164,17 @@ impl EdgeIndex {
             .get(collection)
             .cloned()
             .ok_or_else(|| VectorError::NoCollection(collection.to_owned()))
+    }
+
+    /// The collection's segments, points and HNSW-indexed vectors (for benchmarks and logs).
+    pub fn layout(&self, collection: &str) -> Result<Layout> {
+        let (shard, _) = self.shard(collection)?;
+        let info = shard.info();
+        Ok(Layout {
+            segments: info.segments_count,
+            points: info.points_count,
+            indexed: info.indexed_vectors_count,
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -121,6 +197,7 @@ impl VectorIndex for EdgeIndex {
         }
         let path = self.root.join(collection);
         let fields: Vec<String> = keyword_fields.iter().map(|s| s.to_string()).collect();
+        let tuning = self.tuning;
         let shard = Self::blocking(move || {
             let exists = path.join("edge_config.json").is_file();
             let shard = if exists {
@@ -135,6 +212,7 @@ impl VectorIndex for EdgeIndex {
                     .build();
                 EdgeShard::new(&path, config).map_err(engine)?
             };
+            tuning.apply(&shard)?;
             for field in &fields {
                 let key = field
                     .as_str()

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-pub use edge::EdgeIndex;
+pub use edge::{EdgeIndex, EdgeTuning, Layout};
 pub use remote::RemoteIndex;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +110,12 @@ pub fn open(settings: &agent_learning_config::Settings) -> Result<std::sync::Arc
                 .as_ref()
                 .map(|k| k.expose_secret().to_owned()),
         )?),
-        None => std::sync::Arc::new(EdgeIndex::open(&settings.vector_dir())?),
+        None => std::sync::Arc::new(EdgeIndex::open_tuned(
+            &settings.vector_dir(),
+            EdgeTuning {
+                full_scan_threshold_kb: settings.vector.full_scan_threshold_kb,
+                indexing_threshold_kb: settings.vector.indexing_threshold_kb,
+            },
+        )?),
     })
 }

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use agent_learning_vector::{EdgeIndex, Filter, Point, RemoteIndex, VectorError, VectorIndex};
+use agent_learning_vector::{
+    EdgeIndex, EdgeTuning, Filter, Point, RemoteIndex, VectorError, VectorIndex,
+};
 use uuid::Uuid;
 
 const DIM: usize = 4;
@@ -174,6 +176,76 @@ async fn edge_contract_and_persistence() {
         .await
         .unwrap();
     assert_eq!(hits.len(), 1);
+}
+
+/// The engine's thresholds reach the collection: with `indexing_threshold_kb = 1`, 600 points of
+/// 4 numbers (9 KB) get an HNSW graph when optimized, which the engine's own default (10,000
+/// KB) would leave a plain segment; filtered searches still find the exact nearest, and the
+/// collection reopens under other thresholds with every point.
+#[tokio::test]
+async fn edge_tuning_reaches_the_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuned = EdgeTuning {
+        full_scan_threshold_kb: 1,
+        indexing_threshold_kb: 1,
+    };
+    let ids: Vec<Uuid> = (0..600).map(|_| Uuid::new_v4()).collect();
+    let vector = |i: usize| {
+        let a = i as f32 * 0.01;
+        [a.cos(), a.sin(), (i % 7) as f32 * 0.01, 0.5]
+    };
+    {
+        let index = EdgeIndex::open_tuned(dir.path(), tuned).unwrap();
+        index
+            .ensure_collection("tuned", DIM, &["namespace", "section"])
+            .await
+            .unwrap();
+        let points = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let section = if i % 2 == 0 { "even" } else { "odd" };
+                point(*id, vector(i), "a", section, "shadow")
+            })
+            .collect();
+        index.upsert("tuned", points).await.unwrap();
+        index.optimize("tuned").await.unwrap();
+        let layout = index.layout("tuned").unwrap();
+        assert_eq!(layout.points, 600);
+        assert!(layout.indexed >= 300, "no HNSW graph was built: {layout:?}");
+        for i in [10, 301, 598] {
+            let section = if i % 2 == 0 { "even" } else { "odd" };
+            let hits = index
+                .search(
+                    "tuned",
+                    vector(i).to_vec(),
+                    1,
+                    Filter::default()
+                        .eq("namespace", "a")
+                        .eq("section", section),
+                )
+                .await
+                .unwrap();
+            assert_eq!(hits[0].id, ids[i], "point {i}");
+        }
+    }
+    let index = EdgeIndex::open(dir.path()).unwrap();
+    index
+        .ensure_collection("tuned", DIM, &["namespace", "section"])
+        .await
+        .unwrap();
+    assert_eq!(index.count("tuned").await.unwrap(), 600);
+    assert!(
+        EdgeIndex::open_tuned(
+            tempfile::tempdir().unwrap().path(),
+            EdgeTuning {
+                full_scan_threshold_kb: 0,
+                indexing_threshold_kb: 1
+            }
+        )
+        .is_err(),
+        "a threshold of 0 is refused"
+    );
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //!
 //! Without the embedder, vectors come from a deterministic hash of the text (the cost of
 //! curation itself: index search, decision, one transaction per batch). With `--real`, the
-//! MiniLM embedder is also measured on the same workload at the smallest size.
+//! MiniLM embedder is also measured on the same workload at the smallest size. With
+//! `--engine-defaults`, the in-process engine keeps Qdrant's own thresholds (10,000 KB for
+//! full scan and indexing) instead of the deployed `vector.*_threshold_kb` (1,000 KB), for
+//! the comparison.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +17,7 @@ use agent_learning_domain::{Insight, PromotionGates, Stage};
 use agent_learning_embed::testsuite::HashEmbedder;
 use agent_learning_embed::{Embedder, MINILM, MiniLm};
 use agent_learning_store::Store;
-use agent_learning_vector::EdgeIndex;
+use agent_learning_vector::{EdgeIndex, EdgeTuning};
 
 fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
     let sections = ["strategy", "mistakes", "facts"];
@@ -37,9 +40,10 @@ fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
 async fn curator(
     dir: &std::path::Path,
     embedder: Arc<dyn Embedder>,
-) -> anyhow::Result<Arc<Curator>> {
+    tuning: EdgeTuning,
+) -> anyhow::Result<(Arc<Curator>, Arc<EdgeIndex>)> {
     let store = Store::open_sqlite(&dir.join("db.sqlite"), 4).await?;
-    let index = Arc::new(EdgeIndex::open(&dir.join("vectors"))?);
+    let index = Arc::new(EdgeIndex::open_tuned(&dir.join("vectors"), tuning)?);
     let opts = CuratorOptions {
         merge_threshold: 0.8,
         sections: vec!["strategy".into(), "mistakes".into(), "facts".into()],
@@ -47,12 +51,13 @@ async fn curator(
         max_insights_per_request: 1000,
         gates: PromotionGates::default(),
         collection: "bench".into(),
-        optimize_after_writes: 0,
+        // As deployed (vector.optimize_after_writes): loading 100k bullets must not scan them all.
+        optimize_after_writes: 5000,
     };
     let judge = Arc::new(ThresholdJudge { threshold: 0.8 });
-    let c = Arc::new(Curator::new(store, index, embedder, judge, opts));
+    let c = Arc::new(Curator::new(store, index.clone(), embedder, judge, opts));
     c.start().await?;
-    Ok(c)
+    Ok((c, index))
 }
 
 async fn measure(c: &Curator, ns: &str, size: usize, label: &str) -> anyhow::Result<()> {
@@ -78,7 +83,7 @@ async fn measure(c: &Curator, ns: &str, size: usize, label: &str) -> anyhow::Res
     }
     lat.sort_by(f64::total_cmp);
     println!(
-        "{label:<12} playbook {size:>7}: curate {rate:>8.0} insights/s ({:.3} ms/insight); \
+        "{label:<28} playbook {size:>7}: curate {rate:>8.0} insights/s ({:.3} ms/insight); \
          render_context p50 {:.2} ms p99 {:.2} ms",
         1000.0 / rate,
         lat[lat.len() / 2],
@@ -101,6 +106,15 @@ async fn load(c: &Curator, ns: &str, from: usize, to: usize, batch: usize) -> an
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let real = args.iter().any(|a| a == "--real");
+    let (tuning, label) = if args.iter().any(|a| a == "--engine-defaults") {
+        let qdrant = EdgeTuning {
+            full_scan_threshold_kb: 10_000,
+            indexing_threshold_kb: 10_000,
+        };
+        (qdrant, "no-embedder, engine defaults")
+    } else {
+        (EdgeTuning::default(), "no-embedder")
+    };
     let sizes: Vec<usize> = match args.iter().find(|a| !a.starts_with("--")) {
         Some(list) => list
             .split(',')
@@ -111,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     };
     anyhow::ensure!(!sizes.is_empty(), "no playbook sizes given");
     let dir = tempfile::tempdir()?;
-    let c = curator(dir.path(), Arc::new(HashEmbedder)).await?;
+    let (c, index) = curator(dir.path(), Arc::new(HashEmbedder), tuning).await?;
     let ns = "bench";
     let mut loaded = 0;
     for &size in &sizes {
@@ -121,11 +135,16 @@ async fn main() -> anyhow::Result<()> {
         let load_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         c.optimize_index().await?;
+        let layout = index.layout("bench")?;
         println!(
-            "loaded to {size} bullets in {load_s:.1} s, index optimized in {:.1} s",
-            t.elapsed().as_secs_f64()
+            "loaded to {size} bullets in {load_s:.1} s, index optimized in {:.1} s: \
+             {} segments, {} points, {} in HNSW",
+            t.elapsed().as_secs_f64(),
+            layout.segments,
+            layout.points,
+            layout.indexed
         );
-        measure(&c, ns, size, "no-embedder").await?;
+        measure(&c, ns, size, label).await?;
         // The measured insights were ADDed too: the next size starts above them.
         loaded += 400;
     }
@@ -133,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
         let models = agent_learning_config::default_models_dir();
         let embedder = Arc::new(MiniLm::load(&MINILM.path(&models), 32)?);
         let dir = tempfile::tempdir()?;
-        let c = curator(dir.path(), embedder).await?;
+        let (c, _) = curator(dir.path(), embedder, tuning).await?;
         load(&c, ns, 0, sizes[0], 500).await?;
         measure(&c, ns, sizes[0], "minilm").await?;
     }
