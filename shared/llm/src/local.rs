@@ -455,13 +455,23 @@ impl LocalModel {
                 Work::Other => inner.lanes.first(),
             }
             .ok_or_else(|| LlmError::Model("the model has no lane".into()))?;
+            // The lane's lock is taken here, on the blocking thread, before entering its pool.
+            // Taken inside the pool, a waiting request's job could be picked up by a pool
+            // thread that is itself waiting on the served request's matrix products (rayon
+            // runs queued jobs while it waits), and block on the lock that thread's own
+            // work holds: the lane would never answer again. A waiting request also no
+            // longer parks one of the pool's threads that the served request needs.
+            let mut guard = lane
+                .model
+                .lock()
+                .map_err(|_| LlmError::Model("model poisoned by a panic".into()))?;
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(LlmError::Cancelled);
+            }
+            let model: &mut ModelWeights = &mut guard;
             lane.pool.install(|| {
-                let mut model = lane
-                    .model
-                    .lock()
-                    .map_err(|_| LlmError::Model("model poisoned by a panic".into()))?;
                 let mut session = Session {
-                    model: &mut model,
+                    model,
                     pos: 0,
                     logits: Vec::new(),
                     prompt_tokens: ids.len(),
