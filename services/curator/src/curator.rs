@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agent_learning_domain::{
     Bullet, BulletEvent, DeltaKind, DeltaOp, Insight, InvalidInput, PromotionGates, Stage,
@@ -110,7 +110,9 @@ pub struct Curator {
     // same knowledge.
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     unoptimized_writes: Arc<AtomicUsize>,
-    optimizing: Arc<AtomicBool>,
+    /// Held while the index is optimized: one optimization at a time, and `optimize_index`
+    /// returns only once a background one in flight has finished too.
+    optimizing: Arc<tokio::sync::Mutex<()>>,
     /// Each run's `curate_every`, read once from the record (a run's config never changes).
     batch_sizes: std::sync::Mutex<HashMap<String, usize>>,
 }
@@ -150,7 +152,7 @@ impl Curator {
             opts,
             locks: Default::default(),
             unoptimized_writes: Arc::new(AtomicUsize::new(0)),
-            optimizing: Arc::new(AtomicBool::new(false)),
+            optimizing: Arc::new(tokio::sync::Mutex::new(())),
             batch_sizes: Default::default(),
         }
     }
@@ -1016,13 +1018,15 @@ impl Curator {
             return;
         }
         let pending = self.unoptimized_writes.fetch_add(n, Ordering::SeqCst) + n;
-        if pending < threshold || self.optimizing.swap(true, Ordering::SeqCst) {
+        if pending < threshold {
             return;
         }
+        let Ok(optimizing) = self.optimizing.clone().try_lock_owned() else {
+            return;
+        };
         self.unoptimized_writes.store(0, Ordering::SeqCst);
         let index = self.index.clone();
         let collection = self.opts.collection.clone();
-        let optimizing = self.optimizing.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             match index.optimize(&collection).await {
@@ -1033,12 +1037,15 @@ impl Curator {
                 ),
                 Err(e) => warn!(error = %e, "vector index optimization failed"),
             }
-            optimizing.store(false, Ordering::SeqCst);
+            drop(optimizing);
         });
     }
 
-    /// Builds the index's search structures now; run it after bulk loads.
+    /// Builds the index's search structures now (after an optimization already running in
+    /// the background, if one is); run it after bulk loads.
     pub async fn optimize_index(&self) -> Result<()> {
+        let _one_at_a_time = self.optimizing.lock().await;
+        self.unoptimized_writes.store(0, Ordering::SeqCst);
         Ok(self.index.optimize(&self.opts.collection).await?)
     }
 }
