@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use qdrant_edge::{
@@ -82,6 +82,10 @@ pub struct EdgeIndex {
     root: PathBuf,
     tuning: EdgeTuning,
     shards: Mutex<HashMap<String, (Arc<EdgeShard>, usize)>>,
+    /// The engine's `flush` only try-locks the shard's WAL and segment holder and panics when
+    /// an update or an optimization holds them: writes and optimizations hold this shared, a
+    /// flush holds it alone.
+    writes: Arc<RwLock<()>>,
     /// Held while open: the engine's files belong to one process at a time.
     _lock: std::fs::File,
 }
@@ -166,6 +170,7 @@ impl EdgeIndex {
             root: root.to_owned(),
             tuning,
             shards: Mutex::new(HashMap::new()),
+            writes: Arc::new(RwLock::new(())),
             _lock: lock,
         })
     }
@@ -278,7 +283,9 @@ impl VectorIndex for EdgeIndex {
                 payload: Some(qdrant_edge::Payload(payload)),
             });
         }
+        let writes = self.writes.clone();
         Self::blocking(move || {
+            let _shared = writes.read().map_err(engine)?;
             shard
                 .update(UpdateOperation::PointOperation(
                     PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
@@ -293,7 +300,9 @@ impl VectorIndex for EdgeIndex {
             return Ok(());
         }
         let (shard, _) = self.shard(collection)?;
+        let writes = self.writes.clone();
         Self::blocking(move || {
+            let _shared = writes.read().map_err(engine)?;
             shard
                 .update(UpdateOperation::PointOperation(
                     PointOperations::DeletePoints {
@@ -400,8 +409,13 @@ impl VectorIndex for EdgeIndex {
 
     async fn optimize(&self, collection: &str) -> Result<()> {
         let (shard, _) = self.shard(collection)?;
+        let writes = self.writes.clone();
         Self::blocking(move || {
-            shard.optimize().map_err(engine)?;
+            {
+                let _shared = writes.read().map_err(engine)?;
+                shard.optimize().map_err(engine)?;
+            }
+            let _alone = writes.write().map_err(engine)?;
             shard.flush();
             Ok(())
         })
@@ -411,6 +425,8 @@ impl VectorIndex for EdgeIndex {
 
 impl Drop for EdgeIndex {
     fn drop(&mut self) {
+        // A write still running on a blocking thread (its caller gone) ends first.
+        let _alone = self.writes.write();
         if let Ok(shards) = self.shards.lock() {
             for (shard, _) in shards.values() {
                 shard.flush();

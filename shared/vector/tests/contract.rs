@@ -3,6 +3,7 @@
 //! with an API key in `AGENT_LEARNING_TEST_QDRANT_API_KEY`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use agent_learning_vector::{
     EdgeIndex, EdgeTuning, Filter, Point, RemoteIndex, VectorError, VectorIndex,
@@ -359,5 +360,59 @@ async fn the_optimizer_merges_segments_only_up_to_the_bound() {
     assert!(
         segments[0] >= 6 && segments[1] <= 3,
         "segments with a 2 KB bound, and unbounded: {segments:?}"
+    );
+}
+
+/// Writes and optimizations (each ending with a flush of the engine's files) at the same
+/// time: the engine's flush panics when a write holds its WAL, so the index must keep them
+/// apart. Every write lands, every optimization succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_optimizations_and_flushes_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(
+        EdgeIndex::open_tuned(
+            dir.path(),
+            EdgeTuning {
+                full_scan_threshold_kb: 1,
+                indexing_threshold_kb: 1,
+                max_segment_size_kb: 4,
+            },
+        )
+        .unwrap(),
+    );
+    index
+        .ensure_collection("busy", DIM, &["namespace", "section"])
+        .await
+        .unwrap();
+    let writer = {
+        let index = index.clone();
+        tokio::spawn(async move {
+            for batch in 0..300usize {
+                let points = (0..5)
+                    .map(|j| {
+                        let a = (batch * 5 + j) as f32 * 0.01;
+                        point(
+                            Uuid::new_v4(),
+                            [a.cos(), a.sin(), 0.1, 0.5],
+                            "a",
+                            "s",
+                            "shadow",
+                        )
+                    })
+                    .collect();
+                index.upsert("busy", points).await.unwrap();
+            }
+        })
+    };
+    let mut optimized = 0;
+    while !writer.is_finished() && optimized < 200 {
+        index.optimize("busy").await.unwrap();
+        optimized += 1;
+    }
+    writer.await.unwrap();
+    assert_eq!(index.count("busy").await.unwrap(), 1500);
+    assert!(
+        optimized > 1,
+        "the optimizations did not overlap the writes"
     );
 }
