@@ -259,8 +259,6 @@ pub struct VectorSettings {
     pub full_scan_threshold_kb: usize,
     /// In-process engine: segments above this many KB of vectors get an HNSW graph.
     pub indexing_threshold_kb: usize,
-    /// In-process engine: the optimizer merges segments up to this many KB of vectors.
-    pub max_segment_size_kb: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -336,7 +334,6 @@ collection_prefix = "agent_learning"
 optimize_after_writes = 5000
 full_scan_threshold_kb = 1000
 indexing_threshold_kb = 1000
-max_segment_size_kb = 16000
 
 [embedding]
 batch_size = 32
@@ -572,9 +569,6 @@ impl Settings {
                 "vector.indexing_threshold_kb",
                 "must be at least 1",
             ));
-        }
-        if self.vector.max_segment_size_kb == 0 {
-            return Err(invalid("vector.max_segment_size_kb", "must be at least 1"));
         }
         let t = self.curator.merge_threshold;
         if !t.is_finite() || !(-1.0..=1.0).contains(&t) {
@@ -948,7 +942,6 @@ mod tests {
         for key in [
             "vector.full_scan_threshold_kb",
             "vector.indexing_threshold_kb",
-            "vector.max_segment_size_kb",
         ] {
             let err = load_with(&[(key, "0")]).unwrap_err();
             assert!(err.to_string().contains(key), "{key}: {err}");
@@ -956,7 +949,6 @@ mod tests {
         let s = load_with(&[("vector.full_scan_threshold_kb", "250")]).unwrap();
         assert_eq!(s.vector.full_scan_threshold_kb, 250);
         assert_eq!(s.vector.indexing_threshold_kb, 1000);
-        assert_eq!(s.vector.max_segment_size_kb, 16000);
     }
 
     #[test]

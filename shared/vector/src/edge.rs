@@ -37,11 +37,6 @@ pub struct EdgeTuning {
     pub full_scan_threshold_kb: usize,
     /// Segments larger than this many KB of vectors get an HNSW graph when optimized.
     pub indexing_threshold_kb: usize,
-    /// The optimizer merges segments only up to this many KB of vectors. Unbounded (the
-    /// engine's default: 256 MB a core), every optimization merges the new writes into one of
-    /// two ever larger segments and rebuilds its whole graph, so each write costs more the
-    /// larger the playbook; bounded, it rebuilds at most this much.
-    pub max_segment_size_kb: usize,
 }
 
 impl Default for EdgeTuning {
@@ -49,7 +44,6 @@ impl Default for EdgeTuning {
         Self {
             full_scan_threshold_kb: 1000,
             indexing_threshold_kb: 1000,
-            max_segment_size_kb: 16_000,
         }
     }
 }
@@ -67,11 +61,8 @@ impl EdgeTuning {
             hnsw.full_scan_threshold = self.full_scan_threshold_kb;
             shard.set_hnsw_config(hnsw).map_err(engine)?;
         }
-        if optimizers.indexing_threshold != Some(self.indexing_threshold_kb)
-            || optimizers.max_segment_size != Some(self.max_segment_size_kb)
-        {
+        if optimizers.indexing_threshold != Some(self.indexing_threshold_kb) {
             optimizers.indexing_threshold = Some(self.indexing_threshold_kb);
-            optimizers.max_segment_size = Some(self.max_segment_size_kb);
             shard.set_optimizers_config(optimizers).map_err(engine)?;
         }
         Ok(())
@@ -135,13 +126,9 @@ impl EdgeIndex {
 
     /// Opens (or creates) the engine's root directory; collections get `tuning`.
     pub fn open_tuned(root: &Path, tuning: EdgeTuning) -> Result<Self> {
-        if tuning.full_scan_threshold_kb == 0
-            || tuning.indexing_threshold_kb == 0
-            || tuning.max_segment_size_kb == 0
-        {
+        if tuning.full_scan_threshold_kb == 0 || tuning.indexing_threshold_kb == 0 {
             return Err(VectorError::Engine(
-                "vector.full_scan_threshold_kb, vector.indexing_threshold_kb and \
-                 vector.max_segment_size_kb must be above 0"
+                "vector.full_scan_threshold_kb and vector.indexing_threshold_kb must be above 0"
                     .into(),
             ));
         }

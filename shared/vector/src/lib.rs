@@ -115,7 +115,6 @@ pub fn open(settings: &agent_learning_config::Settings) -> Result<std::sync::Arc
             EdgeTuning {
                 full_scan_threshold_kb: settings.vector.full_scan_threshold_kb,
                 indexing_threshold_kb: settings.vector.indexing_threshold_kb,
-                max_segment_size_kb: settings.vector.max_segment_size_kb,
             },
         )?),
     })

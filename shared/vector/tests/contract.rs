@@ -189,7 +189,6 @@ async fn edge_tuning_reaches_the_collection() {
     let tuned = EdgeTuning {
         full_scan_threshold_kb: 1,
         indexing_threshold_kb: 1,
-        ..EdgeTuning::default()
     };
     let ids: Vec<Uuid> = (0..600).map(|_| Uuid::new_v4()).collect();
     let vector = |i: usize| {
@@ -242,8 +241,7 @@ async fn edge_tuning_reaches_the_collection() {
             tempfile::tempdir().unwrap().path(),
             EdgeTuning {
                 full_scan_threshold_kb: 0,
-                indexing_threshold_kb: 1,
-                ..EdgeTuning::default()
+                indexing_threshold_kb: 1
             }
         )
         .is_err(),
@@ -307,62 +305,6 @@ async fn remote_contract() {
     }
 }
 
-/// `max_segment_size_kb` bounds what the optimizer merges: 600 points of 4 numbers written in
-/// six batches, optimized after each, stay in segments of at most 2 KB of vectors (one batch
-/// each), where the engine's unbounded default merges them into its two target segments; every
-/// point is found either way.
-#[tokio::test]
-async fn the_optimizer_merges_segments_only_up_to_the_bound() {
-    let vector = |i: usize| {
-        let a = i as f32 * 0.01;
-        [a.cos(), a.sin(), (i % 7) as f32 * 0.01, 0.5]
-    };
-    let mut segments = Vec::new();
-    for max_segment_size_kb in [2, 512_000] {
-        let dir = tempfile::tempdir().unwrap();
-        let index = EdgeIndex::open_tuned(
-            dir.path(),
-            EdgeTuning {
-                full_scan_threshold_kb: 1,
-                indexing_threshold_kb: 1,
-                max_segment_size_kb,
-            },
-        )
-        .unwrap();
-        index
-            .ensure_collection("bounded", DIM, &["namespace", "section"])
-            .await
-            .unwrap();
-        let ids: Vec<Uuid> = (0..600).map(|_| Uuid::new_v4()).collect();
-        for batch in 0..6 {
-            let points = (batch * 100..batch * 100 + 100)
-                .map(|i| point(ids[i], vector(i), "a", "s", "shadow"))
-                .collect();
-            index.upsert("bounded", points).await.unwrap();
-            index.optimize("bounded").await.unwrap();
-        }
-        let layout = index.layout("bounded").unwrap();
-        assert_eq!(layout.points, 600, "{max_segment_size_kb} KB: {layout:?}");
-        for i in [3, 250, 599] {
-            let hits = index
-                .search(
-                    "bounded",
-                    vector(i).to_vec(),
-                    1,
-                    Filter::default().eq("namespace", "a").eq("section", "s"),
-                )
-                .await
-                .unwrap();
-            assert_eq!(hits[0].id, ids[i], "{max_segment_size_kb} KB, point {i}");
-        }
-        segments.push(layout.segments);
-    }
-    assert!(
-        segments[0] >= 6 && segments[1] <= 3,
-        "segments with a 2 KB bound, and unbounded: {segments:?}"
-    );
-}
-
 /// Writes and optimizations (each ending with a flush of the engine's files) at the same
 /// time: the engine's flush panics when a write holds its WAL, so the index must keep them
 /// apart. Every write lands, every optimization succeeds.
@@ -375,7 +317,6 @@ async fn writes_during_optimizations_and_flushes_all_land() {
             EdgeTuning {
                 full_scan_threshold_kb: 1,
                 indexing_threshold_kb: 1,
-                max_segment_size_kb: 4,
             },
         )
         .unwrap(),

@@ -126,9 +126,6 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
         let qdrant = EdgeTuning {
             full_scan_threshold_kb: 10_000,
             indexing_threshold_kb: 10_000,
-            // 256,000 KB a core, as the engine sizes it.
-            max_segment_size_kb: 256_000
-                * std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         (qdrant, "no-embedder, engine defaults")
     } else {
