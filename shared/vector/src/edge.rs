@@ -10,7 +10,7 @@ use qdrant_edge::{
     Condition, DEFAULT_VECTOR_NAME, Distance, EdgeConfigBuilder, EdgeShard,
     EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter as EdgeFilter, Match,
     NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStructPersisted, QueryEnum, ScrollRequest, SearchRequest,
+    PointOperations, PointStructPersisted, QueryEnum, ScrollRequest, SearchParams, SearchRequest,
     UpdateOperation, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
@@ -37,6 +37,8 @@ pub struct EdgeTuning {
     pub full_scan_threshold_kb: usize,
     /// Segments larger than this many KB of vectors get an HNSW graph when optimized.
     pub indexing_threshold_kb: usize,
+    /// The beam width of a graph search (`None`: the engine's, its `ef_construct` of 100).
+    pub hnsw_ef: Option<usize>,
 }
 
 impl Default for EdgeTuning {
@@ -44,6 +46,7 @@ impl Default for EdgeTuning {
         Self {
             full_scan_threshold_kb: 1000,
             indexing_threshold_kb: 1000,
+            hnsw_ef: None,
         }
     }
 }
@@ -310,6 +313,10 @@ impl VectorIndex for EdgeIndex {
     ) -> Result<Vec<Hit>> {
         let (shard, _) = self.shard(collection)?;
         let filter = to_edge_filter(&filter)?;
+        let params = self.tuning.hnsw_ef.map(|ef| SearchParams {
+            hnsw_ef: Some(ef),
+            ..SearchParams::default()
+        });
         Self::blocking(move || {
             let found = shard
                 .search(SearchRequest {
@@ -318,7 +325,7 @@ impl VectorIndex for EdgeIndex {
                         using: None,
                     }),
                     filter,
-                    params: None,
+                    params,
                     limit,
                     offset: 0,
                     with_payload: Some(WithPayloadInterface::Bool(false)),

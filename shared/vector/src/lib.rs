@@ -115,6 +115,7 @@ pub fn open(settings: &agent_learning_config::Settings) -> Result<std::sync::Arc
             EdgeTuning {
                 full_scan_threshold_kb: settings.vector.full_scan_threshold_kb,
                 indexing_threshold_kb: settings.vector.indexing_threshold_kb,
+                hnsw_ef: None,
             },
         )?),
     })

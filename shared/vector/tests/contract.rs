@@ -189,6 +189,7 @@ async fn edge_tuning_reaches_the_collection() {
     let tuned = EdgeTuning {
         full_scan_threshold_kb: 1,
         indexing_threshold_kb: 1,
+        hnsw_ef: None,
     };
     let ids: Vec<Uuid> = (0..600).map(|_| Uuid::new_v4()).collect();
     let vector = |i: usize| {
@@ -241,7 +242,8 @@ async fn edge_tuning_reaches_the_collection() {
             tempfile::tempdir().unwrap().path(),
             EdgeTuning {
                 full_scan_threshold_kb: 0,
-                indexing_threshold_kb: 1
+                indexing_threshold_kb: 1,
+                hnsw_ef: None,
             }
         )
         .is_err(),
@@ -317,6 +319,7 @@ async fn writes_during_optimizations_and_flushes_all_land() {
             EdgeTuning {
                 full_scan_threshold_kb: 1,
                 indexing_threshold_kb: 1,
+                hnsw_ef: None,
             },
         )
         .unwrap(),

@@ -7,7 +7,9 @@
 //! MiniLM embedder is also measured on the same workload at the smallest size. With
 //! `--engine-defaults`, the in-process engine keeps Qdrant's own thresholds (10,000 KB for
 //! full scan and indexing) instead of the deployed `vector.*_threshold_kb` (1,000 KB), for
-//! the comparison.
+//! the comparison. `--ef N` sets the graph search's beam width (the engine's default: 100).
+//! Each measurement also times the index searches curation makes (the nearest bullet of the
+//! insight's section) on their own.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +19,7 @@ use agent_learning_domain::{DeltaKind, Insight, PromotionGates, Stage};
 use agent_learning_embed::testsuite::HashEmbedder;
 use agent_learning_embed::{Embedder, MINILM, MiniLm};
 use agent_learning_store::Store;
-use agent_learning_vector::{EdgeIndex, EdgeTuning};
+use agent_learning_vector::{EdgeIndex, EdgeTuning, Filter, VectorIndex};
 
 fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
     let sections = ["strategy", "mistakes", "facts"];
@@ -60,7 +62,13 @@ async fn curator(
     Ok((c, index))
 }
 
-async fn measure(c: &Curator, ns: &str, size: usize, label: &str) -> anyhow::Result<()> {
+async fn measure(
+    c: &Curator,
+    index: Option<&EdgeIndex>,
+    ns: &str,
+    size: usize,
+    label: &str,
+) -> anyhow::Result<()> {
     // Fresh insights, with one in five restating an existing bullet (a MERGE).
     let mut work = insights("measure", size, 400);
     let existing = insights("seed", 0, 100);
@@ -69,6 +77,26 @@ async fn measure(c: &Curator, ns: &str, size: usize, label: &str) -> anyhow::Res
         ins.section = existing[i % existing.len()].section.clone();
     }
     let restated = work.len().div_ceil(5);
+    // The searches curation makes, alone: the nearest bullet of the insight's section.
+    let search = match index {
+        Some(index) => {
+            let vectors = HashEmbedder
+                .embed(work.iter().map(|i| i.content.clone()).collect())
+                .await?;
+            let t = Instant::now();
+            for (ins, v) in work.iter().zip(vectors) {
+                let filter = Filter::default()
+                    .eq("namespace", ns)
+                    .eq("section", ins.section.clone());
+                index.search("bench", v, 1, filter).await?;
+            }
+            format!(
+                "; index search alone {:.3} ms",
+                t.elapsed().as_secs_f64() * 1000.0 / work.len() as f64
+            )
+        }
+        None => String::new(),
+    };
     let started = Instant::now();
     let mut merged = 0;
     for batch in work.chunks(50) {
@@ -91,7 +119,7 @@ async fn measure(c: &Curator, ns: &str, size: usize, label: &str) -> anyhow::Res
     lat.sort_by(f64::total_cmp);
     println!(
         "{label:<28} playbook {size:>7}: curate {rate:>8.0} insights/s ({:.3} ms/insight); \
-         render_context p50 {:.2} ms p99 {:.2} ms; restatements merged {merged} of {restated}",
+         render_context p50 {:.2} ms p99 {:.2} ms; restatements merged {merged} of {restated}{search}",
         1000.0 / rate,
         lat[lat.len() / 2],
         lat[lat.len() * 99 / 100]
@@ -122,16 +150,40 @@ fn main() -> anyhow::Result<()> {
 async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let real = args.iter().any(|a| a == "--real");
-    let (tuning, label) = if args.iter().any(|a| a == "--engine-defaults") {
+    let hnsw_ef = match args.iter().position(|a| a == "--ef") {
+        Some(i) => Some(
+            args.get(i + 1)
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .ok_or_else(|| anyhow::anyhow!("--ef takes a positive number"))?,
+        ),
+        None => None,
+    };
+    let (tuning, mut label) = if args.iter().any(|a| a == "--engine-defaults") {
         let qdrant = EdgeTuning {
             full_scan_threshold_kb: 10_000,
             indexing_threshold_kb: 10_000,
+            hnsw_ef,
         };
-        (qdrant, "no-embedder, engine defaults")
+        (qdrant, "no-embedder, engine defaults".to_owned())
     } else {
-        (EdgeTuning::default(), "no-embedder")
+        (
+            EdgeTuning {
+                hnsw_ef,
+                ..EdgeTuning::default()
+            },
+            "no-embedder".to_owned(),
+        )
     };
-    let sizes: Vec<usize> = match args.iter().find(|a| !a.starts_with("--")) {
+    if let Some(ef) = hnsw_ef {
+        label.push_str(&format!(", ef {ef}"));
+    }
+    let sizes: Vec<usize> = match args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--ef"))
+        .map(|(_, a)| a)
+    {
         Some(list) => list
             .split(',')
             .map(|n| n.parse())
@@ -161,7 +213,7 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
             layout.points,
             layout.indexed
         );
-        measure(&c, ns, size, label).await?;
+        measure(&c, Some(&index), ns, size, &label).await?;
         // The measured insights were ADDed too: the next size starts above them.
         loaded += 400;
     }
@@ -170,7 +222,7 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
         let embedder = Arc::new(MiniLm::load(&MINILM.path(&models), 32)?);
         let (c, _) = curator(dirs[1].path(), embedder, tuning).await?;
         load(&c, ns, 0, sizes[0], 500).await?;
-        measure(&c, ns, sizes[0], "minilm").await?;
+        measure(&c, None, ns, sizes[0], "minilm").await?;
     }
     Ok(())
 }
