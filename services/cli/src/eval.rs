@@ -410,6 +410,22 @@ async fn evaluate(
             .await
             .context("compile the exemplars-only baseline's policy")?;
     }
+    // A namespace that was never trained is refused before any episode runs, not after the
+    // configurations ahead of `full` have played theirs.
+    if configs.contains(&Config::Full) {
+        match policy.get_policy(namespace, None).await {
+            Ok(_) => {}
+            Err(
+                agent_learning_api::ApiError::NotFound(why)
+                | agent_learning_api::ApiError::FailedPrecondition(why),
+            ) => bail!(
+                "{why}: nothing to evaluate as `full` (agent-learning train --env {} \
+                 --namespace {namespace} --demos FILE first, or leave `full` out of --configs)",
+                args.env
+            ),
+            Err(e) => return Err(e).context(format!("the policy of namespace {namespace}")),
+        }
+    }
     let nearest = if configs.contains(&Config::NearestDemo) {
         Some(NearestDemo::new(settings, demos).await?)
     } else {

@@ -310,6 +310,33 @@ async fn train_then_decide_on_the_trained_state() {
     model_env(&mut cmd, &model);
     let out = cmd.output().unwrap();
     common::assert_ok(&out);
+
+    // A namespace never trained is refused before any configuration plays an episode.
+    let refused_dir = dir.path().join("eval-untrained");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["eval", "--env", "driving", "--episodes", "2"])
+        .args(["--namespace", "never-trained", "--configs", "random,full"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--demos")
+        .arg(&file)
+        .arg("--output")
+        .arg(&refused_dir);
+    model_env(&mut cmd, &model);
+    let started = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("never-trained has no compiled policy") && stderr.contains("`full`"),
+        "{stderr}"
+    );
+    assert!(!refused_dir.join("eval.json").exists());
+    eprintln!(
+        "eval of an untrained namespace refused in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(report_dir.join("eval.json")).unwrap())
             .unwrap();
