@@ -457,9 +457,7 @@ impl Curator {
         let mut changes = Vec::with_capacity(fresh.len());
         let mut added: Vec<IndexedBullet> = Vec::new();
         for (insight, vector) in fresh.into_iter().zip(vectors) {
-            let filter = Filter::default()
-                .eq("namespace", ns)
-                .eq("section", insight.section.clone());
+            let filter = dedup_filter(ns, &insight.section);
             let from_index = self
                 .index
                 .search(&self.opts.collection, vector.clone(), 1, filter)
@@ -1048,4 +1046,12 @@ impl Curator {
         self.unoptimized_writes.store(0, Ordering::SeqCst);
         Ok(self.index.optimize(&self.opts.collection).await?)
     }
+}
+
+/// What curation searches for an insight's nearest bullet: the bullets of its namespace and
+/// section, at any stage.
+pub fn dedup_filter(ns: &str, section: &str) -> Filter {
+    Filter::default()
+        .eq("namespace", ns)
+        .eq("section", section.to_owned())
 }

@@ -11,7 +11,7 @@ mod wiring;
 
 pub use curator::{
     BatchFlushed, Curator, CuratorError, CuratorOptions, FeedbackItem, Health, PlaybookPage,
-    PlaybookQuery, ReconcileReport, unless_refused,
+    PlaybookQuery, ReconcileReport, dedup_filter, unless_refused,
 };
 pub use judge::{Judgement, MergeJudge, Nearest, ThresholdJudge};
 pub use wiring::curator_options;

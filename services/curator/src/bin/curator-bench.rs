@@ -14,12 +14,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use agent_learning_curator::{Curator, CuratorOptions, ThresholdJudge};
+use agent_learning_curator::{Curator, CuratorOptions, ThresholdJudge, dedup_filter};
 use agent_learning_domain::{DeltaKind, Insight, PromotionGates, Stage};
 use agent_learning_embed::testsuite::HashEmbedder;
 use agent_learning_embed::{Embedder, MINILM, MiniLm};
 use agent_learning_store::Store;
-use agent_learning_vector::{EdgeIndex, EdgeTuning, Filter, VectorIndex};
+use agent_learning_vector::{EdgeIndex, EdgeTuning, VectorIndex};
 
 fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
     let sections = ["strategy", "mistakes", "facts"];
@@ -85,10 +85,9 @@ async fn measure(
                 .await?;
             let t = Instant::now();
             for (ins, v) in work.iter().zip(vectors) {
-                let filter = Filter::default()
-                    .eq("namespace", ns)
-                    .eq("section", ins.section.clone());
-                index.search("bench", v, 1, filter).await?;
+                index
+                    .search("bench", v, 1, dedup_filter(ns, &ins.section))
+                    .await?;
             }
             format!(
                 "; index search alone {:.3} ms",
