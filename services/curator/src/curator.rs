@@ -10,7 +10,7 @@ use agent_learning_embed::{EmbedError, Embedder, cosine};
 use agent_learning_store::{
     BulletPage, CurationChange, IndexedBullet, ListFilter, NewBullet, Store, StoreError,
 };
-use agent_learning_vector::{Filter, Point, VectorError, VectorIndex};
+use agent_learning_vector::{Filter, Point, Search, VectorError, VectorIndex};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -453,21 +453,29 @@ impl Curator {
             .embed(fresh.iter().map(|i| i.content.clone()).collect())
             .await?;
 
+        // Each insight's nearest bullet of its section in the index, all searched at once.
+        let searches = fresh
+            .iter()
+            .zip(&vectors)
+            .map(|(insight, vector)| Search {
+                vector: vector.clone(),
+                limit: 1,
+                filter: dedup_filter(ns, &insight.section),
+            })
+            .collect();
+        let nearest_indexed = self
+            .index
+            .search_batch(&self.opts.collection, searches)
+            .await?;
+
         let mut decided: HashMap<String, DeltaOp> = HashMap::new();
         let mut changes = Vec::with_capacity(fresh.len());
         let mut added: Vec<IndexedBullet> = Vec::new();
-        for (insight, vector) in fresh.into_iter().zip(vectors) {
-            let filter = dedup_filter(ns, &insight.section);
-            let from_index = self
-                .index
-                .search(&self.opts.collection, vector.clone(), 1, filter)
-                .await?
-                .into_iter()
-                .next()
-                .map(|h| Nearest {
-                    bullet_id: h.id,
-                    similarity: h.score,
-                });
+        for ((insight, vector), hits) in fresh.into_iter().zip(vectors).zip(nearest_indexed) {
+            let from_index = hits.into_iter().next().map(|h| Nearest {
+                bullet_id: h.id,
+                similarity: h.score,
+            });
             // Bullets added earlier in this batch are not in the index yet.
             let from_batch = added
                 .iter()

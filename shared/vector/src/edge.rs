@@ -15,7 +15,7 @@ use qdrant_edge::{
 };
 use uuid::Uuid;
 
-use crate::{Filter, Hit, Point, Result, VectorError, VectorIndex};
+use crate::{Filter, Hit, Point, Result, Search, VectorError, VectorIndex};
 
 /// How a collection is laid out on disk: see [`EdgeIndex::layout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +121,39 @@ fn to_edge_filter(filter: &Filter) -> Result<Option<EdgeFilter>> {
     }))
 }
 
+fn hits(found: Vec<qdrant_edge::ScoredPoint>) -> Result<Vec<Hit>> {
+    found
+        .into_iter()
+        .map(|p| {
+            Ok(Hit {
+                id: uuid_of(p.id)?,
+                score: p.score,
+            })
+        })
+        .collect()
+}
+
 impl EdgeIndex {
+    /// A nearest-neighbour search with this index's beam width.
+    fn request(&self, vector: Vec<f32>, limit: usize, filter: &Filter) -> Result<SearchRequest> {
+        Ok(SearchRequest {
+            query: QueryEnum::Nearest(NamedQuery {
+                query: vector.into(),
+                using: None,
+            }),
+            filter: to_edge_filter(filter)?,
+            params: self.tuning.hnsw_ef.map(|ef| SearchParams {
+                hnsw_ef: Some(ef),
+                ..SearchParams::default()
+            }),
+            limit,
+            offset: 0,
+            with_payload: Some(WithPayloadInterface::Bool(false)),
+            with_vector: Some(WithVector::Bool(false)),
+            score_threshold: None,
+        })
+    }
+
     /// Opens (or creates) the engine's root directory, with the default [`EdgeTuning`].
     pub fn open(root: &Path) -> Result<Self> {
         Self::open_tuned(root, EdgeTuning::default())
@@ -312,38 +344,36 @@ impl VectorIndex for EdgeIndex {
         filter: Filter,
     ) -> Result<Vec<Hit>> {
         let (shard, _) = self.shard(collection)?;
-        let filter = to_edge_filter(&filter)?;
-        let params = self.tuning.hnsw_ef.map(|ef| SearchParams {
-            hnsw_ef: Some(ef),
-            ..SearchParams::default()
-        });
-        Self::blocking(move || {
-            let found = shard
-                .search(SearchRequest {
-                    query: QueryEnum::Nearest(NamedQuery {
-                        query: vector.into(),
-                        using: None,
-                    }),
-                    filter,
-                    params,
-                    limit,
-                    offset: 0,
-                    with_payload: Some(WithPayloadInterface::Bool(false)),
-                    with_vector: Some(WithVector::Bool(false)),
-                    score_threshold: None,
-                })
-                .map_err(engine)?;
-            found
-                .into_iter()
-                .map(|p| {
-                    Ok(Hit {
-                        id: uuid_of(p.id)?,
-                        score: p.score,
-                    })
-                })
-                .collect()
-        })
-        .await
+        let request = self.request(vector, limit, &filter)?;
+        Self::blocking(move || hits(shard.search(request).map_err(engine)?)).await
+    }
+
+    async fn search_batch(&self, collection: &str, searches: Vec<Search>) -> Result<Vec<Vec<Hit>>> {
+        let (shard, _) = self.shard(collection)?;
+        let mut requests = Vec::with_capacity(searches.len());
+        for s in searches {
+            requests.push(self.request(s.vector, s.limit, &s.filter)?);
+        }
+        // Contiguous shares, one per core, each on a blocking thread; answers kept in order.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = requests.len().div_ceil(cores).max(1);
+        let mut shares = Vec::new();
+        while !requests.is_empty() {
+            let rest = requests.split_off(share.min(requests.len()));
+            let mine = std::mem::replace(&mut requests, rest);
+            let shard = shard.clone();
+            // Spawned now, so the shares run at once; awaited in order below.
+            shares.push(tokio::task::spawn_blocking(move || {
+                mine.into_iter()
+                    .map(|r| hits(shard.search(r).map_err(engine)?))
+                    .collect::<Result<Vec<_>>>()
+            }));
+        }
+        let mut out = Vec::new();
+        for share in shares {
+            out.extend(share.await.map_err(engine)??);
+        }
+        Ok(out)
     }
 
     async fn scroll(

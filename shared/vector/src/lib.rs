@@ -40,6 +40,14 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// One of the searches of [`VectorIndex::search_batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Search {
+    pub vector: Vec<f32>,
+    pub limit: usize,
+    pub filter: Filter,
+}
+
 /// Conjunction of "field is one of these values" conditions.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
@@ -81,6 +89,9 @@ pub trait VectorIndex: Send + Sync {
         limit: usize,
         filter: Filter,
     ) -> Result<Vec<Hit>>;
+    /// Several searches of one collection, answered in the order asked: one request to a
+    /// Qdrant server; the in-process engine runs them on every core.
+    async fn search_batch(&self, collection: &str, searches: Vec<Search>) -> Result<Vec<Vec<Hit>>>;
     /// Points in id order after `after`, with their payloads but not their vectors.
     async fn scroll(
         &self,

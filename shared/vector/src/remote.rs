@@ -7,12 +7,37 @@ use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter as QFilter, PointStruct, PointsIdsList,
-    ScrollPointsBuilder, SearchPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder,
-    point_id::PointIdOptions, value::Kind,
+    ScoredPoint, ScrollPointsBuilder, SearchBatchPointsBuilder, SearchPointsBuilder,
+    UpsertPointsBuilder, VectorParamsBuilder, point_id::PointIdOptions, value::Kind,
 };
 use uuid::Uuid;
 
-use crate::{Filter, Hit, Point, Result, VectorError, VectorIndex};
+use crate::{Filter, Hit, Point, Result, Search, VectorError, VectorIndex};
+
+fn request(
+    collection: &str,
+    vector: Vec<f32>,
+    limit: usize,
+    filter: &Filter,
+) -> SearchPointsBuilder {
+    let mut req = SearchPointsBuilder::new(collection, vector, limit as u64);
+    if let Some(f) = to_filter(filter) {
+        req = req.filter(f);
+    }
+    req
+}
+
+fn hits(found: Vec<ScoredPoint>) -> Result<Vec<Hit>> {
+    found
+        .into_iter()
+        .map(|p| {
+            Ok(Hit {
+                id: uuid_of(p.id)?,
+                score: p.score,
+            })
+        })
+        .collect()
+}
 
 pub struct RemoteIndex {
     client: Qdrant,
@@ -157,20 +182,35 @@ impl VectorIndex for RemoteIndex {
         limit: usize,
         filter: Filter,
     ) -> Result<Vec<Hit>> {
-        let mut req = SearchPointsBuilder::new(collection, vector, limit as u64);
-        if let Some(f) = to_filter(&filter) {
-            req = req.filter(f);
+        let res = self
+            .client
+            .search_points(request(collection, vector, limit, &filter))
+            .await
+            .map_err(engine)?;
+        hits(res.result)
+    }
+
+    async fn search_batch(&self, collection: &str, searches: Vec<Search>) -> Result<Vec<Vec<Hit>>> {
+        if searches.is_empty() {
+            return Ok(Vec::new());
         }
-        let res = self.client.search_points(req).await.map_err(engine)?;
-        res.result
+        let asked = searches.len();
+        let requests: Vec<_> = searches
             .into_iter()
-            .map(|p| {
-                Ok(Hit {
-                    id: uuid_of(p.id)?,
-                    score: p.score,
-                })
-            })
-            .collect()
+            .map(|s| request(collection, s.vector, s.limit, &s.filter).build())
+            .collect();
+        let res = self
+            .client
+            .search_batch_points(SearchBatchPointsBuilder::new(collection, requests))
+            .await
+            .map_err(engine)?;
+        if res.result.len() != asked {
+            return Err(VectorError::Engine(format!(
+                "{} answers to {asked} searches",
+                res.result.len()
+            )));
+        }
+        res.result.into_iter().map(|r| hits(r.result)).collect()
     }
 
     async fn scroll(

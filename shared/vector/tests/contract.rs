@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use agent_learning_vector::{
-    EdgeIndex, EdgeTuning, Filter, Point, RemoteIndex, VectorError, VectorIndex,
+    EdgeIndex, EdgeTuning, Filter, Hit, Point, RemoteIndex, Search, VectorError, VectorIndex,
 };
 use uuid::Uuid;
 
@@ -22,6 +22,10 @@ fn point(id: Uuid, v: [f32; DIM], ns: &str, section: &str, stage: &str) -> Point
             ("stage".into(), stage.into()),
         ]),
     }
+}
+
+fn hit_ids(hits: &[Hit]) -> Vec<Uuid> {
+    hits.iter().map(|h| h.id).collect()
 }
 
 async fn contract(index: &dyn VectorIndex, c: &str) {
@@ -95,6 +99,44 @@ async fn contract(index: &dyn VectorIndex, c: &str) {
         .unwrap();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].id, ids[0]);
+
+    // A batch answers each search as it would be answered alone, in the order asked (more
+    // searches than cores, so the in-process engine splits them).
+    let searches: Vec<Search> = (0..7)
+        .map(|i| Search {
+            vector: match i % 3 {
+                0 => vec![1.0, 0.0, 0.0, 0.0],
+                1 => vec![0.0, 1.0, 0.0, 0.0],
+                _ => vec![0.5, 0.5, 0.0, 0.0],
+            },
+            limit: 1 + i % 3,
+            filter: match i % 4 {
+                0 => Filter::default().eq("namespace", "a"),
+                1 => Filter::default().eq("namespace", "b"),
+                2 => Filter::default().eq("section", "strategy"),
+                _ => Filter::default().eq("namespace", "none"),
+            },
+        })
+        .collect();
+    let batch = index.search_batch(c, searches.clone()).await.unwrap();
+    assert_eq!(batch.len(), searches.len());
+    for (i, (s, got)) in searches.into_iter().zip(&batch).enumerate() {
+        let alone = index.search(c, s.vector, s.limit, s.filter).await.unwrap();
+        assert_eq!(hit_ids(got), hit_ids(&alone), "search {i} of the batch");
+    }
+    assert_eq!(hit_ids(&batch[0]), vec![ids[0]]);
+    assert_eq!(
+        hit_ids(&batch[1]),
+        vec![ids[2]],
+        "namespace b holds one point"
+    );
+    assert_eq!(
+        hit_ids(&batch[2]),
+        vec![ids[3]],
+        "section strategy holds one point"
+    );
+    assert!(batch[3].is_empty(), "a namespace with no points");
+    assert!(index.search_batch(c, Vec::new()).await.unwrap().is_empty());
 
     // Upsert replaces the payload (a stage change) and the vector.
     index

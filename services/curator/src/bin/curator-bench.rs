@@ -9,7 +9,7 @@
 //! full scan and indexing) instead of the deployed `vector.*_threshold_kb` (1,000 KB), for
 //! the comparison. `--ef N` sets the graph search's beam width (the engine's default: 100).
 //! Each measurement also times the index searches curation makes (the nearest bullet of the
-//! insight's section) on their own.
+//! insight's section, one batch of searches per batch of insights) on their own.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +19,7 @@ use agent_learning_domain::{DeltaKind, Insight, PromotionGates, Stage};
 use agent_learning_embed::testsuite::HashEmbedder;
 use agent_learning_embed::{Embedder, MINILM, MiniLm};
 use agent_learning_store::Store;
-use agent_learning_vector::{EdgeIndex, EdgeTuning, VectorIndex};
+use agent_learning_vector::{EdgeIndex, EdgeTuning, Search, VectorIndex};
 
 fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
     let sections = ["strategy", "mistakes", "facts"];
@@ -83,11 +83,18 @@ async fn measure(
             let vectors = HashEmbedder
                 .embed(work.iter().map(|i| i.content.clone()).collect())
                 .await?;
+            let searches: Vec<Search> = work
+                .iter()
+                .zip(vectors)
+                .map(|(ins, vector)| Search {
+                    vector,
+                    limit: 1,
+                    filter: dedup_filter(ns, &ins.section),
+                })
+                .collect();
             let t = Instant::now();
-            for (ins, v) in work.iter().zip(vectors) {
-                index
-                    .search("bench", v, 1, dedup_filter(ns, &ins.section))
-                    .await?;
+            for batch in searches.chunks(50) {
+                index.search_batch("bench", batch.to_vec()).await?;
             }
             format!(
                 "; index search alone {:.3} ms",
