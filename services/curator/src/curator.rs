@@ -468,14 +468,26 @@ impl Curator {
             .search_batch(&self.opts.collection, searches)
             .await?;
 
+        // An exact restatement of a kept bullet is found by its text, whatever the graph
+        // search of a large playbook returned.
+        let contents: Vec<&str> = fresh.iter().map(|i| i.content.trim()).collect();
+        let verbatim = self.store.live_bullets_with_content(ns, &contents).await?;
+
         let mut decided: HashMap<String, DeltaOp> = HashMap::new();
         let mut changes = Vec::with_capacity(fresh.len());
         let mut added: Vec<IndexedBullet> = Vec::new();
         for ((insight, vector), hits) in fresh.into_iter().zip(vectors).zip(nearest_indexed) {
-            let from_index = hits.into_iter().next().map(|h| Nearest {
-                bullet_id: h.id,
-                similarity: h.score,
-            });
+            let key = (insight.section.clone(), insight.content.trim().to_owned());
+            let from_index = match verbatim.get(&key) {
+                Some(&bullet_id) => Some(Nearest {
+                    bullet_id,
+                    similarity: 1.0,
+                }),
+                None => hits.into_iter().next().map(|h| Nearest {
+                    bullet_id: h.id,
+                    similarity: h.score,
+                }),
+            };
             // Bullets added earlier in this batch are not in the index yet.
             let from_batch = added
                 .iter()

@@ -815,3 +815,48 @@ async fn a_live_run_curates_in_batches_that_survive_a_restart() {
     assert_eq!(ops, 1);
     assert_eq!(applied(&c).await, 6);
 }
+
+#[tokio::test]
+async fn an_exact_restatement_merges_even_when_the_index_misses_its_bullet() {
+    use std::sync::Arc;
+
+    use agent_learning_curator::{Curator, ThresholdJudge};
+    use agent_learning_store::Store;
+    use agent_learning_vector::{EdgeIndex, VectorIndex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("db.sqlite"), 4)
+        .await
+        .unwrap();
+    let index = Arc::new(EdgeIndex::open(&dir.path().join("vectors")).unwrap());
+    let opts = common::options();
+    let collection = opts.collection.clone();
+    let judge = Arc::new(ThresholdJudge { threshold: 0.8 });
+    let c = Curator::new(store, index.clone(), common::embedder(), judge, opts);
+    c.start().await.unwrap();
+    let text = "Signal two seconds before changing lanes.";
+    let first = c
+        .curate("drive", &[insight("a", "strategy", text)])
+        .await
+        .unwrap();
+    assert_eq!(first[0].kind, DeltaKind::Add);
+    // The graph search of a large playbook can miss a bullet: here it is not in the index.
+    index
+        .delete(&collection, vec![first[0].bullet_id])
+        .await
+        .unwrap();
+    let ops = c
+        .curate(
+            "drive",
+            &[
+                insight("b", "strategy", &format!("  {text}\n")),
+                insight("c", "facts", text),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ops[0].kind, DeltaKind::Merge, "the same text, trimmed");
+    assert_eq!(ops[0].bullet_id, first[0].bullet_id);
+    assert!((ops[0].similarity - 1.0).abs() < 1e-6);
+    assert_eq!(ops[1].kind, DeltaKind::Add, "another section's bullet");
+}

@@ -10,6 +10,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::entity::{applied_insight, bullet, bullet_event, feedback_request, namespace};
@@ -17,6 +18,14 @@ use crate::{Result, Store, StoreError};
 
 /// Provenance entries kept on a bullet; the full provenance stays in its history.
 const MAX_SOURCES: usize = 100;
+
+/// The key under which a bullet's content is found again: SHA-256 of the text, in hex.
+pub fn content_hash(content: &str) -> String {
+    Sha256::digest(content.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// How an insight id was applied, for idempotent replays.
 #[derive(Debug, Clone, PartialEq)]
@@ -317,6 +326,7 @@ impl Store {
                         deleted: Set(false),
                         stage_pinned: Set(false),
                         embedding: Set(encode_embedding(&b.embedding)),
+                        content_hash: Set(Some(content_hash(&b.content))),
                         created_at: Set(now),
                         updated_at: Set(now),
                     }
@@ -412,6 +422,38 @@ impl Store {
         Ok(out)
     }
 
+    /// Live bullets of `ns` whose content is exactly one of `contents` (as stored: trimmed),
+    /// by section and content; where several hold the same text, the oldest.
+    pub async fn live_bullets_with_content(
+        &self,
+        ns: &str,
+        contents: &[&str],
+    ) -> Result<HashMap<(String, String), Uuid>> {
+        let mut found: HashMap<(String, String), (DateTime<Utc>, Uuid)> = HashMap::new();
+        for chunk in contents.chunks(500) {
+            // By the hash only, as bullets_by_ids goes by the primary key only.
+            let rows = bullet::Entity::find()
+                .filter(bullet::Column::ContentHash.is_in(chunk.iter().map(|c| content_hash(c))))
+                .all(&self.db)
+                .await?;
+            for r in rows {
+                if r.namespace != ns || r.deleted || !chunk.contains(&r.content.as_str()) {
+                    continue;
+                }
+                let id = Uuid::parse_str(&r.id)
+                    .map_err(|e| StoreError::Corrupt(format!("bullet id: {e}")))?;
+                let key = (r.section, r.content);
+                match found.get(&key) {
+                    Some((at, _)) if *at <= r.created_at => {}
+                    _ => {
+                        found.insert(key, (r.created_at, id));
+                    }
+                }
+            }
+        }
+        Ok(found.into_iter().map(|(k, (_, id))| (k, id)).collect())
+    }
+
     pub async fn list_bullets(
         &self,
         ns: &str,
@@ -463,6 +505,7 @@ impl Store {
         let before = m.content.clone();
         let mut am: bullet::ActiveModel = m.into();
         am.content = Set(content.to_owned());
+        am.content_hash = Set(Some(content_hash(content)));
         am.embedding = Set(encode_embedding(embedding));
         am.updated_at = Set(now);
         let m = am.update(&txn).await?;

@@ -710,8 +710,66 @@ async fn embeddings_are_kept_by_content_hash(store: &Store) {
     assert!(store.cached_embeddings(&[]).await.unwrap().is_empty());
 }
 
+async fn bullets_are_found_by_their_exact_content(store: &Store) {
+    let ns = "contract-verbatim";
+    let (a, add_a) = add("v1", "facts", "brake before the bend");
+    let (b, add_b) = add("v2", "strategy", "brake before the bend");
+    let (c, add_c) = add("v3", "facts", "to be deleted");
+    let (_, add_d) = add("v4", "facts", "edited away");
+    let d = match &add_d {
+        CurationChange::Add { bullet, .. } => bullet.id,
+        _ => unreachable!(),
+    };
+    store
+        .apply_curation(ns, &[add_a, add_b, add_c, add_d])
+        .await
+        .unwrap();
+    // The same text elsewhere is not this namespace's.
+    let (_, other) = add("v1", "facts", "to be deleted");
+    store
+        .apply_curation("contract-verbatim-other", &[other])
+        .await
+        .unwrap();
+    store.delete_bullet(ns, c, "obsolete").await.unwrap();
+    store
+        .update_bullet(ns, d, "edited into this", &emb(4.0))
+        .await
+        .unwrap();
+
+    let found = store
+        .live_bullets_with_content(
+            ns,
+            &[
+                "brake before the bend",
+                "to be deleted",
+                "edited away",
+                "edited into this",
+                "never kept",
+            ],
+        )
+        .await
+        .unwrap();
+    let key = |section: &str, content: &str| (section.to_owned(), content.to_owned());
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!(found[&key("facts", "brake before the bend")], a);
+    assert_eq!(found[&key("strategy", "brake before the bend")], b);
+    assert_eq!(
+        found[&key("facts", "edited into this")],
+        d,
+        "the new text, not the old"
+    );
+    assert!(
+        store
+            .live_bullets_with_content(ns, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn run_suite(store: Store) {
     embeddings_are_kept_by_content_hash(&store).await;
+    bullets_are_found_by_their_exact_content(&store).await;
     decisions_are_kept_alone_or_together(&store).await;
     insights_wait_for_their_batch(&store).await;
     leases_and_conditional_ends(&store).await;

@@ -25,6 +25,9 @@ pub struct Model {
     /// without re-embedding.
     #[sea_orm(column_type = "Blob")]
     pub embedding: Vec<u8>,
+    /// SHA-256 of the content, in hex ([`crate::playbook::content_hash`]): exact restatements
+    /// are found by lookup. Set on every write of the content.
+    pub content_hash: Option<String>,
     pub created_at: ChronoDateTimeUtc,
     pub updated_at: ChronoDateTimeUtc,
 }

@@ -9,6 +9,7 @@ mod m0004_stage_pins;
 mod m0005_live_episodes;
 mod m0006_pending_insights;
 mod m0007_embedding_cache;
+mod m0008_bullet_content_hash;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_live_episodes::Migration),
             Box::new(m0006_pending_insights::Migration),
             Box::new(m0007_embedding_cache::Migration),
+            Box::new(m0008_bullet_content_hash::Migration),
         ]
     }
 }
