@@ -18,10 +18,15 @@ const CHUNK: usize = 500;
 
 /// The record's key of `text` embedded by `model`: SHA-256 of both, NUL-separated, in hex.
 pub fn embedding_key(model: &str, text: &str) -> String {
+    sha256_hex(&[model.as_bytes(), &[0u8], text.as_bytes()])
+}
+
+/// SHA-256 of `parts` one after the other, in hex: the record's content keys.
+pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
-    h.update(model.as_bytes());
-    h.update([0u8]);
-    h.update(text.as_bytes());
+    for part in parts {
+        h.update(part);
+    }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 

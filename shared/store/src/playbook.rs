@@ -10,7 +10,6 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::entity::{applied_insight, bullet, bullet_event, feedback_request, namespace};
@@ -21,10 +20,7 @@ const MAX_SOURCES: usize = 100;
 
 /// The key under which a bullet's content is found again: SHA-256 of the text, in hex.
 pub fn content_hash(content: &str) -> String {
-    Sha256::digest(content.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::embeddings::sha256_hex(&[content.as_bytes()])
 }
 
 /// How an insight id was applied, for idempotent replays.
