@@ -240,22 +240,7 @@ impl Coordinator {
         let (Some(live), false) = (live, run.state.terminal()) else {
             return Ok(Box::pin(first));
         };
-        // Events until the one that ends the run; a slow watcher skips what it missed.
-        let rest = futures::stream::unfold((live, false), |(mut live, ended)| async move {
-            if ended {
-                return None;
-            }
-            loop {
-                match live.recv().await {
-                    Ok(e) => {
-                        let end = e.state.terminal();
-                        return Some((Ok(e), (live, end)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        });
+        let rest = events_after(run.current_stage, live);
         Ok(Box::pin(first.chain(rest)))
     }
 
@@ -415,5 +400,99 @@ impl Service for Coordinator {
             }
         });
         Ok(())
+    }
+}
+
+/// A run's live events after its snapshot, until the one that ends the run; a slow watcher
+/// skips what it missed. The driver may publish between the subscription and the read of the
+/// state: those events of a stage before the snapshot's are behind what the watcher was shown.
+fn events_after(
+    snapshot: Option<agent_learning_domain::RunStage>,
+    live: broadcast::Receiver<RunEvent>,
+) -> impl futures::Stream<Item = Result<RunEvent, ApiError>> + Send + 'static {
+    futures::stream::unfold((live, false), move |(mut live, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            match live.recv().await {
+                Ok(e) => {
+                    let end = e.state.terminal();
+                    if !end && e.stage < snapshot {
+                        continue;
+                    }
+                    return Some((Ok(e), (live, end)));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_learning_domain::RunStage;
+
+    use super::*;
+
+    fn at(stage: Option<RunStage>, done: u64, state: RunState) -> RunEvent {
+        driver::event("r", stage, done, 10, state, "")
+    }
+
+    /// Events published between the subscription and the snapshot's read come after it in
+    /// the stream: those of an earlier stage are dropped, the rest keep their order.
+    #[tokio::test]
+    async fn the_watch_drops_what_the_snapshot_already_passed() {
+        let (tx, rx) = broadcast::channel(16);
+        tx.send(at(Some(RunStage::Fit), 5, RunState::Running))
+            .unwrap();
+        tx.send(at(Some(RunStage::Explore), 0, RunState::Running))
+            .unwrap();
+        tx.send(at(Some(RunStage::Explore), 4, RunState::Running))
+            .unwrap();
+        tx.send(at(Some(RunStage::Reflect), 1, RunState::Running))
+            .unwrap();
+        tx.send(at(None, 0, RunState::Succeeded)).unwrap();
+        tx.send(at(Some(RunStage::Compile), 1, RunState::Running))
+            .unwrap();
+        let seen: Vec<_> = events_after(Some(RunStage::Explore), rx)
+            .map(|e| {
+                let e = e.unwrap();
+                (e.stage, e.done, e.state)
+            })
+            .collect()
+            .await;
+        assert_eq!(
+            seen,
+            vec![
+                (Some(RunStage::Explore), 0, RunState::Running),
+                (Some(RunStage::Explore), 4, RunState::Running),
+                (Some(RunStage::Reflect), 1, RunState::Running),
+                (None, 0, RunState::Succeeded),
+            ]
+        );
+    }
+
+    /// A snapshot taken before the first stage keeps everything; the end always arrives.
+    #[tokio::test]
+    async fn the_watch_from_the_start_keeps_every_event_and_the_end() {
+        let (tx, rx) = broadcast::channel(16);
+        tx.send(at(Some(RunStage::Fit), 1, RunState::Running))
+            .unwrap();
+        tx.send(at(None, 0, RunState::Failed)).unwrap();
+        drop(tx);
+        let seen: Vec<_> = events_after(None, rx)
+            .map(|e| e.unwrap().state)
+            .collect()
+            .await;
+        assert_eq!(seen, vec![RunState::Running, RunState::Failed]);
+        let (tx, rx) = broadcast::channel(16);
+        tx.send(at(None, 0, RunState::Cancelled)).unwrap();
+        let seen: Vec<_> = events_after(Some(RunStage::Compile), rx)
+            .map(|e| e.unwrap().state)
+            .collect()
+            .await;
+        assert_eq!(seen, vec![RunState::Cancelled]);
     }
 }
