@@ -1,6 +1,7 @@
 //! Sentence embeddings for agent-learning: the `Embedder` trait and all-MiniLM-L6-v2 run with
 //! candle on the CPU, loaded from files that `agent-learning models fetch` put on disk.
 
+mod bert;
 mod cache;
 mod fetch;
 mod minilm;

