@@ -563,19 +563,14 @@ fn attend<const D: usize>(input: &HeadInput<'_>, s: &mut Scratch) -> Vec<f32> {
     s.scores.clear();
     s.scores.resize(QUERIES * width, 0.0);
     let mut out = vec![0f32; len * D];
+    let (queries, _) = s.q.as_chunks::<D>();
+    let (key_blocks, _) = s.keys.as_chunks::<D>();
     for g in 0..groups {
-        let q: [&[f32; D]; QUERIES] = std::array::from_fn(|qi| {
-            s.q[(g * QUERIES + qi) * D..][..D]
-                .try_into()
-                .expect("a query row holds D values")
-        });
-        for b in 0..blocks {
-            let kb: &[[f32; KEYS]; D] = s.keys[b * D..][..D]
-                .try_into()
-                .expect("a key block holds D rows");
+        let q = &queries[g * QUERIES..][..QUERIES];
+        for (b, kb) in key_blocks.iter().enumerate() {
             let mut acc = [[0f32; KEYS]; QUERIES];
             for (c, k) in kb.iter().enumerate() {
-                for (a, q) in acc.iter_mut().zip(&q) {
+                for (a, q) in acc.iter_mut().zip(q) {
                     let qc = q[c];
                     for (x, y) in a.iter_mut().zip(k) {
                         *x = qc.mul_add(*y, *x);
