@@ -447,14 +447,38 @@ impl VectorIndex for EdgeIndex {
     }
 }
 
+/// Closes a shard: dropping its last handle flushes it (the engine's own `Drop`). That flush
+/// panics when it cannot write (the directory removed under it, a full disk), and a panic in a
+/// drop can abort the process (a test binary's runtime shutting down, seen in CI); so a failed
+/// flush is logged instead. What it could not write is what the engine's WAL replays
+/// at the next open.
+fn close_shard(collection: &str, dir: &Path, shard: Arc<EdgeShard>) {
+    let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(shard)));
+    if let Err(panic) = closed {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        tracing::warn!(
+            collection,
+            dir = %dir.display(),
+            error = why,
+            "vector collection not flushed at close"
+        );
+    }
+}
+
 impl Drop for EdgeIndex {
     fn drop(&mut self) {
         // A write still running on a blocking thread (its caller gone) ends first.
         let _alone = self.writes.write();
-        if let Ok(shards) = self.shards.lock() {
-            for (shard, _) in shards.values() {
-                shard.flush();
-            }
+        let shards = match self.shards.get_mut() {
+            Ok(shards) => std::mem::take(shards),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        for (collection, (shard, _)) in shards {
+            close_shard(&collection, &self.root.join(&collection), shard);
         }
     }
 }

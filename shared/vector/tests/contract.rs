@@ -293,6 +293,44 @@ async fn edge_tuning_reaches_the_collection() {
     );
 }
 
+/// Closing an index whose files were removed under it (a test's temp dir cleaned up while a
+/// task still held the index; a volume unmounted) logs instead of panicking: the engine's own
+/// flush panics there, and a panic in a drop during a runtime's shutdown aborts the process.
+#[tokio::test]
+async fn closing_an_index_whose_files_are_gone_does_not_panic() {
+    for remove in ["root", "segments"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vectors");
+        let index = EdgeIndex::open(&root).unwrap();
+        index
+            .ensure_collection("gone", DIM, &["namespace"])
+            .await
+            .unwrap();
+        let id = Uuid::new_v4();
+        index
+            .upsert(
+                "gone",
+                vec![point(id, [1.0, 0.0, 0.0, 0.0], "a", "facts", "shadow")],
+            )
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(match remove {
+            "root" => root.clone(),
+            _ => root.join("gone"),
+        })
+        .unwrap();
+        if remove == "segments" {
+            // The collection's directory is back, empty: the flush itself fails.
+            std::fs::create_dir_all(root.join("gone")).unwrap();
+        }
+        let closed = std::thread::spawn(move || drop(index)).join();
+        assert!(
+            closed.is_ok(),
+            "closing after removing the {remove} panicked"
+        );
+    }
+}
+
 #[test]
 fn one_process_at_a_time_opens_the_engine_dir() {
     let dir = tempfile::tempdir().unwrap();
