@@ -218,6 +218,9 @@ pub struct LlmSettings {
     pub decide_lane: bool,
     /// Compute threads of the decisions' lane; 0 takes every core.
     pub decide_threads: usize,
+    /// Whether the local model keeps each lane's KV cache between calls and computes only
+    /// what a prompt does not share with the previous one's start.
+    pub prefix_cache: bool,
     /// Tokens a run may spend; 0 is unlimited.
     pub token_budget: u64,
 }
@@ -366,6 +369,7 @@ json_schema = false
 threads = 0
 decide_lane = true
 decide_threads = 0
+prefix_cache = true
 token_budget = 0
 
 [telemetry]

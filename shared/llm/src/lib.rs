@@ -4,6 +4,7 @@
 //! to any OpenAI-compatible endpoint; its structured outputs are validated and repaired once.
 
 mod budget;
+mod llama;
 mod local;
 mod openai;
 pub mod prompts;
@@ -206,6 +207,7 @@ pub fn open_chat_model(
                 threads: llm.threads,
                 decide_lane: llm.decide_lane,
                 decide_threads: llm.decide_threads,
+                prefix_cache: llm.prefix_cache,
             })?,
         ))),
     }

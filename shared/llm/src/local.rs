@@ -1,8 +1,9 @@
-//! SmolLM2-135M-Instruct on the CPU with candle's quantized llama, from the GGUF that
-//! `agent-learning models fetch` installs. We own the sampler, so structured outputs are
-//! constrained while decoding: section headers are forced in order and each section is
-//! bounded; `choose` masks the logits to the token sequences of the allowed options. Local
-//! structured outputs are valid by construction.
+//! SmolLM2-135M-Instruct on the CPU (`llama.rs`, over candle's quantized kernels), from the
+//! GGUF that `agent-learning models fetch` installs. Each lane keeps its KV cache between
+//! calls, and a prompt that starts like the previous one computes only the rest. We own the
+//! sampler, so structured outputs are constrained while decoding: section headers are forced
+//! in order and each section is bounded; `choose` masks the logits to the token sequences of
+//! the allowed options. Local structured outputs are valid by construction.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -10,16 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use candle_core::Device;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, Tokenizer};
 
+use crate::llama::{Llama, MAX_SEQ_LEN};
 use crate::{ChatModel, ChatParams, Choice, Completion, LlmError, Message, Role, Sections, Usage};
 
 const Q4_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -41,13 +42,23 @@ pub struct LocalOptions {
     /// answer, so it gets the whole machine while nothing else runs; beside a reflection on
     /// the main lane the two share the cores.
     pub decide_threads: usize,
+    /// Whether a lane keeps its KV cache between calls and computes only what follows the
+    /// longest start a new prompt shares with what the cache holds (instructions, a playbook
+    /// that did not change). Off: every prompt is computed whole.
+    pub prefix_cache: bool,
 }
 
 /// One instance of the model (weights shared with the other lanes; its own cache) and the
 /// threads it computes on. One generation runs on a lane at a time.
 struct Lane {
-    model: Mutex<ModelWeights>,
+    model: Mutex<Cached>,
     pool: rayon::ThreadPool,
+}
+
+/// A lane's model and the tokens its KV cache holds, in order.
+struct Cached {
+    model: Llama,
+    tokens: Vec<u32>,
 }
 
 /// What a call is for: decisions get their own lane when there is one.
@@ -62,10 +73,13 @@ struct Inner {
     lanes: Vec<Lane>,
     /// Tokens generated since the model was loaded, by every call.
     generated: std::sync::atomic::AtomicU64,
+    /// Prompt tokens taken from a lane's cache instead of computed, since the model was loaded.
+    reused: std::sync::atomic::AtomicU64,
     tokenizer: Tokenizer,
     im_end: u32,
     /// Tokens whose text holds a line break: they end a section or a reasoning line.
     newline: HashSet<u32>,
+    prefix_cache: bool,
 }
 
 /// The local model. Cheap to clone; one generation runs at a time on each lane.
@@ -259,8 +273,9 @@ impl Sampler {
 
 /// One decoding pass over the KV cache.
 struct Session<'a> {
-    model: &'a mut ModelWeights,
-    pos: usize,
+    model: &'a mut Llama,
+    /// The tokens the cache holds, kept beside it for the next call's prefix.
+    tokens: &'a mut Vec<u32>,
     logits: Vec<f32>,
     prompt_tokens: usize,
     generated: usize,
@@ -283,30 +298,23 @@ impl Session<'_> {
             return Ok(());
         }
         self.check_cancelled()?;
-        // The model's causal mask covers several new tokens only at position 0; later, forced
-        // tokens go in one at a time.
-        if self.pos > 0 && ids.len() > 1 {
-            for id in ids {
-                self.feed(std::slice::from_ref(id))?;
-            }
-            return Ok(());
-        }
-        if self.pos + ids.len() >= MAX_SEQ_LEN {
+        if self.model.cached() + ids.len() >= MAX_SEQ_LEN {
             return Err(LlmError::InvalidRequest(format!(
                 "the conversation needs more than the model's {MAX_SEQ_LEN}-token context"
             )));
         }
-        let input = Tensor::new(ids, &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(model_err)?;
-        let out = self.model.forward(&input, self.pos).map_err(model_err)?;
-        self.logits = out
-            .squeeze(0)
-            .and_then(|t| t.to_dtype(candle_core::DType::F32))
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(model_err)?;
-        self.pos += ids.len();
-        Ok(())
+        match self.model.forward(ids) {
+            Ok(logits) => {
+                self.logits = logits;
+                self.tokens.extend_from_slice(ids);
+                Ok(())
+            }
+            Err(e) => {
+                // The model emptied its cache.
+                self.tokens.clear();
+                Err(model_err(e))
+            }
+        }
     }
 
     fn step(
@@ -347,6 +355,12 @@ impl LocalModel {
         self.inner.generated.load(Ordering::Relaxed)
     }
 
+    /// Prompt tokens taken from a lane's KV cache instead of computed, since the model was
+    /// loaded (`prefix_cache`).
+    pub fn prompt_tokens_reused(&self) -> u64 {
+        self.inner.reused.load(Ordering::Relaxed)
+    }
+
     /// Writes the Q8_0 file next to the Q4_1 one unless it is there already, and returns its
     /// path. `models fetch` calls it, so an image or a read-only models dir holds a model that
     /// loads without writing.
@@ -371,7 +385,7 @@ impl LocalModel {
         let mut f = std::fs::File::open(&q8).map_err(model_err)?;
         let content = gguf_file::Content::read(&mut f).map_err(model_err)?;
         let (tokenizer, im_end) = tokenizer(&content)?;
-        let model = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).map_err(model_err)?;
+        let model = Llama::from_gguf(content, &mut f).map_err(model_err)?;
         let vocab = tokenizer.get_vocab_size(true) as u32;
         let newline: HashSet<u32> = (0..vocab)
             .filter(|id| {
@@ -390,18 +404,20 @@ impl LocalModel {
             0 => cores,
             n => n,
         };
-        let lane =
-            |name: &'static str, threads: usize, model: ModelWeights| -> Result<Lane, LlmError> {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .thread_name(move |i| format!("smollm2-{name}-{i}"))
-                    .build()
-                    .map_err(model_err)?;
-                Ok(Lane {
-                    model: Mutex::new(model),
-                    pool,
-                })
-            };
+        let lane = |name: &'static str, threads: usize, model: Llama| -> Result<Lane, LlmError> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(move |i| format!("smollm2-{name}-{i}"))
+                .build()
+                .map_err(model_err)?;
+            Ok(Lane {
+                model: Mutex::new(Cached {
+                    model,
+                    tokens: Vec::new(),
+                }),
+                pool,
+            })
+        };
         let mut lanes = Vec::with_capacity(2);
         if opts.decide_lane {
             // A clone shares the quantized weights (reference-counted) and has its own cache.
@@ -415,9 +431,11 @@ impl LocalModel {
             inner: Arc::new(Inner {
                 lanes,
                 generated: Default::default(),
+                reused: Default::default(),
                 tokenizer,
                 im_end,
                 newline,
+                prefix_cache: opts.prefix_cache,
             }),
         })
     }
@@ -468,18 +486,29 @@ impl LocalModel {
             if cancelled.load(Ordering::Relaxed) {
                 return Err(LlmError::Cancelled);
             }
-            let model: &mut ModelWeights = &mut guard;
+            let Cached { model, tokens } = &mut *guard;
+            // What the cache holds of this prompt's start is kept; the rest is computed. At
+            // least the last token is fed again: its logits are the first choice.
+            let keep = if inner.prefix_cache {
+                let shared = tokens.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+                shared.min(ids.len().saturating_sub(1))
+            } else {
+                0
+            };
+            model.truncate(keep).map_err(model_err)?;
+            tokens.truncate(keep);
+            inner.reused.fetch_add(keep as u64, Ordering::Relaxed);
             lane.pool.install(|| {
                 let mut session = Session {
                     model,
-                    pos: 0,
+                    tokens,
                     logits: Vec::new(),
                     prompt_tokens: ids.len(),
                     generated: 0,
                     cancelled: &cancelled,
                     counter: &inner.generated,
                 };
-                session.feed(&ids)?;
+                session.feed(&ids[keep..])?;
                 f(&this, &mut session)
             })
         })

