@@ -94,7 +94,11 @@ impl Llama {
         let rope_base = get("llama.rope.freq_base")
             .and_then(|m| m.to_f32())
             .unwrap_or(10000f32);
-        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !hidden.is_multiple_of(heads) {
+        if heads == 0
+            || kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || !hidden.is_multiple_of(heads)
+        {
             candle_core::bail!(
                 "bad head counts: {heads} heads, {kv_heads} KV heads, {hidden} wide"
             );
@@ -221,24 +225,16 @@ impl Llama {
             let residual = &x;
             let h = layer.attn_norm.forward(&x)?;
             let (b, _, hidden) = h.dims3()?;
-            let q = layer
-                .wq
-                .forward(&h)?
-                .reshape((b, n, heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = layer
-                .wk
-                .forward(&h)?
-                .reshape((b, n, kv_heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = layer
-                .wv
-                .forward(&h)?
-                .reshape((b, n, kv_heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
+            // (1, n, hidden) -> (1, heads, n, head_dim)
+            let project = |w: &QMatMul, heads: usize| {
+                w.forward(&h)?
+                    .reshape((b, n, heads, head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = project(&layer.wq, heads)?;
+            let k = project(&layer.wk, kv_heads)?;
+            let v = project(&layer.wv, kv_heads)?;
             let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
             let (k, v) = match &layer.cache {
