@@ -56,8 +56,8 @@ pub struct Llama {
     head_dim: usize,
     cos: Tensor,
     sin: Tensor,
-    /// Positions the cache holds.
-    len: usize,
+    /// The tokens the cache holds, in order.
+    tokens: Vec<u32>,
 }
 
 fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
@@ -148,18 +148,18 @@ impl Llama {
             head_dim: hidden / heads,
             cos: angles.cos()?,
             sin: angles.sin()?,
-            len: 0,
+            tokens: Vec::new(),
         })
     }
 
-    /// Positions the cache holds.
-    pub fn cached(&self) -> usize {
-        self.len
+    /// The tokens the cache holds, in order.
+    pub fn cached(&self) -> &[u32] {
+        &self.tokens
     }
 
     /// Cuts the cache back to its first `len` positions (no-op when it holds fewer).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len >= self.len {
+        if len >= self.tokens.len() {
             return Ok(());
         }
         for layer in &mut self.layers {
@@ -171,7 +171,7 @@ impl Llama {
                 )),
             };
         }
-        self.len = len;
+        self.tokens.truncate(len);
         Ok(())
     }
 
@@ -180,30 +180,30 @@ impl Llama {
         for layer in &mut self.layers {
             layer.cache = None;
         }
-        self.len = 0;
+        self.tokens.clear();
     }
 
-    /// Feeds `ids` after what the cache holds and returns the logits of the last one. On an
-    /// error the cache is emptied (some layers may have taken the new positions already).
+    /// Feeds `ids` after what the cache holds and returns the logits of the last one.
+    /// Positions past [`MAX_SEQ_LEN`] fail (the rotary tables end there). On an error the
+    /// cache is emptied (some layers may have taken the new positions already).
     pub fn forward(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         if ids.is_empty() {
             candle_core::bail!("no tokens to feed");
         }
-        if self.len + ids.len() > MAX_SEQ_LEN {
-            candle_core::bail!(
-                "{} positions exceed the model's {MAX_SEQ_LEN}",
-                self.len + ids.len()
-            );
+        match self.feed(ids) {
+            Ok(logits) => {
+                self.tokens.extend_from_slice(ids);
+                Ok(logits)
+            }
+            Err(e) => {
+                self.clear();
+                Err(e)
+            }
         }
-        let out = self.feed(ids);
-        if out.is_err() {
-            self.clear();
-        }
-        out
     }
 
     fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        let (pos, n) = (self.len, ids.len());
+        let (pos, n) = (self.tokens.len(), ids.len());
         let device = &Device::Cpu;
         // Query i (at position pos + i) sees keys 0..=pos + i.
         let mask = if n == 1 {
@@ -253,17 +253,13 @@ impl Llama {
                 }
             };
             let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att
-                .matmul(&v.contiguous()?)?
-                .transpose(1, 2)?
-                .reshape((b, n, hidden))?;
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, hidden))?;
             let x1 = (layer.wo.forward(&y)? + residual)?;
             let h = layer.ffn_norm.forward(&x1)?;
             let gated =
                 (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
             x = (layer.down.forward(&gated)? + &x1)?;
         }
-        self.len = pos + n;
         let x = self.norm.forward(&x)?;
         self.output
             .forward(&x.i((.., n - 1, ..))?)?

@@ -51,14 +51,8 @@ pub struct LocalOptions {
 /// One instance of the model (weights shared with the other lanes; its own cache) and the
 /// threads it computes on. One generation runs on a lane at a time.
 struct Lane {
-    model: Mutex<Cached>,
+    model: Mutex<Llama>,
     pool: rayon::ThreadPool,
-}
-
-/// A lane's model and the tokens its KV cache holds, in order.
-struct Cached {
-    model: Llama,
-    tokens: Vec<u32>,
 }
 
 /// What a call is for: decisions get their own lane when there is one.
@@ -274,8 +268,6 @@ impl Sampler {
 /// One decoding pass over the KV cache.
 struct Session<'a> {
     model: &'a mut Llama,
-    /// The tokens the cache holds, kept beside it for the next call's prefix.
-    tokens: &'a mut Vec<u32>,
     logits: Vec<f32>,
     prompt_tokens: usize,
     generated: usize,
@@ -298,23 +290,13 @@ impl Session<'_> {
             return Ok(());
         }
         self.check_cancelled()?;
-        if self.model.cached() + ids.len() >= MAX_SEQ_LEN {
+        if self.model.cached().len() + ids.len() >= MAX_SEQ_LEN {
             return Err(LlmError::InvalidRequest(format!(
                 "the conversation needs more than the model's {MAX_SEQ_LEN}-token context"
             )));
         }
-        match self.model.forward(ids) {
-            Ok(logits) => {
-                self.logits = logits;
-                self.tokens.extend_from_slice(ids);
-                Ok(())
-            }
-            Err(e) => {
-                // The model emptied its cache.
-                self.tokens.clear();
-                Err(model_err(e))
-            }
-        }
+        self.logits = self.model.forward(ids).map_err(model_err)?;
+        Ok(())
     }
 
     fn step(
@@ -411,10 +393,7 @@ impl LocalModel {
                 .build()
                 .map_err(model_err)?;
             Ok(Lane {
-                model: Mutex::new(Cached {
-                    model,
-                    tokens: Vec::new(),
-                }),
+                model: Mutex::new(model),
                 pool,
             })
         };
@@ -486,22 +465,23 @@ impl LocalModel {
             if cancelled.load(Ordering::Relaxed) {
                 return Err(LlmError::Cancelled);
             }
-            let Cached { model, tokens } = &mut *guard;
+            let model = &mut *guard;
             // What the cache holds of this prompt's start is kept; the rest is computed. At
             // least the last token is fed again: its logits are the first choice.
             let keep = if inner.prefix_cache {
-                let shared = tokens.iter().zip(&ids).take_while(|(a, b)| a == b).count();
-                shared.min(ids.len().saturating_sub(1))
+                let cached = model.cached().iter().zip(&ids);
+                cached
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .min(ids.len().saturating_sub(1))
             } else {
                 0
             };
             model.truncate(keep).map_err(model_err)?;
-            tokens.truncate(keep);
             inner.reused.fetch_add(keep as u64, Ordering::Relaxed);
             lane.pool.install(|| {
                 let mut session = Session {
                     model,
-                    tokens,
                     logits: Vec::new(),
                     prompt_tokens: ids.len(),
                     generated: 0,
