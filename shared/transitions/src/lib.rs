@@ -2,7 +2,7 @@
 //! searched by the embedding of their state, filtered by action and source. The world model
 //! predicts from them; the policy shows the nearest ones as exemplars.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use agent_learning_domain::Transition;
@@ -16,6 +16,10 @@ const ID_NS: Uuid = Uuid::from_u128(0x3c1e_9b7a_52d4_4f0e_8a6b_0d9c_2e7f_41a3);
 const BATCH: usize = 256;
 /// Rows read per page when the index is rebuilt from the record.
 const HEAL_PAGE: u64 = 1000;
+/// Transitions kept in memory for `nearest` (the exemplars Decide shows are a small set read
+/// again and again). A row never changes once stored (its id is its content), so no entry can
+/// go stale.
+const ROW_CACHE: usize = 16_384;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransitionsError {
@@ -54,6 +58,7 @@ pub struct Transitions {
     index: Arc<dyn VectorIndex>,
     embedder: Arc<dyn Embedder>,
     collection: String,
+    rows: Arc<quick_cache::sync::Cache<Uuid, Arc<Transition>>>,
 }
 
 impl Transitions {
@@ -68,6 +73,7 @@ impl Transitions {
             index,
             embedder,
             collection: format!("{collection_prefix}_transitions"),
+            rows: Arc::new(quick_cache::sync::Cache::new(ROW_CACHE)),
         }
     }
 
@@ -200,17 +206,31 @@ impl Transitions {
         if hits.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = hits.iter().map(|h| h.id).collect();
-        let mut rows = self.store.transitions_by_ids(&ids).await?;
+        let mut rows: HashMap<Uuid, Arc<Transition>> = HashMap::with_capacity(hits.len());
+        let mut missing = Vec::new();
+        for h in &hits {
+            match self.rows.get(&h.id) {
+                Some(t) => _ = rows.insert(h.id, t),
+                None => missing.push(h.id),
+            }
+        }
+        if !missing.is_empty() {
+            for (id, t) in self.store.transitions_by_ids(&missing).await? {
+                let t = Arc::new(t.transition);
+                self.rows.insert(id, t.clone());
+                rows.insert(id, t);
+            }
+        }
+        // A hit the record lacks (an index point whose row was never written) is left out.
         Ok(hits
             .into_iter()
             .filter_map(|h| {
-                let t = rows.remove(&h.id)?.transition;
+                let t = rows.get(&h.id)?;
                 Some(Found {
                     id: h.id,
-                    state: t.state,
-                    action: t.action,
-                    next_state: t.next_state,
+                    state: t.state.clone(),
+                    action: t.action.clone(),
+                    next_state: t.next_state.clone(),
                     done: t.done,
                     similarity: h.score,
                 })
