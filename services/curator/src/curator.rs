@@ -1,6 +1,5 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agent_learning_domain::{
     Bullet, BulletEvent, DeltaKind, DeltaOp, Insight, InvalidInput, PromotionGates, Stage,
@@ -10,7 +9,7 @@ use agent_learning_embed::{EmbedError, Embedder, cosine};
 use agent_learning_store::{
     BulletPage, CurationChange, IndexedBullet, ListFilter, NewBullet, Store, StoreError,
 };
-use agent_learning_vector::{Filter, Point, Search, VectorError, VectorIndex};
+use agent_learning_vector::{Filter, Point, Search, Upkeep, VectorError, VectorIndex};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -109,10 +108,8 @@ pub struct Curator {
     // Curation of one namespace is serialised: two concurrent batches must not both ADD the
     // same knowledge.
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    unoptimized_writes: Arc<AtomicUsize>,
-    /// Held while the index is optimized: one optimization at a time, and `optimize_index`
-    /// returns only once a background one in flight has finished too.
-    optimizing: Arc<tokio::sync::Mutex<()>>,
+    /// Rebuilds the index's search structures after `optimize_after_writes` writes.
+    upkeep: Upkeep,
     /// Each run's `curate_every`, read once from the record (a run's config never changes).
     batch_sizes: std::sync::Mutex<HashMap<String, usize>>,
 }
@@ -144,6 +141,7 @@ impl Curator {
         judge: Arc<dyn MergeJudge>,
         opts: CuratorOptions,
     ) -> Self {
+        let upkeep = Upkeep::new(index.clone(), &opts.collection, opts.optimize_after_writes);
         Self {
             store,
             index,
@@ -151,8 +149,7 @@ impl Curator {
             judge,
             opts,
             locks: Default::default(),
-            unoptimized_writes: Arc::new(AtomicUsize::new(0)),
-            optimizing: Arc::new(tokio::sync::Mutex::new(())),
+            upkeep,
             batch_sizes: Default::default(),
         }
     }
@@ -172,7 +169,9 @@ impl Curator {
             )
             .await?;
         let report = self.reconcile().await?;
-        self.note_index_writes(report.upserted);
+        self.upkeep
+            .opened_with(report.checked.saturating_sub(report.upserted) as u64);
+        self.upkeep.note_writes(report.upserted);
         info!(
             checked = report.checked,
             upserted = report.upserted,
@@ -559,7 +558,7 @@ impl Curator {
             let points: Vec<Point> = added.iter().map(point).collect();
             let written = points.len();
             match self.index.upsert(&self.opts.collection, points).await {
-                Ok(()) => self.note_index_writes(written),
+                Ok(()) => self.upkeep.note_writes(written),
                 Err(e) => warn!(
                     error = %e,
                     namespace = ns,
@@ -1028,43 +1027,10 @@ impl Curator {
         Ok(report)
     }
 
-    /// Counts index writes and, past `optimize_after_writes`, rebuilds the index's search
-    /// structures on a background task (one at a time); searches keep answering meanwhile.
-    fn note_index_writes(&self, n: usize) {
-        let threshold = self.opts.optimize_after_writes;
-        if threshold == 0 || n == 0 {
-            return;
-        }
-        let pending = self.unoptimized_writes.fetch_add(n, Ordering::SeqCst) + n;
-        if pending < threshold {
-            return;
-        }
-        let Ok(optimizing) = self.optimizing.clone().try_lock_owned() else {
-            return;
-        };
-        self.unoptimized_writes.store(0, Ordering::SeqCst);
-        let index = self.index.clone();
-        let collection = self.opts.collection.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            match index.optimize(&collection).await {
-                Ok(()) => info!(
-                    writes = pending,
-                    secs = started.elapsed().as_secs_f64(),
-                    "vector index optimized"
-                ),
-                Err(e) => warn!(error = %e, "vector index optimization failed"),
-            }
-            drop(optimizing);
-        });
-    }
-
     /// Builds the index's search structures now (after an optimization already running in
     /// the background, if one is); run it after bulk loads.
     pub async fn optimize_index(&self) -> Result<()> {
-        let _one_at_a_time = self.optimizing.lock().await;
-        self.unoptimized_writes.store(0, Ordering::SeqCst);
-        Ok(self.index.optimize(&self.opts.collection).await?)
+        Ok(self.upkeep.optimize_now().await?)
     }
 }
 

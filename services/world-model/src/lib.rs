@@ -272,6 +272,7 @@ impl Service for WorldModel {
             ctx.index().await?,
             ctx.embedder().await?,
             &s.vector.collection_prefix,
+            s.vector.optimize_after_writes,
         );
         transitions.start().await.what("transition index")?;
         Ok(Arc::new(Self::new(

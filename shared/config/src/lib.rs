@@ -262,6 +262,9 @@ pub struct VectorSettings {
     pub full_scan_threshold_kb: usize,
     /// In-process engine: segments above this many KB of vectors get an HNSW graph.
     pub indexing_threshold_kb: usize,
+    /// In-process engine: indexed segments also keep 8-bit copies of their vectors, which a
+    /// graph search compares before scoring its best candidates on the floats.
+    pub quantize: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -337,6 +340,7 @@ collection_prefix = "agent_learning"
 optimize_after_writes = 5000
 full_scan_threshold_kb = 1000
 indexing_threshold_kb = 1000
+quantize = true
 
 [embedding]
 batch_size = 32

@@ -89,17 +89,34 @@ impl Store {
             .await?)
     }
 
-    pub async fn transitions_by_ids(
-        &self,
-        ids: &[Uuid],
-    ) -> Result<HashMap<Uuid, StoredTransition>> {
+    /// The transitions stored under `ids`, without their embeddings (not read from the record).
+    pub async fn transitions_by_ids(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Transition>> {
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        transition::Entity::find()
+        let rows: Vec<(String, String, String, String, bool)> = transition::Entity::find()
             .filter(transition::Column::Id.is_in(ids))
+            .select_only()
+            .column(transition::Column::Id)
+            .column(transition::Column::State)
+            .column(transition::Column::Action)
+            .column(transition::Column::NextState)
+            .column(transition::Column::Done)
+            .into_tuple()
             .all(self.connection())
-            .await?
-            .into_iter()
-            .map(|m| from_model(m).map(|t| (t.id, t)))
+            .await?;
+        rows.into_iter()
+            .map(|(id, state, action, next_state, done)| {
+                let parsed = Uuid::parse_str(&id)
+                    .map_err(|e| StoreError::Corrupt(format!("transition id {id:?}: {e}")))?;
+                Ok((
+                    parsed,
+                    Transition {
+                        state,
+                        action,
+                        next_state,
+                        done,
+                    },
+                ))
+            })
             .collect()
     }
 

@@ -767,7 +767,55 @@ async fn bullets_are_found_by_their_exact_content(store: &Store) {
     );
 }
 
+async fn transitions_are_kept_once_and_read_by_id(store: &Store) {
+    use agent_learning_domain::Transition;
+    use agent_learning_store::StoredTransition;
+    let t = |i: usize| StoredTransition {
+        id: Uuid::new_v4(),
+        namespace: "contract-transitions".into(),
+        transition: Transition {
+            state: format!("lane {i} 'quoted'"),
+            action: if i.is_multiple_of(2) {
+                "brake"
+            } else {
+                "steer"
+            }
+            .into(),
+            next_state: format!("lane {}", i + 1),
+            done: i == 2,
+        },
+        source: "expert".into(),
+        embedding: emb(i as f32),
+    };
+    let rows: Vec<StoredTransition> = (0..3).map(t).collect();
+    assert_eq!(store.insert_transitions(&rows).await.unwrap(), 3);
+    // Stored again, nothing is added.
+    assert_eq!(store.insert_transitions(&rows[..1]).await.unwrap(), 0);
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut asked = ids.clone();
+    asked.push(Uuid::new_v4());
+    let mut known = store.known_transitions(&asked).await.unwrap();
+    known.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(known, expected);
+    let found = store.transitions_by_ids(&asked).await.unwrap();
+    assert_eq!(found.len(), 3, "the unknown id is left out");
+    for r in &rows {
+        assert_eq!(found[&r.id], r.transition);
+    }
+    assert!(store.transitions_by_ids(&[]).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .count_transitions(Some("contract-transitions"))
+            .await
+            .unwrap(),
+        3
+    );
+}
+
 async fn run_suite(store: Store) {
+    transitions_are_kept_once_and_read_by_id(&store).await;
     embeddings_are_kept_by_content_hash(&store).await;
     bullets_are_found_by_their_exact_content(&store).await;
     decisions_are_kept_alone_or_together(&store).await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use agent_learning_domain::Transition;
 use agent_learning_embed::{EmbedError, Embedder};
 use agent_learning_store::{Store, StoreError, StoredTransition};
-use agent_learning_vector::{Filter, Point, VectorError, VectorIndex};
+use agent_learning_vector::{Filter, Point, Upkeep, VectorError, VectorIndex};
 use uuid::Uuid;
 
 const ID_NS: Uuid = Uuid::from_u128(0x3c1e_9b7a_52d4_4f0e_8a6b_0d9c_2e7f_41a3);
@@ -59,6 +59,9 @@ pub struct Transitions {
     embedder: Arc<dyn Embedder>,
     collection: String,
     rows: Arc<quick_cache::sync::Cache<Uuid, Arc<Transition>>>,
+    /// Rebuilds the index's graph as transitions arrive (`vector.optimize_after_writes`):
+    /// without it every search scans all the transitions stored.
+    upkeep: Upkeep,
 }
 
 impl Transitions {
@@ -67,14 +70,23 @@ impl Transitions {
         index: Arc<dyn VectorIndex>,
         embedder: Arc<dyn Embedder>,
         collection_prefix: &str,
+        optimize_after_writes: usize,
     ) -> Self {
+        let collection = format!("{collection_prefix}_transitions");
         Self {
+            upkeep: Upkeep::new(index.clone(), &collection, optimize_after_writes),
             store,
             index,
             embedder,
-            collection: format!("{collection_prefix}_transitions"),
+            collection,
             rows: Arc::new(quick_cache::sync::Cache::new(ROW_CACHE)),
         }
+    }
+
+    /// Builds the index's search graph over everything stored now (after an optimization
+    /// running in the background, if one is).
+    pub async fn optimize(&self) -> Result<()> {
+        Ok(self.upkeep.optimize_now().await?)
     }
 
     pub fn embedder(&self) -> &Arc<dyn Embedder> {
@@ -102,6 +114,7 @@ impl Transitions {
             .await?;
         let rows = self.store.count_transitions(None).await?;
         let indexed = self.index.count(&self.collection).await?;
+        self.upkeep.opened_with(indexed);
         if indexed >= rows {
             return Ok(0);
         }
@@ -111,7 +124,8 @@ impl Transitions {
             let page = self.store.transitions_after(after, HEAL_PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id);
-            healed += page.len() as u64;
+            let written = page.len();
+            healed += written as u64;
             let points = page
                 .into_iter()
                 .map(|t| {
@@ -125,6 +139,7 @@ impl Transitions {
                 })
                 .collect();
             self.index.upsert(&self.collection, points).await?;
+            self.upkeep.note_writes(written);
         }
         tracing::info!(healed, "transition index reconciled with the record");
         Ok(healed)
@@ -173,11 +188,13 @@ impl Transitions {
             let inserted = self.store.insert_transitions(&rows).await?;
             stored += inserted;
             duplicates += rows.len() as u64 - inserted.min(rows.len() as u64);
-            let points = rows
+            let points: Vec<Point> = rows
                 .into_iter()
                 .map(|t| point(t.id, ns, &t.transition.action, source, t.embedding))
                 .collect();
+            let written = points.len();
             self.index.upsert(&self.collection, points).await?;
+            self.upkeep.note_writes(written);
         }
         Ok((stored, duplicates))
     }
@@ -216,7 +233,7 @@ impl Transitions {
         }
         if !missing.is_empty() {
             for (id, t) in self.store.transitions_by_ids(&missing).await? {
-                let t = Arc::new(t.transition);
+                let t = Arc::new(t);
                 self.rows.insert(id, t.clone());
                 rows.insert(id, t);
             }

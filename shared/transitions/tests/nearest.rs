@@ -26,7 +26,7 @@ async fn exemplars_are_read_from_the_record_once_and_then_from_memory() {
         .await
         .unwrap();
     let index = Arc::new(EdgeIndex::open(&dir.path().join("vectors")).unwrap());
-    let transitions = Transitions::new(store.clone(), index, Arc::new(HashEmbedder), "test");
+    let transitions = Transitions::new(store.clone(), index, Arc::new(HashEmbedder), "test", 0);
     transitions.start().await.unwrap();
     let items = [
         t("red light ahead", "stop"),

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use qdrant_edge::{
-    Condition, DEFAULT_VECTOR_NAME, Distance, EdgeConfigBuilder, EdgeShard,
+    Condition, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeConfigBuilder, EdgeShard,
     EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter as EdgeFilter, Match,
     NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStructPersisted, QueryEnum, ScrollRequest, SearchParams, SearchRequest,
+    PointOperations, PointStructPersisted, QuantizationConfig, QuantizationSearchParams, QueryEnum,
+    ScalarQuantizationConfig, ScalarType, ScrollRequest, SearchParams, SearchRequest,
     UpdateOperation, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
@@ -39,6 +40,10 @@ pub struct EdgeTuning {
     pub indexing_threshold_kb: usize,
     /// The beam width of a graph search (`None`: the engine's, its `ef_construct` of 100).
     pub hnsw_ef: Option<usize>,
+    /// Indexed segments also keep each vector as 8-bit integers (a quarter of the floats'
+    /// size, in RAM): a graph search compares those, then scores its best candidates again on
+    /// the floats, so the scores returned are exact.
+    pub quantize: bool,
 }
 
 impl Default for EdgeTuning {
@@ -47,11 +52,56 @@ impl Default for EdgeTuning {
             full_scan_threshold_kb: 1000,
             indexing_threshold_kb: 1000,
             hnsw_ef: None,
+            quantize: true,
         }
     }
 }
 
+/// Candidates a quantized search scores again on the floats, per result asked for.
+const OVERSAMPLING: f64 = 2.0;
+
 impl EdgeTuning {
+    fn quantization(&self) -> Option<QuantizationConfig> {
+        self.quantize.then(|| {
+            ScalarQuantizationConfig {
+                r#type: ScalarType::Int8,
+                quantile: Some(0.99),
+                always_ram: Some(true),
+            }
+            .into()
+        })
+    }
+
+    /// A shard's stored configuration with this tuning's quantization; `None` when it already
+    /// has it. Segments built under the other setting are rebuilt by the next optimization.
+    fn requantized(&self, path: &Path) -> Result<Option<EdgeConfig>> {
+        let Some(config) = EdgeConfig::load(path) else {
+            return Ok(None);
+        };
+        let mut config = config.map_err(engine)?;
+        let wanted = self.quantization();
+        if config.quantization_config == wanted {
+            return Ok(None);
+        }
+        config.quantization_config = wanted;
+        Ok(Some(config))
+    }
+
+    fn search_params(&self) -> Option<SearchParams> {
+        if self.hnsw_ef.is_none() && !self.quantize {
+            return None;
+        }
+        Some(SearchParams {
+            hnsw_ef: self.hnsw_ef,
+            quantization: self.quantize.then_some(QuantizationSearchParams {
+                ignore: false,
+                rescore: Some(true),
+                oversampling: Some(OVERSAMPLING),
+            }),
+            ..SearchParams::default()
+        })
+    }
+
     /// Sets the shard's thresholds where they differ (a shard made by an older version keeps
     /// the engine's defaults until then); segments built under other settings are rebuilt by
     /// the next optimization.
@@ -80,6 +130,8 @@ pub struct EdgeIndex {
     /// an update or an optimization holds them: writes and optimizations hold this shared, a
     /// flush holds it alone.
     writes: Arc<RwLock<()>>,
+    /// One optimization at a time (several services of one process may ask for one).
+    optimizing: Arc<Mutex<()>>,
     /// Held while open: the engine's files belong to one process at a time.
     _lock: std::fs::File,
 }
@@ -142,10 +194,7 @@ impl EdgeIndex {
                 using: None,
             }),
             filter: to_edge_filter(filter)?,
-            params: self.tuning.hnsw_ef.map(|ef| SearchParams {
-                hnsw_ef: Some(ef),
-                ..SearchParams::default()
-            }),
+            params: self.tuning.search_params(),
             limit,
             offset: 0,
             with_payload: Some(WithPayloadInterface::Bool(false)),
@@ -193,6 +242,7 @@ impl EdgeIndex {
             tuning,
             shards: Mutex::new(HashMap::new()),
             writes: Arc::new(RwLock::new(())),
+            optimizing: Arc::new(Mutex::new(())),
             _lock: lock,
         })
     }
@@ -241,15 +291,16 @@ impl VectorIndex for EdgeIndex {
         let shard = Self::blocking(move || {
             let exists = path.join("edge_config.json").is_file();
             let shard = if exists {
-                EdgeShard::load(&path, None).map_err(engine)?
+                EdgeShard::load(&path, tuning.requantized(&path)?).map_err(engine)?
             } else {
                 std::fs::create_dir_all(&path).map_err(engine)?;
-                let config = EdgeConfigBuilder::new()
+                let mut config = EdgeConfigBuilder::new()
                     .vector(
                         DEFAULT_VECTOR_NAME,
                         EdgeVectorParamsBuilder::new(dim, Distance::Cosine).build(),
                     )
                     .build();
+                config.quantization_config = tuning.quantization();
                 EdgeShard::new(&path, config).map_err(engine)?
             };
             tuning.apply(&shard)?;
@@ -434,7 +485,9 @@ impl VectorIndex for EdgeIndex {
     async fn optimize(&self, collection: &str) -> Result<()> {
         let (shard, _) = self.shard(collection)?;
         let writes = self.writes.clone();
+        let optimizing = self.optimizing.clone();
         Self::blocking(move || {
+            let _one_at_a_time = optimizing.lock().map_err(engine)?;
             {
                 let _shared = writes.read().map_err(engine)?;
                 shard.optimize().map_err(engine)?;

@@ -4,6 +4,7 @@
 
 mod edge;
 mod remote;
+mod upkeep;
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 pub use edge::{EdgeIndex, EdgeTuning, Layout};
 pub use remote::RemoteIndex;
+pub use upkeep::Upkeep;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VectorError {
@@ -127,6 +129,7 @@ pub fn open(settings: &agent_learning_config::Settings) -> Result<std::sync::Arc
                 full_scan_threshold_kb: settings.vector.full_scan_threshold_kb,
                 indexing_threshold_kb: settings.vector.indexing_threshold_kb,
                 hnsw_ef: None,
+                quantize: settings.vector.quantize,
             },
         )?),
     })

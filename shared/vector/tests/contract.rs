@@ -228,10 +228,12 @@ async fn edge_contract_and_persistence() {
 #[tokio::test]
 async fn edge_tuning_reaches_the_collection() {
     let dir = tempfile::tempdir().unwrap();
+    // Points 0.01 rad apart: closer than the 8-bit vectors tell apart, so floats only.
     let tuned = EdgeTuning {
         full_scan_threshold_kb: 1,
         indexing_threshold_kb: 1,
-        hnsw_ef: None,
+        quantize: false,
+        ..EdgeTuning::default()
     };
     let ids: Vec<Uuid> = (0..600).map(|_| Uuid::new_v4()).collect();
     let vector = |i: usize| {
@@ -285,12 +287,166 @@ async fn edge_tuning_reaches_the_collection() {
             EdgeTuning {
                 full_scan_threshold_kb: 0,
                 indexing_threshold_kb: 1,
-                hnsw_ef: None,
+                ..EdgeTuning::default()
             }
         )
         .is_err(),
         "a threshold of 0 is refused"
     );
+}
+
+/// Indexed segments keep 8-bit copies of their vectors when `quantize` is set (the default),
+/// also for a collection made without them (its next start changes its configuration, its next
+/// optimization rebuilds the segments), and back; either way the search finds the nearest point
+/// of the filter and the score it returns is the exact cosine, not the 8-bit estimate.
+#[tokio::test]
+async fn quantization_is_applied_on_reopen_and_scores_stay_exact() {
+    const WIDE: usize = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = |quantize| EdgeTuning {
+        full_scan_threshold_kb: 1,
+        indexing_threshold_kb: 1,
+        quantize,
+        ..EdgeTuning::default()
+    };
+    // Scattered points, as embeddings are (a fixed pseudo-random sequence).
+    let vector = |i: usize| -> Vec<f32> {
+        (0..WIDE)
+            .map(|d| {
+                // splitmix64
+                let mut x = ((i * WIDE + d) as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+                x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                x ^= x >> 31;
+                ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    };
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (norm(a) * norm(b))
+    };
+    let ids: Vec<Uuid> = (0..600).map(|_| Uuid::new_v4()).collect();
+    let section = |i: usize| if i.is_multiple_of(2) { "even" } else { "odd" };
+    let config = dir.path().join("q").join("edge_config.json");
+    for (round, quantize) in [false, true, false].into_iter().enumerate() {
+        let index = EdgeIndex::open_tuned(dir.path(), tuning(quantize)).unwrap();
+        index
+            .ensure_collection("q", WIDE, &["namespace", "section"])
+            .await
+            .unwrap();
+        if round == 0 {
+            let points = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Point {
+                    id: *id,
+                    vector: vector(i),
+                    payload: BTreeMap::from([
+                        ("namespace".into(), "a".into()),
+                        ("section".into(), section(i).into()),
+                    ]),
+                })
+                .collect();
+            index.upsert("q", points).await.unwrap();
+        }
+        index.optimize("q").await.unwrap();
+        let stored = std::fs::read_to_string(&config).unwrap();
+        assert_eq!(
+            stored.contains("\"scalar\""),
+            quantize,
+            "round {round}: {stored}"
+        );
+        let layout = index.layout("q").unwrap();
+        assert_eq!(layout.points, 600, "round {round}");
+        assert!(layout.indexed >= 300, "round {round}: {layout:?}");
+        for i in [7, 300, 599] {
+            // Near a point of the section, not on it.
+            let query: Vec<f32> = vector(i)
+                .iter()
+                .zip(vector(1000 + i))
+                .map(|(a, b)| 0.8 * a + 0.2 * b)
+                .collect();
+            let hits = index
+                .search(
+                    "q",
+                    query.clone(),
+                    1,
+                    Filter::default()
+                        .eq("namespace", "a")
+                        .eq("section", section(i)),
+                )
+                .await
+                .unwrap();
+            assert_eq!(hits[0].id, ids[i], "round {round}, point {i}");
+            let exact = cosine(&query, &vector(i));
+            assert!(
+                (hits[0].score - exact).abs() < 1e-5,
+                "round {round}, point {i}: score {} against {exact}",
+                hits[0].score
+            );
+        }
+    }
+}
+
+/// A collection kept by `Upkeep` gets its graph built in the background once enough writes
+/// were counted (1,000 for a new collection), with no call to `optimize`; with 0 it never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upkeep_builds_the_graph_in_the_background() {
+    use agent_learning_vector::Upkeep;
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(
+        EdgeIndex::open_tuned(
+            dir.path(),
+            EdgeTuning {
+                full_scan_threshold_kb: 1,
+                indexing_threshold_kb: 1,
+                ..EdgeTuning::default()
+            },
+        )
+        .unwrap(),
+    );
+    let vector = |i: usize| {
+        let a = i as f32 * 0.37;
+        [a.cos(), a.sin(), (i % 11) as f32 * 0.05, 0.5]
+    };
+    for (collection, after_writes) in [("kept", 5000), ("never", 0)] {
+        index
+            .ensure_collection(collection, DIM, &["namespace", "section"])
+            .await
+            .unwrap();
+        let upkeep = Upkeep::new(index.clone(), collection, after_writes);
+        upkeep.opened_with(index.count(collection).await.unwrap());
+        for chunk in 0..6 {
+            let points: Vec<Point> = (chunk * 200..(chunk + 1) * 200)
+                .map(|i| point(Uuid::new_v4(), vector(i), "a", "s", "shadow"))
+                .collect();
+            index.upsert(collection, points).await.unwrap();
+            upkeep.note_writes(200);
+            if chunk == 3 {
+                // 800 written: not due yet.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                assert_eq!(index.layout(collection).unwrap().indexed, 0, "{collection}");
+            }
+        }
+        // Bounded wait for the background task ("never" starts none).
+        let mut layout = index.layout(collection).unwrap();
+        let polls = if after_writes == 0 { 5 } else { 600 };
+        for _ in 0..polls {
+            if layout.indexed > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            layout = index.layout(collection).unwrap();
+        }
+        assert_eq!(layout.points, 1200, "{collection}");
+        if after_writes == 0 {
+            assert_eq!(layout.indexed, 0, "{collection}: {layout:?}");
+        } else {
+            assert!(layout.indexed >= 1000, "{collection}: {layout:?}");
+        }
+    }
 }
 
 /// Closing an index whose files were removed under it (a test's temp dir cleaned up while a
@@ -399,7 +555,7 @@ async fn writes_during_optimizations_and_flushes_all_land() {
             EdgeTuning {
                 full_scan_threshold_kb: 1,
                 indexing_threshold_kb: 1,
-                hnsw_ef: None,
+                ..EdgeTuning::default()
             },
         )
         .unwrap(),

@@ -8,6 +8,8 @@
 //! `--engine-defaults`, the in-process engine keeps Qdrant's own thresholds (10,000 KB for
 //! full scan and indexing) instead of the deployed `vector.*_threshold_kb` (1,000 KB), for
 //! the comparison. `--ef N` sets the graph search's beam width (the engine's default: 100).
+//! `--no-quantization` keeps indexed segments without their 8-bit vectors (`vector.quantize =
+//! false`), for the comparison.
 //! Each measurement also times the index searches curation makes (the nearest bullet of the
 //! insight's section, one batch of searches per batch of insights) on their own.
 
@@ -156,6 +158,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let real = args.iter().any(|a| a == "--real");
+    let quantize = !args.iter().any(|a| a == "--no-quantization");
     let hnsw_ef = match args.iter().position(|a| a == "--ef") {
         Some(i) => Some(
             args.get(i + 1)
@@ -170,12 +173,14 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
             full_scan_threshold_kb: 10_000,
             indexing_threshold_kb: 10_000,
             hnsw_ef,
+            quantize,
         };
         (qdrant, "no-embedder, engine defaults".to_owned())
     } else {
         (
             EdgeTuning {
                 hnsw_ef,
+                quantize,
                 ..EdgeTuning::default()
             },
             "no-embedder".to_owned(),
@@ -183,6 +188,9 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
     };
     if let Some(ef) = hnsw_ef {
         label.push_str(&format!(", ef {ef}"));
+    }
+    if !quantize {
+        label.push_str(", floats only");
     }
     let sizes: Vec<usize> = match args
         .iter()
