@@ -83,12 +83,6 @@ impl Transitions {
         }
     }
 
-    /// Builds the index's search graph over everything stored now (after an optimization
-    /// running in the background, if one is).
-    pub async fn optimize(&self) -> Result<()> {
-        Ok(self.upkeep.optimize_now().await?)
-    }
-
     pub fn embedder(&self) -> &Arc<dyn Embedder> {
         &self.embedder
     }

@@ -24,6 +24,16 @@ fn point(id: Uuid, v: [f32; DIM], ns: &str, section: &str, stage: &str) -> Point
     }
 }
 
+/// An in-process index that builds graphs over a few points (1 KB thresholds).
+fn small_graph_index(dir: &std::path::Path) -> Arc<EdgeIndex> {
+    let tuning = EdgeTuning {
+        full_scan_threshold_kb: 1,
+        indexing_threshold_kb: 1,
+        ..EdgeTuning::default()
+    };
+    Arc::new(EdgeIndex::open_tuned(dir, tuning).unwrap())
+}
+
 fn hit_ids(hits: &[Hit]) -> Vec<Uuid> {
     hits.iter().map(|h| h.id).collect()
 }
@@ -396,17 +406,7 @@ async fn quantization_is_applied_on_reopen_and_scores_stay_exact() {
 async fn upkeep_builds_the_graph_in_the_background() {
     use agent_learning_vector::Upkeep;
     let dir = tempfile::tempdir().unwrap();
-    let index = Arc::new(
-        EdgeIndex::open_tuned(
-            dir.path(),
-            EdgeTuning {
-                full_scan_threshold_kb: 1,
-                indexing_threshold_kb: 1,
-                ..EdgeTuning::default()
-            },
-        )
-        .unwrap(),
-    );
+    let index = small_graph_index(dir.path());
     let vector = |i: usize| {
         let a = i as f32 * 0.37;
         [a.cos(), a.sin(), (i % 11) as f32 * 0.05, 0.5]
@@ -549,17 +549,7 @@ async fn remote_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_during_optimizations_and_flushes_all_land() {
     let dir = tempfile::tempdir().unwrap();
-    let index = Arc::new(
-        EdgeIndex::open_tuned(
-            dir.path(),
-            EdgeTuning {
-                full_scan_threshold_kb: 1,
-                indexing_threshold_kb: 1,
-                ..EdgeTuning::default()
-            },
-        )
-        .unwrap(),
-    );
+    let index = small_graph_index(dir.path());
     index
         .ensure_collection("busy", DIM, &["namespace", "section"])
         .await
