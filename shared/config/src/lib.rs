@@ -182,6 +182,18 @@ pub enum LlmProvider {
     Openai,
 }
 
+/// The weights the local model computes a prompt's tokens with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefillWeights {
+    /// Only the quantized file's weights (Q8_0): the least memory, the slowest prompts.
+    Quantized,
+    /// Each layer's projections also as 16-bit floats (about 210 MB more for SmolLM2-135M).
+    F16,
+    /// Each layer's projections also as 32-bit floats (about 425 MB more).
+    F32,
+}
+
 /// How logs are written to standard error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -221,6 +233,11 @@ pub struct LlmSettings {
     /// Whether the local model keeps each lane's KV cache between calls and computes only
     /// what a prompt does not share with the previous one's start.
     pub prefix_cache: bool,
+    /// What the local model computes prompts with (several new tokens at once): `f32` or
+    /// `f16` copies of the projections, multiplied as whole matrices, or `quantized`, the
+    /// file's own 8-bit weights row by row. One generated token at a time always reads the
+    /// 8-bit weights (a quarter of the bytes).
+    pub prefill_weights: PrefillWeights,
     /// Tokens a run may spend; 0 is unlimited.
     pub token_budget: u64,
 }
@@ -374,6 +391,7 @@ threads = 0
 decide_lane = true
 decide_threads = 0
 prefix_cache = true
+prefill_weights = "f32"
 token_budget = 0
 
 [telemetry]

@@ -15,8 +15,9 @@ pub mod testsuite;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use agent_learning_config::PrefillWeights;
 pub use budget::TokenBudget;
-pub use local::{LocalModel, LocalOptions};
+pub use local::{LocalModel, LocalOptions, chatml};
 pub use openai::{OpenAiChat, OpenAiOptions};
 pub use structured::{parse_choice, parse_sections};
 
@@ -208,6 +209,7 @@ pub fn open_chat_model(
                 decide_lane: llm.decide_lane,
                 decide_threads: llm.decide_threads,
                 prefix_cache: llm.prefix_cache,
+                prefill_weights: llm.prefill_weights,
             })?,
         ))),
     }

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use agent_learning_config::PrefillWeights;
 use async_trait::async_trait;
-use candle_core::Device;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device};
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -46,6 +47,8 @@ pub struct LocalOptions {
     /// longest start a new prompt shares with what the cache holds (instructions, a playbook
     /// that did not change). Off: every prompt is computed whole.
     pub prefix_cache: bool,
+    /// What prompts (several new tokens at once) are computed with.
+    pub prefill_weights: PrefillWeights,
 }
 
 /// One instance of the model (weights shared with the other lanes; its own cache) and the
@@ -74,6 +77,8 @@ struct Inner {
     /// Tokens whose text holds a line break: they end a section or a reasoning line.
     newline: HashSet<u32>,
     prefix_cache: bool,
+    /// Bytes of the dense copies of the projections prompts are computed with (0: none).
+    prompt_weight_bytes: usize,
 }
 
 /// The local model. Cheap to clone; one generation runs at a time on each lane.
@@ -200,8 +205,8 @@ fn tokenizer(content: &gguf_file::Content) -> Result<(Tokenizer, u32), LlmError>
     Ok((tk, im_end))
 }
 
-/// ChatML, ending with an open assistant turn.
-fn chatml(messages: &[Message]) -> String {
+/// ChatML, ending with an open assistant turn: the text the local model is given.
+pub fn chatml(messages: &[Message]) -> String {
     let mut s = String::new();
     for m in messages {
         let role = match m.role {
@@ -343,6 +348,12 @@ impl LocalModel {
         self.inner.reused.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the dense copies of the projections that prompts are computed with
+    /// (`prefill_weights`; 0 when quantized), shared by the lanes.
+    pub fn prompt_weight_bytes(&self) -> usize {
+        self.inner.prompt_weight_bytes
+    }
+
     /// Writes the Q8_0 file next to the Q4_1 one unless it is there already, and returns its
     /// path. `models fetch` calls it, so an image or a read-only models dir holds a model that
     /// loads without writing.
@@ -367,7 +378,18 @@ impl LocalModel {
         let mut f = std::fs::File::open(&q8).map_err(model_err)?;
         let content = gguf_file::Content::read(&mut f).map_err(model_err)?;
         let (tokenizer, im_end) = tokenizer(&content)?;
-        let model = Llama::from_gguf(content, &mut f).map_err(model_err)?;
+        let dense = match opts.prefill_weights {
+            PrefillWeights::Quantized => None,
+            PrefillWeights::F16 => Some(DType::F16),
+            PrefillWeights::F32 => Some(DType::F32),
+        };
+        let model = Llama::from_gguf(content, &mut f, dense).map_err(model_err)?;
+        let prompt_weight_bytes = model.dense_bytes();
+        tracing::info!(
+            prefill_weights = ?opts.prefill_weights,
+            dense_mb = prompt_weight_bytes / (1 << 20),
+            "local model loaded"
+        );
         let vocab = tokenizer.get_vocab_size(true) as u32;
         let newline: HashSet<u32> = (0..vocab)
             .filter(|id| {
@@ -415,6 +437,7 @@ impl LocalModel {
                 im_end,
                 newline,
                 prefix_cache: opts.prefix_cache,
+                prompt_weight_bytes,
             }),
         })
     }

