@@ -64,7 +64,8 @@ fn dense_mul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// A layer's keys and values, `(1, kv_heads, capacity, head_dim)` each, of which the first
 /// `len` positions are held. New positions are written in place; the buffers grow by
-/// doubling, so a generated token does not copy what the cache holds.
+/// doubling (up to [`MAX_SEQ_LEN`] positions), so a generated token does not copy what the
+/// cache holds. Cutting the cache back keeps its buffers for the next prompt.
 #[derive(Debug)]
 struct KvCache {
     k: Tensor,
@@ -81,7 +82,9 @@ impl KvCache {
         let capacity = cache.as_ref().map_or(Ok(0), |c| c.k.dim(2))?;
         if len + n > capacity {
             let (b, heads, _, dim) = k.dims4()?;
-            let capacity = (len + n).max(capacity * 2).max(64);
+            // Never more than the context the rotary tables cover (a full cache of
+            // SmolLM2-135M is 3 key heads x 4,096 positions x 64 x 4 bytes, twice, per layer).
+            let capacity = (len + n).max((capacity * 2).clamp(64, MAX_SEQ_LEN));
             let grow = |old: Option<&Tensor>| -> Result<Tensor> {
                 let buf = Tensor::zeros((b, heads, capacity, dim), k.dtype(), k.device())?;
                 if let Some(old) = old.filter(|_| len > 0) {
