@@ -65,7 +65,9 @@ fn dense_mul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// A layer's keys and values, `(1, kv_heads, capacity, head_dim)` each, of which the first
 /// `len` positions are held. New positions are written in place; the buffers grow by
 /// doubling (up to [`MAX_SEQ_LEN`] positions), so a generated token does not copy what the
-/// cache holds. Cutting the cache back keeps its buffers for the next prompt.
+/// cache holds. Cutting the cache back keeps its buffers for the next prompt (which
+/// candle-nn's `kv_cache::KvCache` cannot do: it can only be reset, which would lose the
+/// prefix the next prompt shares).
 #[derive(Debug)]
 struct KvCache {
     k: Tensor,
@@ -110,7 +112,7 @@ impl KvCache {
 
 /// Prompts of at least this many new tokens go through the dense matrices: one token at a
 /// time the quantized products read a quarter of the bytes, and reading is what they wait on.
-pub const DENSE_FROM: usize = 4;
+const DENSE_FROM: usize = 4;
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -255,21 +257,25 @@ fn causal_softmax(att: &Tensor, n: usize, pos: usize, scale: f32) -> Result<Tens
     use rayon::prelude::*;
     let dims = att.dims().to_vec();
     let keys = dims.last().copied().unwrap_or(0);
-    let mut data: Vec<f32> = att.flatten_all()?.to_vec1()?;
-    data.par_chunks_mut(keys.max(1))
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (seen, later) = row.split_at_mut((pos + r % n + 1).min(keys));
-            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in seen.iter_mut() {
-                *x = ((*x - max) * scale).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            seen.iter_mut().for_each(|x| *x *= inv);
-            later.fill(0.0);
-        });
+    let mut data = vec![0f32; att.elem_count()];
+    with_f32(att, |src| {
+        data.par_chunks_mut(keys.max(1))
+            .zip(src.par_chunks(keys.max(1)))
+            .enumerate()
+            .for_each(|(r, (row, src))| {
+                // The keys after the position stay 0.
+                let seen = &mut row[..(pos + r % n + 1).min(keys)];
+                let src = &src[..seen.len()];
+                let max = src.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (x, s) in seen.iter_mut().zip(src) {
+                    *x = ((s - max) * scale).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                seen.iter_mut().for_each(|x| *x *= inv);
+            });
+    })?;
     Tensor::from_vec(data, dims, &Device::Cpu)
 }
 
