@@ -282,6 +282,17 @@ pub struct VectorSettings {
     /// In-process engine: indexed segments also keep 8-bit copies of their vectors, which a
     /// graph search compares before scoring its best candidates on the floats.
     pub quantize: bool,
+    /// Beam width of a graph search (both engines); 0 keeps the engine's, its `ef_construct`
+    /// of 100. Curation asks for one nearest bullet: curator-bench measures the recall of
+    /// each width against an exact search.
+    pub hnsw_ef: usize,
+}
+
+impl VectorSettings {
+    /// `hnsw_ef`, `None` when the engine's own is kept.
+    pub fn search_ef(&self) -> Option<usize> {
+        (self.hnsw_ef > 0).then_some(self.hnsw_ef)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -358,6 +369,7 @@ optimize_after_writes = 5000
 full_scan_threshold_kb = 1000
 indexing_threshold_kb = 1000
 quantize = true
+hnsw_ef = 0
 
 [embedding]
 batch_size = 32

@@ -122,6 +122,17 @@ impl EdgeTuning {
     }
 }
 
+/// How [`EdgeIndex::search_batch_as`] searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchMode {
+    /// As the index's [`EdgeTuning`] says (what [`VectorIndex::search_batch`] does).
+    Tuned,
+    /// The graph walked with this beam width; quantization as tuned.
+    Ef(usize),
+    /// Every vector matching the filter scored on its floats: the true nearest.
+    Exact,
+}
+
 pub struct EdgeIndex {
     root: PathBuf,
     tuning: EdgeTuning,
@@ -188,13 +199,23 @@ fn hits(found: Vec<qdrant_edge::ScoredPoint>) -> Result<Vec<Hit>> {
 impl EdgeIndex {
     /// A nearest-neighbour search with this index's beam width.
     fn request(&self, vector: Vec<f32>, limit: usize, filter: &Filter) -> Result<SearchRequest> {
+        self.request_with(vector, limit, filter, self.tuning.search_params())
+    }
+
+    fn request_with(
+        &self,
+        vector: Vec<f32>,
+        limit: usize,
+        filter: &Filter,
+        params: Option<SearchParams>,
+    ) -> Result<SearchRequest> {
         Ok(SearchRequest {
             query: QueryEnum::Nearest(NamedQuery {
                 query: vector.into(),
                 using: None,
             }),
             filter: to_edge_filter(filter)?,
-            params: self.tuning.search_params(),
+            params,
             limit,
             offset: 0,
             with_payload: Some(WithPayloadInterface::Bool(false)),
@@ -265,6 +286,56 @@ impl EdgeIndex {
             points: info.points_count,
             indexed: info.indexed_vectors_count,
         })
+    }
+
+    /// [`VectorIndex::search_batch`] with the graph's beam width or an exact scan chosen per
+    /// call instead of by the tuning (benchmarks measure a beam width's recall with it).
+    pub async fn search_batch_as(
+        &self,
+        collection: &str,
+        searches: Vec<Search>,
+        mode: SearchMode,
+    ) -> Result<Vec<Vec<Hit>>> {
+        let params = match mode {
+            SearchMode::Tuned => self.tuning.search_params(),
+            SearchMode::Ef(ef) => Some(SearchParams {
+                hnsw_ef: Some(ef),
+                ..self.tuning.search_params().unwrap_or_default()
+            }),
+            SearchMode::Exact => Some(SearchParams {
+                exact: true,
+                quantization: Some(QuantizationSearchParams {
+                    ignore: true,
+                    ..QuantizationSearchParams::default()
+                }),
+                ..SearchParams::default()
+            }),
+        };
+        let (shard, _) = self.shard(collection)?;
+        let mut requests = Vec::with_capacity(searches.len());
+        for s in searches {
+            requests.push(self.request_with(s.vector, s.limit, &s.filter, params)?);
+        }
+        // Contiguous shares, one per core, each on a blocking thread; answers kept in order.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = requests.len().div_ceil(cores).max(1);
+        let mut shares = Vec::new();
+        while !requests.is_empty() {
+            let rest = requests.split_off(share.min(requests.len()));
+            let mine = std::mem::replace(&mut requests, rest);
+            let shard = shard.clone();
+            // Spawned now, so the shares run at once; awaited in order below.
+            shares.push(tokio::task::spawn_blocking(move || {
+                mine.into_iter()
+                    .map(|r| hits(shard.search(r).map_err(engine)?))
+                    .collect::<Result<Vec<_>>>()
+            }));
+        }
+        let mut out = Vec::new();
+        for share in shares {
+            out.extend(share.await.map_err(engine)??);
+        }
+        Ok(out)
     }
 
     async fn blocking<T: Send + 'static>(
@@ -400,31 +471,8 @@ impl VectorIndex for EdgeIndex {
     }
 
     async fn search_batch(&self, collection: &str, searches: Vec<Search>) -> Result<Vec<Vec<Hit>>> {
-        let (shard, _) = self.shard(collection)?;
-        let mut requests = Vec::with_capacity(searches.len());
-        for s in searches {
-            requests.push(self.request(s.vector, s.limit, &s.filter)?);
-        }
-        // Contiguous shares, one per core, each on a blocking thread; answers kept in order.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let share = requests.len().div_ceil(cores).max(1);
-        let mut shares = Vec::new();
-        while !requests.is_empty() {
-            let rest = requests.split_off(share.min(requests.len()));
-            let mine = std::mem::replace(&mut requests, rest);
-            let shard = shard.clone();
-            // Spawned now, so the shares run at once; awaited in order below.
-            shares.push(tokio::task::spawn_blocking(move || {
-                mine.into_iter()
-                    .map(|r| hits(shard.search(r).map_err(engine)?))
-                    .collect::<Result<Vec<_>>>()
-            }));
-        }
-        let mut out = Vec::new();
-        for share in shares {
-            out.extend(share.await.map_err(engine)??);
-        }
-        Ok(out)
+        self.search_batch_as(collection, searches, SearchMode::Tuned)
+            .await
     }
 
     async fn scroll(

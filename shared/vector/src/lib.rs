@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-pub use edge::{EdgeIndex, EdgeTuning, Layout};
+pub use edge::{EdgeIndex, EdgeTuning, Layout, SearchMode};
 pub use remote::RemoteIndex;
 pub use upkeep::Upkeep;
 
@@ -115,20 +115,23 @@ pub trait VectorIndex: Send + Sync {
 pub fn open(settings: &agent_learning_config::Settings) -> Result<std::sync::Arc<dyn VectorIndex>> {
     use secrecy::ExposeSecret as _;
     Ok(match &settings.vector.qdrant_url {
-        Some(url) => std::sync::Arc::new(RemoteIndex::connect(
-            url,
-            settings
-                .vector
-                .qdrant_api_key
-                .as_ref()
-                .map(|k| k.expose_secret().to_owned()),
-        )?),
+        Some(url) => std::sync::Arc::new(
+            RemoteIndex::connect(
+                url,
+                settings
+                    .vector
+                    .qdrant_api_key
+                    .as_ref()
+                    .map(|k| k.expose_secret().to_owned()),
+            )?
+            .with_hnsw_ef(settings.vector.search_ef()),
+        ),
         None => std::sync::Arc::new(EdgeIndex::open_tuned(
             &settings.vector_dir(),
             EdgeTuning {
                 full_scan_threshold_kb: settings.vector.full_scan_threshold_kb,
                 indexing_threshold_kb: settings.vector.indexing_threshold_kb,
-                hnsw_ef: None,
+                hnsw_ef: settings.vector.search_ef(),
                 quantize: settings.vector.quantize,
             },
         )?),

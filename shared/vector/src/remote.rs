@@ -7,8 +7,9 @@ use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter as QFilter, PointStruct, PointsIdsList,
-    ScoredPoint, ScrollPointsBuilder, SearchBatchPointsBuilder, SearchPointsBuilder,
-    UpsertPointsBuilder, VectorParamsBuilder, point_id::PointIdOptions, value::Kind,
+    ScoredPoint, ScrollPointsBuilder, SearchBatchPointsBuilder, SearchParamsBuilder,
+    SearchPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder, point_id::PointIdOptions,
+    value::Kind,
 };
 use uuid::Uuid;
 
@@ -19,10 +20,14 @@ fn request(
     vector: Vec<f32>,
     limit: usize,
     filter: &Filter,
+    hnsw_ef: Option<usize>,
 ) -> SearchPointsBuilder {
     let mut req = SearchPointsBuilder::new(collection, vector, limit as u64);
     if let Some(f) = to_filter(filter) {
         req = req.filter(f);
+    }
+    if let Some(ef) = hnsw_ef {
+        req = req.params(SearchParamsBuilder::default().hnsw_ef(ef as u64));
     }
     req
 }
@@ -41,6 +46,7 @@ fn hits(found: Vec<ScoredPoint>) -> Result<Vec<Hit>> {
 
 pub struct RemoteIndex {
     client: Qdrant,
+    hnsw_ef: Option<usize>,
 }
 
 fn engine(e: impl std::fmt::Display) -> VectorError {
@@ -81,7 +87,17 @@ impl RemoteIndex {
             .skip_compatibility_check()
             .build()
             .map_err(engine)?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            hnsw_ef: None,
+        })
+    }
+
+    /// Searches walk the server's graph with this beam width (`None`: the collection's own,
+    /// its `ef_construct`).
+    pub fn with_hnsw_ef(mut self, hnsw_ef: Option<usize>) -> Self {
+        self.hnsw_ef = hnsw_ef;
+        self
     }
 }
 
@@ -184,7 +200,7 @@ impl VectorIndex for RemoteIndex {
     ) -> Result<Vec<Hit>> {
         let res = self
             .client
-            .search_points(request(collection, vector, limit, &filter))
+            .search_points(request(collection, vector, limit, &filter, self.hnsw_ef))
             .await
             .map_err(engine)?;
         hits(res.result)
@@ -197,7 +213,7 @@ impl VectorIndex for RemoteIndex {
         let asked = searches.len();
         let requests: Vec<_> = searches
             .into_iter()
-            .map(|s| request(collection, s.vector, s.limit, &s.filter).build())
+            .map(|s| request(collection, s.vector, s.limit, &s.filter, self.hnsw_ef).build())
             .collect();
         let res = self
             .client

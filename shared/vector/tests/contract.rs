@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use agent_learning_vector::{
-    EdgeIndex, EdgeTuning, Filter, Hit, Point, RemoteIndex, Search, VectorError, VectorIndex,
+    EdgeIndex, EdgeTuning, Filter, Hit, Point, RemoteIndex, Search, SearchMode, VectorError,
+    VectorIndex,
 };
 use uuid::Uuid;
 
@@ -305,6 +306,102 @@ async fn edge_tuning_reaches_the_collection() {
     );
 }
 
+/// `SearchMode::Exact` returns the true nearest point of the filter (by brute force here) with
+/// its exact score, over a collection whose segment has a graph and 8-bit vectors; a search
+/// with a beam width of its own, or as tuned, returns exact scores too (rescored on the floats).
+#[tokio::test]
+async fn exact_and_beam_width_searches_on_a_graph() {
+    const D: usize = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let index = small_graph_index(dir.path());
+    index
+        .ensure_collection("graph", D, &["namespace", "section"])
+        .await
+        .unwrap();
+    // Deterministic pseudo-random unit vectors.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut unit = move || {
+        let mut v: Vec<f32> = (0..D)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+            })
+            .collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+        v
+    };
+    let stored: Vec<(Uuid, Vec<f32>, &str)> = (0..2000)
+        .map(|i| {
+            (
+                Uuid::new_v4(),
+                unit(),
+                if i % 2 == 0 { "even" } else { "odd" },
+            )
+        })
+        .collect();
+    let points = stored
+        .iter()
+        .map(|(id, v, section)| {
+            let mut p = point(*id, [0.0; DIM], "a", section, "shadow");
+            p.vector = v.clone();
+            p
+        })
+        .collect();
+    index.upsert("graph", points).await.unwrap();
+    index.optimize("graph").await.unwrap();
+    assert!(index.layout("graph").unwrap().indexed >= 1000, "no graph");
+    let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let queries: Vec<(Vec<f32>, &str)> = (0..40)
+        .map(|i| (unit(), if i % 2 == 0 { "even" } else { "odd" }))
+        .collect();
+    let searches: Vec<Search> = queries
+        .iter()
+        .map(|(v, section)| Search {
+            vector: v.clone(),
+            limit: 1,
+            filter: Filter::default()
+                .eq("namespace", "a")
+                .eq("section", *section),
+        })
+        .collect();
+    let exact = index
+        .search_batch_as("graph", searches.clone(), SearchMode::Exact)
+        .await
+        .unwrap();
+    for ((q, section), hits) in queries.iter().zip(&exact) {
+        let (best, score) = stored
+            .iter()
+            .filter(|(_, _, s)| s == section)
+            .map(|(id, v, _)| (*id, cosine(q, v)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap();
+        assert_eq!(hits[0].id, best);
+        assert!(
+            (hits[0].score - score).abs() < 1e-5,
+            "{} vs {score}",
+            hits[0].score
+        );
+    }
+    for mode in [SearchMode::Ef(4), SearchMode::Ef(128), SearchMode::Tuned] {
+        let found = index
+            .search_batch_as("graph", searches.clone(), mode)
+            .await
+            .unwrap();
+        assert_eq!(found.len(), queries.len());
+        for ((q, _), hits) in queries.iter().zip(&found) {
+            let v = &stored
+                .iter()
+                .find(|(id, _, _)| *id == hits[0].id)
+                .unwrap()
+                .1;
+            assert!((hits[0].score - cosine(q, v)).abs() < 1e-5, "{mode:?}");
+        }
+    }
+}
+
 /// Indexed segments keep 8-bit copies of their vectors when `quantize` is set (the default),
 /// also for a collection made without them (its next start changes its configuration, its next
 /// optimization rebuilds the segments), and back; either way the search finds the nearest point
@@ -517,6 +614,11 @@ async fn remote_contract() {
     let index = RemoteIndex::connect(&url, key.clone()).unwrap();
     let c = format!("contract_{}", Uuid::new_v4().simple());
     contract(&index, &c).await;
+    // The same contract with a beam width of our own in every search (`vector.hnsw_ef`).
+    let narrow = RemoteIndex::connect(&url, key.clone())
+        .unwrap()
+        .with_hnsw_ef(Some(16));
+    contract(&narrow, &format!("contract_ef_{}", Uuid::new_v4().simple())).await;
     // Processes starting together each ensure the same new collection: all succeed (the
     // losers of the creation race find it there).
     let raced = format!("raced_{}", Uuid::new_v4().simple());

@@ -11,17 +11,22 @@
 //! `--no-quantization` keeps indexed segments without their 8-bit vectors (`vector.quantize =
 //! false`), for the comparison.
 //! Each measurement also times the index searches curation makes (the nearest bullet of the
-//! insight's section, one batch of searches per batch of insights) on their own.
+//! insight's section, one batch of searches per batch of insights) on their own, and measures
+//! what the graph search's beam width costs in answers: for 300 restatements of stored bullets
+//! (their vectors turned by a fixed angle towards a random direction: cosine 0.9, and 0.8, the
+//! merge threshold) and 300 unrelated vectors, how often the nearest bullet of the section found
+//! with ef 16, 32, 64 and 100 is the one an exact search finds, and how often curation's
+//! decision (merge into that bullet, or add) would be the same.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use agent_learning_curator::{Curator, CuratorOptions, ThresholdJudge, dedup_filter};
 use agent_learning_domain::{DeltaKind, Insight, PromotionGates, Stage};
-use agent_learning_embed::testsuite::HashEmbedder;
+use agent_learning_embed::testsuite::{HashEmbedder, hash_vector};
 use agent_learning_embed::{Embedder, MINILM, MiniLm};
 use agent_learning_store::Store;
-use agent_learning_vector::{EdgeIndex, EdgeTuning, Search, VectorIndex};
+use agent_learning_vector::{EdgeIndex, EdgeTuning, Hit, Search, SearchMode, VectorIndex};
 
 fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
     let sections = ["strategy", "mistakes", "facts"];
@@ -135,6 +140,108 @@ async fn measure(
     Ok(())
 }
 
+/// `v` turned towards `toward` until their cosine is `cos` (both unit vectors).
+fn turned(v: &[f32], toward: &[f32], cos: f32) -> Vec<f32> {
+    let along: f32 = v.iter().zip(toward).map(|(a, b)| a * b).sum();
+    let mut ortho: Vec<f32> = toward.iter().zip(v).map(|(t, a)| t - along * a).collect();
+    let n = ortho.iter().map(|x| x * x).sum::<f32>().sqrt();
+    ortho.iter_mut().for_each(|x| *x /= n);
+    let sin = (1.0 - cos * cos).sqrt();
+    v.iter()
+        .zip(ortho)
+        .map(|(a, o)| cos * a + sin * o)
+        .collect()
+}
+
+/// Recall of the curator's dedup search (one nearest bullet of a section) at several beam
+/// widths against an exact search, on restatements of stored bullets and unrelated vectors.
+async fn recall(
+    index: &EdgeIndex,
+    ns: &str,
+    stored: &[std::ops::Range<usize>],
+    threshold: f32,
+) -> anyhow::Result<()> {
+    const QUERIES: usize = 300;
+    let total: usize = stored.iter().map(|r| r.len()).sum();
+    // Stored seed insights spread evenly over everything loaded.
+    let picked: Vec<usize> = (0..QUERIES)
+        .filter_map(|q| {
+            let mut k = q * total / QUERIES;
+            stored.iter().find_map(|r| {
+                if k < r.len() {
+                    Some(r.start + k)
+                } else {
+                    k -= r.len();
+                    None
+                }
+            })
+        })
+        .collect();
+    let seeds = |i: usize| insights("seed", i, 1).remove(0);
+    let mut sets: Vec<(String, Vec<Search>)> = Vec::new();
+    for cos in [0.9f32, 0.8] {
+        let searches = picked
+            .iter()
+            .map(|&i| {
+                let ins = seeds(i);
+                Search {
+                    vector: turned(
+                        &hash_vector(&ins.content),
+                        &hash_vector(&format!("paraphrase {i}")),
+                        cos,
+                    ),
+                    limit: 1,
+                    filter: dedup_filter(ns, &ins.section),
+                }
+            })
+            .collect();
+        sets.push((format!("restatements at cosine {cos}"), searches));
+    }
+    let unrelated = picked
+        .iter()
+        .map(|&i| Search {
+            vector: hash_vector(&format!("unrelated {i}")),
+            limit: 1,
+            filter: dedup_filter(ns, &seeds(i).section),
+        })
+        .collect();
+    sets.push(("unrelated vectors".to_owned(), unrelated));
+    for (what, searches) in sets {
+        let exact = index
+            .search_batch_as("bench", searches.clone(), SearchMode::Exact)
+            .await?;
+        let top = |hits: &[Hit]| hits.first().map(|h| (h.id, h.score));
+        let decision =
+            |hit: Option<(uuid::Uuid, f32)>| hit.filter(|h| h.1 >= threshold).map(|h| h.0);
+        let mut line = format!("  {what:<28}:");
+        for ef in [16, 32, 64, 100] {
+            let t = Instant::now();
+            let found = index
+                .search_batch_as("bench", searches.clone(), SearchMode::Ef(ef))
+                .await?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0 / searches.len() as f64;
+            let same = found
+                .iter()
+                .zip(&exact)
+                .filter(|(a, b)| top(a).map(|h| h.0) == top(b).map(|h| h.0))
+                .count();
+            let agreed = found
+                .iter()
+                .zip(&exact)
+                .filter(|(a, b)| decision(top(a)) == decision(top(b)))
+                .count();
+            line.push_str(&format!(
+                " ef {ef}: recall@1 {same}/{} decisions {agreed}/{} ({ms:.3} ms);",
+                searches.len(),
+                searches.len()
+            ));
+        }
+        let merges = exact.iter().filter(|h| decision(top(h)).is_some()).count();
+        println!("{line} exact merges {merges}");
+    }
+    Ok(())
+}
+
 async fn load(c: &Curator, ns: &str, from: usize, to: usize, batch: usize) -> anyhow::Result<()> {
     let mut loaded = from;
     while loaded < to {
@@ -209,10 +316,14 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
     let (c, index) = curator(dirs[0].path(), Arc::new(HashEmbedder), tuning).await?;
     let ns = "bench";
     let mut loaded = 0;
+    let mut stored = Vec::new();
     for &size in &sizes {
         let t = Instant::now();
         let new = size.saturating_sub(loaded);
         load(&c, ns, loaded, size, 1000).await?;
+        if size > loaded {
+            stored.push(loaded..size);
+        }
         loaded = loaded.max(size);
         let load_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
@@ -228,6 +339,7 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
             layout.indexed
         );
         measure(&c, Some(&index), ns, size, &label).await?;
+        recall(&index, ns, &stored, c.options().merge_threshold).await?;
         // The measured insights were ADDed too: the next size starts above them.
         loaded += 400;
     }
