@@ -1,6 +1,6 @@
 //! Curate throughput and RenderContext latency at several playbook sizes.
 //!
-//! `cargo run --release -p agent-learning-curator --features bench --bin curator-bench -- [SIZES] [--real]`
+//! `cargo run --release -p agent-learning-curator --features bench --bin curator-bench -- [SIZES] [--real] [--minilm]`
 //!
 //! Without the embedder, vectors come from a deterministic hash of the text (the cost of
 //! curation itself: index search, decision, one transaction per batch). With `--real`, the
@@ -17,6 +17,11 @@
 //! merge threshold) and 300 unrelated vectors, how often the nearest bullet of the section found
 //! with ef 16, 32, 64 and 100 is the one an exact search finds, and how often curation's
 //! decision (merge into that bullet, or add) would be the same.
+//! With `--minilm`, the insights are written sentences (see `sentences.rs`) whose MiniLM vectors
+//! are computed before each timed part, not hashes: the same measurements on the vectors a
+//! deployment stores, and the recall of paraphrases of stored bullets and of new insights.
+
+mod sentences;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,12 +33,12 @@ use agent_learning_embed::{Embedder, MINILM, MiniLm};
 use agent_learning_store::Store;
 use agent_learning_vector::{EdgeIndex, EdgeTuning, Hit, Search, SearchMode, VectorIndex};
 
-fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
-    let sections = ["strategy", "mistakes", "facts"];
+/// The templated insights of the no-embedder runs (their vectors are hashes of the text).
+fn templated(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
     (from..from + n)
         .map(|i| Insight {
             id: format!("{prefix}-{i}"),
-            section: sections[i % 3].into(),
+            section: SECTIONS[i % 3].into(),
             content: format!(
                 "Observation {i}: in situation {} the action {} worked better than {} because of {}.",
                 i % 97,
@@ -46,6 +51,32 @@ fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
         .collect()
 }
 
+const SECTIONS: [&str; 3] = ["strategy", "mistakes", "facts"];
+
+/// Where the insights' texts and vectors come from.
+struct Workload {
+    embedder: Arc<dyn Embedder>,
+    /// `Some` with `--minilm`: written sentences, embedded by MiniLM before they are timed.
+    table: Option<Arc<sentences::Table>>,
+}
+
+impl Workload {
+    fn insights(&self, prefix: &str, from: usize, n: usize) -> Vec<Insight> {
+        match self.table {
+            Some(_) => sentences::insights(prefix, from, n),
+            None => templated(prefix, from, n),
+        }
+    }
+
+    /// Embeds, untimed, what a timed part will ask for (nothing to do for hash vectors).
+    async fn prepare(&self, texts: Vec<String>) -> anyhow::Result<()> {
+        if let Some(t) = &self.table {
+            t.prepare(texts).await?;
+        }
+        Ok(())
+    }
+}
+
 async fn curator(
     dir: &std::path::Path,
     embedder: Arc<dyn Embedder>,
@@ -55,7 +86,7 @@ async fn curator(
     let index = Arc::new(EdgeIndex::open_tuned(&dir.join("vectors"), tuning)?);
     let opts = CuratorOptions {
         merge_threshold: 0.8,
-        sections: vec!["strategy".into(), "mistakes".into(), "facts".into()],
+        sections: SECTIONS.iter().map(|s| (*s).to_owned()).collect(),
         max_content_bytes: 4096,
         max_insights_per_request: 1000,
         gates: PromotionGates::default(),
@@ -70,6 +101,7 @@ async fn curator(
 }
 
 async fn measure(
+    w: &Workload,
     c: &Curator,
     index: Option<&EdgeIndex>,
     ns: &str,
@@ -77,17 +109,28 @@ async fn measure(
     label: &str,
 ) -> anyhow::Result<()> {
     // Fresh insights, with one in five restating an existing bullet (a MERGE).
-    let mut work = insights("measure", size, 400);
-    let existing = insights("seed", 0, 100);
+    let mut work = w.insights("measure", size, 400);
+    let existing = w.insights("seed", 0, 100);
     for (i, ins) in work.iter_mut().enumerate().filter(|(i, _)| i % 5 == 0) {
         ins.content = existing[i % existing.len()].content.clone();
         ins.section = existing[i % existing.len()].section.clone();
     }
     let restated = work.len().div_ceil(5);
+    let states: Vec<String> = (0..200)
+        .map(|i| format!("situation {i} with traffic ahead"))
+        .collect();
+    w.prepare(
+        work.iter()
+            .map(|i| i.content.clone())
+            .chain(states.clone())
+            .collect(),
+    )
+    .await?;
     // The searches curation makes, alone: the nearest bullet of the insight's section.
     let search = match index {
         Some(index) => {
-            let vectors = HashEmbedder
+            let vectors = w
+                .embedder
                 .embed(work.iter().map(|i| i.content.clone()).collect())
                 .await?;
             let searches: Vec<Search> = work
@@ -122,10 +165,9 @@ async fn measure(
     }
     let rate = work.len() as f64 / started.elapsed().as_secs_f64();
     let mut lat = Vec::new();
-    for i in 0..200 {
+    for state in &states {
         let t = Instant::now();
-        let state = format!("situation {i} with traffic ahead");
-        c.render_context(ns, &state, None, 300, Stage::Shadow)
+        c.render_context(ns, state, None, 300, Stage::Shadow)
             .await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
@@ -156,6 +198,7 @@ fn turned(v: &[f32], toward: &[f32], cos: f32) -> Vec<f32> {
 /// Recall of the curator's dedup search (one nearest bullet of a section) at several beam
 /// widths against an exact search, on restatements of stored bullets and unrelated vectors.
 async fn recall(
+    w: &Workload,
     index: &EdgeIndex,
     ns: &str,
     stored: &[std::ops::Range<usize>],
@@ -177,35 +220,66 @@ async fn recall(
             })
         })
         .collect();
-    let seeds = |i: usize| insights("seed", i, 1).remove(0);
+    let seeds = |i: usize| w.insights("seed", i, 1).remove(0);
     let mut sets: Vec<(String, Vec<Search>)> = Vec::new();
-    for cos in [0.9f32, 0.8] {
-        let searches = picked
+    if w.table.is_some() {
+        // Each stored bullet said again in other words, and insights nobody wrote yet.
+        let restated: Vec<(String, String)> = picked
             .iter()
-            .map(|&i| {
-                let ins = seeds(i);
-                Search {
-                    vector: turned(
-                        &hash_vector(&ins.content),
-                        &hash_vector(&format!("paraphrase {i}")),
-                        cos,
-                    ),
+            .map(|&i| (sentences::paraphrase("seed", i), seeds(i).section))
+            .collect();
+        let fresh: Vec<(String, String)> = w
+            .insights("unrelated", 0, QUERIES)
+            .into_iter()
+            .map(|i| (i.content, i.section))
+            .collect();
+        for (what, queries) in [("paraphrases", restated), ("new insights", fresh)] {
+            w.prepare(queries.iter().map(|q| q.0.clone()).collect())
+                .await?;
+            let vectors = w
+                .embedder
+                .embed(queries.iter().map(|q| q.0.clone()).collect())
+                .await?;
+            let searches = queries
+                .iter()
+                .zip(vectors)
+                .map(|((_, section), vector)| Search {
+                    vector,
                     limit: 1,
-                    filter: dedup_filter(ns, &ins.section),
-                }
+                    filter: dedup_filter(ns, section),
+                })
+                .collect();
+            sets.push((what.to_owned(), searches));
+        }
+    } else {
+        for cos in [0.9f32, 0.8] {
+            let searches = picked
+                .iter()
+                .map(|&i| {
+                    let ins = seeds(i);
+                    Search {
+                        vector: turned(
+                            &hash_vector(&ins.content),
+                            &hash_vector(&format!("paraphrase {i}")),
+                            cos,
+                        ),
+                        limit: 1,
+                        filter: dedup_filter(ns, &ins.section),
+                    }
+                })
+                .collect();
+            sets.push((format!("restatements at cosine {cos}"), searches));
+        }
+        let unrelated = picked
+            .iter()
+            .map(|&i| Search {
+                vector: hash_vector(&format!("unrelated {i}")),
+                limit: 1,
+                filter: dedup_filter(ns, &seeds(i).section),
             })
             .collect();
-        sets.push((format!("restatements at cosine {cos}"), searches));
+        sets.push(("unrelated vectors".to_owned(), unrelated));
     }
-    let unrelated = picked
-        .iter()
-        .map(|&i| Search {
-            vector: hash_vector(&format!("unrelated {i}")),
-            limit: 1,
-            filter: dedup_filter(ns, &seeds(i).section),
-        })
-        .collect();
-    sets.push(("unrelated vectors".to_owned(), unrelated));
     for (what, searches) in sets {
         let exact = index
             .search_batch_as("bench", searches.clone(), SearchMode::Exact)
@@ -242,11 +316,18 @@ async fn recall(
     Ok(())
 }
 
-async fn load(c: &Curator, ns: &str, from: usize, to: usize, batch: usize) -> anyhow::Result<()> {
+async fn load(
+    w: &Workload,
+    c: &Curator,
+    ns: &str,
+    from: usize,
+    to: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
     let mut loaded = from;
     while loaded < to {
         let n = (to - loaded).min(batch);
-        c.curate(ns, &insights("seed", loaded, n)).await?;
+        c.curate(ns, &w.insights("seed", loaded, n)).await?;
         loaded += n;
     }
     Ok(())
@@ -265,6 +346,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let real = args.iter().any(|a| a == "--real");
+    let minilm = args.iter().any(|a| a == "--minilm");
     let quantize = !args.iter().any(|a| a == "--no-quantization");
     let hnsw_ef = match args.iter().position(|a| a == "--ef") {
         Some(i) => Some(
@@ -299,6 +381,21 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
     if !quantize {
         label.push_str(", floats only");
     }
+    let models = agent_learning_config::default_models_dir();
+    let w = if minilm {
+        let model = MiniLm::load(&MINILM.path(&models), 32)?;
+        let table = Arc::new(sentences::Table::new(model));
+        label = label.replacen("no-embedder", "minilm vectors", 1);
+        Workload {
+            embedder: table.clone(),
+            table: Some(table),
+        }
+    } else {
+        Workload {
+            embedder: Arc::new(HashEmbedder),
+            table: None,
+        }
+    };
     let sizes: Vec<usize> = match args
         .iter()
         .enumerate()
@@ -313,14 +410,26 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
         None => vec![1_000, 10_000, 100_000],
     };
     anyhow::ensure!(!sizes.is_empty(), "no playbook sizes given");
-    let (c, index) = curator(dirs[0].path(), Arc::new(HashEmbedder), tuning).await?;
+    let (c, index) = curator(dirs[0].path(), w.embedder.clone(), tuning).await?;
     let ns = "bench";
     let mut loaded = 0;
     let mut stored = Vec::new();
     for &size in &sizes {
-        let t = Instant::now();
         let new = size.saturating_sub(loaded);
-        load(&c, ns, loaded, size, 1000).await?;
+        if w.table.is_some() {
+            let t = Instant::now();
+            let texts = w
+                .insights("seed", loaded, new)
+                .into_iter()
+                .map(|i| i.content);
+            w.prepare(texts.collect()).await?;
+            eprintln!(
+                "embedded {new} seed insights in {:.1} s (not counted)",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let t = Instant::now();
+        load(&w, &c, ns, loaded, size, 1000).await?;
         if size > loaded {
             stored.push(loaded..size);
         }
@@ -338,17 +447,21 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
             layout.points,
             layout.indexed
         );
-        measure(&c, Some(&index), ns, size, &label).await?;
-        recall(&index, ns, &stored, c.options().merge_threshold).await?;
+        measure(&w, &c, Some(&index), ns, size, &label).await?;
+        recall(&w, &index, ns, &stored, c.options().merge_threshold).await?;
         // The measured insights were ADDed too: the next size starts above them.
         loaded += 400;
     }
     if real {
-        let models = agent_learning_config::default_models_dir();
         let embedder = Arc::new(MiniLm::load(&MINILM.path(&models), 32)?);
-        let (c, _) = curator(dirs[1].path(), embedder, tuning).await?;
-        load(&c, ns, 0, sizes[0], 500).await?;
-        measure(&c, None, ns, sizes[0], "minilm").await?;
+        let (c, _) = curator(dirs[1].path(), embedder.clone(), tuning).await?;
+        // The templated texts, embedded as curation goes.
+        let w = Workload {
+            embedder,
+            table: None,
+        };
+        load(&w, &c, ns, 0, sizes[0], 500).await?;
+        measure(&w, &c, None, ns, sizes[0], "minilm").await?;
     }
     Ok(())
 }
