@@ -29,7 +29,7 @@ use std::time::Instant;
 use agent_learning_curator::{Curator, CuratorOptions, ThresholdJudge, dedup_filter};
 use agent_learning_domain::{DeltaKind, Insight, PromotionGates, Stage};
 use agent_learning_embed::testsuite::{HashEmbedder, hash_vector};
-use agent_learning_embed::{Embedder, MINILM, MiniLm};
+use agent_learning_embed::{Cached, Embedder, MINILM, MiniLm};
 use agent_learning_store::Store;
 use agent_learning_vector::{EdgeIndex, EdgeTuning, Hit, Search, SearchMode, VectorIndex};
 
@@ -56,13 +56,14 @@ const SECTIONS: [&str; 3] = ["strategy", "mistakes", "facts"];
 /// Where the insights' texts and vectors come from.
 struct Workload {
     embedder: Arc<dyn Embedder>,
-    /// `Some` with `--minilm`: written sentences, embedded by MiniLM before they are timed.
-    table: Option<Arc<sentences::Table>>,
+    /// `Some` with `--minilm`: written sentences, embedded by MiniLM into this cache (large
+    /// enough for every text of the run) before the part that uses them is timed.
+    cache: Option<Arc<Cached>>,
 }
 
 impl Workload {
     fn insights(&self, prefix: &str, from: usize, n: usize) -> Vec<Insight> {
-        match self.table {
+        match self.cache {
             Some(_) => sentences::insights(prefix, from, n),
             None => templated(prefix, from, n),
         }
@@ -70,9 +71,22 @@ impl Workload {
 
     /// Embeds, untimed, what a timed part will ask for (nothing to do for hash vectors).
     async fn prepare(&self, texts: Vec<String>) -> anyhow::Result<()> {
-        if let Some(t) = &self.table {
-            t.prepare(texts).await?;
+        if let Some(c) = &self.cache {
+            c.embed(texts).await?;
         }
+        Ok(())
+    }
+
+    /// Texts the model has embedded so far: a timed part must not change it.
+    fn embedded(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.stats().1)
+    }
+
+    fn check_prepared(&self, before: u64, part: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.embedded() == before,
+            "{part} embedded texts the benchmark did not prepare"
+        );
         Ok(())
     }
 }
@@ -126,6 +140,7 @@ async fn measure(
             .collect(),
     )
     .await?;
+    let embedded = w.embedded();
     // The searches curation makes, alone: the nearest bullet of the insight's section.
     let search = match index {
         Some(index) => {
@@ -172,6 +187,7 @@ async fn measure(
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lat.sort_by(f64::total_cmp);
+    w.check_prepared(embedded, "a measured curation or RenderContext")?;
     println!(
         "{label:<28} playbook {size:>7}: curate {rate:>8.0} insights/s ({:.3} ms/insight); \
          render_context p50 {:.2} ms p99 {:.2} ms; restatements merged {merged} of {restated}{search}",
@@ -222,7 +238,7 @@ async fn recall(
         .collect();
     let seeds = |i: usize| w.insights("seed", i, 1).remove(0);
     let mut sets: Vec<(String, Vec<Search>)> = Vec::new();
-    if w.table.is_some() {
+    if w.cache.is_some() {
         // Each stored bullet said again in other words, and insights nobody wrote yet.
         let restated: Vec<(String, String)> = picked
             .iter()
@@ -234,8 +250,6 @@ async fn recall(
             .map(|i| (i.content, i.section))
             .collect();
         for (what, queries) in [("paraphrases", restated), ("new insights", fresh)] {
-            w.prepare(queries.iter().map(|q| q.0.clone()).collect())
-                .await?;
             let vectors = w
                 .embedder
                 .embed(queries.iter().map(|q| q.0.clone()).collect())
@@ -384,16 +398,16 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
     let models = agent_learning_config::default_models_dir();
     let w = if minilm {
         let model = MiniLm::load(&MINILM.path(&models), 32)?;
-        let table = Arc::new(sentences::Table::new(model));
+        let cache = Arc::new(Cached::new(Arc::new(model), usize::MAX));
         label = label.replacen("no-embedder", "minilm vectors", 1);
         Workload {
-            embedder: table.clone(),
-            table: Some(table),
+            embedder: cache.clone(),
+            cache: Some(cache),
         }
     } else {
         Workload {
             embedder: Arc::new(HashEmbedder),
-            table: None,
+            cache: None,
         }
     };
     let sizes: Vec<usize> = match args
@@ -416,7 +430,7 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
     let mut stored = Vec::new();
     for &size in &sizes {
         let new = size.saturating_sub(loaded);
-        if w.table.is_some() {
+        if w.cache.is_some() {
             let t = Instant::now();
             let texts = w
                 .insights("seed", loaded, new)
@@ -429,7 +443,9 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
             );
         }
         let t = Instant::now();
+        let embedded = w.embedded();
         load(&w, &c, ns, loaded, size, 1000).await?;
+        w.check_prepared(embedded, "loading")?;
         if size > loaded {
             stored.push(loaded..size);
         }
@@ -458,7 +474,7 @@ async fn run(dirs: &[tempfile::TempDir; 2]) -> anyhow::Result<()> {
         // The templated texts, embedded as curation goes.
         let w = Workload {
             embedder,
-            table: None,
+            cache: None,
         };
         load(&w, &c, ns, 0, sizes[0], 500).await?;
         measure(&w, &c, None, ns, sizes[0], "minilm").await?;

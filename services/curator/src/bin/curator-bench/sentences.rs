@@ -4,12 +4,7 @@
 //! a real playbook's do: bullets that share a place, a condition or an action are near each
 //! other, a restatement is nearer still.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-
 use agent_learning_domain::Insight;
-use agent_learning_embed::{EmbedError, Embedder, MiniLm};
-use async_trait::async_trait;
 
 use super::SECTIONS;
 
@@ -353,61 +348,4 @@ pub fn insights(prefix: &str, from: usize, n: usize) -> Vec<Insight> {
 /// Insight `i` of the series `prefix` in other words.
 pub fn paraphrase(prefix: &str, i: usize) -> String {
     sentence(prefix, i, true)
-}
-
-/// MiniLM's vectors, computed before the part of the benchmark that uses them: curation then
-/// pays for its searches and writes, not for the model. A text nobody prepared is an error.
-pub struct Table {
-    model: MiniLm,
-    known: RwLock<HashMap<String, Arc<[f32]>>>,
-}
-
-impl Table {
-    pub fn new(model: MiniLm) -> Self {
-        Self {
-            model,
-            known: RwLock::new(HashMap::new()),
-        }
-    }
-
-    /// Embeds the texts not seen yet.
-    pub async fn prepare(&self, mut texts: Vec<String>) -> Result<(), EmbedError> {
-        {
-            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
-            texts.retain(|t| !known.contains_key(t));
-        }
-        texts.sort_unstable();
-        texts.dedup();
-        for chunk in texts.chunks(4096) {
-            let vectors = self.model.embed(chunk.to_vec()).await?;
-            let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-            for (t, v) in chunk.iter().zip(vectors) {
-                known.insert(t.clone(), v.into());
-            }
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Embedder for Table {
-    fn dim(&self) -> usize {
-        MiniLm::DIM
-    }
-
-    fn model_id(&self) -> &str {
-        MiniLm::MODEL_ID
-    }
-
-    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
-        texts
-            .iter()
-            .map(|t| {
-                known.get(t).map(|v| v.to_vec()).ok_or_else(|| {
-                    EmbedError::Model(format!("the benchmark did not prepare {t:?}"))
-                })
-            })
-            .collect()
-    }
 }
