@@ -1,9 +1,12 @@
 //! The in-process engine: one qdrant-edge shard per collection, under a root directory. The
-//! engine is synchronous; every call runs on the blocking pool. One process owns a directory.
+//! engine is synchronous; every call runs on the blocking pool, but a single search as quick as
+//! a collection's recent ones, which runs where it is called. One process owns a directory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use qdrant_edge::{
@@ -136,7 +139,8 @@ pub enum SearchMode {
 pub struct EdgeIndex {
     root: PathBuf,
     tuning: EdgeTuning,
-    shards: Mutex<HashMap<String, (Arc<EdgeShard>, usize)>>,
+    /// Each open collection: its shard, its vectors' dimension, and what its searches cost.
+    shards: Mutex<HashMap<String, Opened>>,
     /// The engine's `flush` only try-locks the shard's WAL and segment holder and panics when
     /// an update or an optimization holds them: writes and optimizations hold this shared, a
     /// flush holds it alone.
@@ -145,6 +149,31 @@ pub struct EdgeIndex {
     optimizing: Arc<Mutex<()>>,
     /// Held while open: the engine's files belong to one process at a time.
     _lock: std::fs::File,
+}
+
+/// An open collection: its shard, its vectors' dimension, what its searches cost.
+type Opened = (Arc<EdgeShard>, usize, Arc<SearchCost>);
+
+/// Searches expected to take less than this run on the calling task's thread.
+const INLINE_SEARCH: Duration = Duration::from_micros(250);
+
+/// A collection's recent search time: a moving average (each search weighs 1/8), in
+/// nanoseconds.
+#[derive(Debug, Default)]
+struct SearchCost(AtomicU64);
+
+impl SearchCost {
+    fn record(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        // Racing searches may lose one another's sample: an estimate needs none of them.
+        let old = self.0.load(Ordering::Relaxed);
+        let new = old - old / 8 + took / 8;
+        self.0.store(new, Ordering::Relaxed);
+    }
+
+    fn quick(&self) -> bool {
+        self.0.load(Ordering::Relaxed) < INLINE_SEARCH.as_nanos() as u64
+    }
 }
 
 fn engine(e: impl std::fmt::Display) -> VectorError {
@@ -269,6 +298,11 @@ impl EdgeIndex {
     }
 
     fn shard(&self, collection: &str) -> Result<(Arc<EdgeShard>, usize)> {
+        self.searchable(collection)
+            .map(|(shard, dim, _)| (shard, dim))
+    }
+
+    fn searchable(&self, collection: &str) -> Result<Opened> {
         self.shards
             .lock()
             .map_err(engine)?
@@ -398,7 +432,7 @@ impl VectorIndex for EdgeIndex {
             .lock()
             .map_err(engine)?
             .entry(collection.to_owned())
-            .or_insert((Arc::new(shard), dim));
+            .or_insert((Arc::new(shard), dim, Arc::default()));
         Ok(())
     }
 
@@ -465,9 +499,24 @@ impl VectorIndex for EdgeIndex {
         limit: usize,
         filter: Filter,
     ) -> Result<Vec<Hit>> {
-        let (shard, _) = self.shard(collection)?;
+        let (shard, _, cost) = self.searchable(collection)?;
         let request = self.request(vector, limit, &filter)?;
-        Self::blocking(move || hits(shard.search(request).map_err(engine)?)).await
+        let quick = cost.quick();
+        let search = move || {
+            let started = Instant::now();
+            let found = shard.search(request);
+            cost.record(started.elapsed());
+            hits(found.map_err(engine)?)
+        };
+        // A search as quick as the last ones were runs here: handing it to the blocking pool
+        // would cost two thread wake-ups, more than the search itself (decide-bench's
+        // profile). A collection whose searches grow slow (or wait on an optimization) goes
+        // back to the pool, where a long search does not hold up other tasks.
+        if quick {
+            search()
+        } else {
+            Self::blocking(search).await
+        }
     }
 
     async fn search_batch(&self, collection: &str, searches: Vec<Search>) -> Result<Vec<Vec<Hit>>> {
@@ -578,7 +627,7 @@ impl Drop for EdgeIndex {
             Ok(shards) => std::mem::take(shards),
             Err(poisoned) => std::mem::take(poisoned.into_inner()),
         };
-        for (collection, (shard, _)) in shards {
+        for (collection, (shard, _, _)) in shards {
             close_shard(&collection, &self.root.join(&collection), shard);
         }
     }
