@@ -1,6 +1,7 @@
 //! The in-process engine: one qdrant-edge shard per collection, under a root directory. The
-//! engine is synchronous; every call runs on the blocking pool, but a single search as quick as
-//! a collection's recent ones, which runs where it is called. One process owns a directory.
+//! engine is synchronous: its calls run on the blocking pool, except a single search on a
+//! collection whose recent searches were quick, which runs where it is called. One process owns
+//! a directory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -139,7 +140,6 @@ pub enum SearchMode {
 pub struct EdgeIndex {
     root: PathBuf,
     tuning: EdgeTuning,
-    /// Each open collection: its shard, its vectors' dimension, and what its searches cost.
     shards: Mutex<HashMap<String, Opened>>,
     /// The engine's `flush` only try-locks the shard's WAL and segment holder and panics when
     /// an update or an optimization holds them: writes and optimizations hold this shared, a
@@ -167,7 +167,7 @@ impl SearchCost {
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         // Racing searches may lose one another's sample: an estimate needs none of them.
         let old = self.0.load(Ordering::Relaxed);
-        let new = old - old / 8 + took / 8;
+        let new = (old - old / 8).saturating_add(took / 8);
         self.0.store(new, Ordering::Relaxed);
     }
 
